@@ -1,0 +1,31 @@
+# LAWM robot stack. Two commands matter: `make demo` (the main job) and `make test`.
+# Every target but `lint` bootstraps what it needs through `setup` (idempotent, seconds when
+# nothing changed).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo smoke bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) training/train.py demo
+
+smoke: setup
+	$(PY) training/train.py smoke --out runs/smoke
+
+bench: setup
+	$(PY) bench/run.py
+
+lint:
+	@if [ -x $(VENV)/bin/ruff ]; then R=$(VENV)/bin/ruff; else R=ruff; fi; \
+	$$R check . && $$R format --check .
+
+clean:
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log runs/smoke .pytest_cache .ruff_cache

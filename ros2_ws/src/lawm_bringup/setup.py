@@ -1,0 +1,23 @@
+from glob import glob
+
+from setuptools import setup
+
+package_name = "lawm_bringup"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=[],
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="LAWM maintainers",
+    maintainer_email="lawm@example.org",
+    description="Launch and parameter files for the LAWM robot stack",
+    license="MIT",
+)

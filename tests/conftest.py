@@ -1,0 +1,74 @@
+"""Shared pytest fixtures.
+
+ROS isolation: each test session gets its own ``ROS_DOMAIN_ID`` and localhost-only discovery,
+set before anything imports rclpy, so parallel sessions on one machine never see each other.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+from roshelpers import NodeProcess
+
+
+def _pick_domain_id() -> int:
+    # Fast DDS maps a domain to UDP ports 7400 + 250 * id (+ offsets); ids 1..100 stay below
+    # the ephemeral port range. Seed from the pid so two concurrent sessions differ.
+    return random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little")).randint(1, 100)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["ROS_DOMAIN_ID"] = os.environ.get("LAWM_TEST_DOMAIN_ID", str(_pick_domain_id()))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.pop("ROS_STATIC_PEERS", None)
+    log_root = Path(tempfile.mkdtemp(prefix="lawm-ros-"))
+    os.environ["ROS_HOME"] = str(log_root)
+    os.environ["ROS_LOG_DIR"] = str(log_root / "log")
+    os.environ.setdefault("HOME", str(log_root))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (discovery: localhost only)"
+
+
+@pytest.fixture
+def ros_node(request):
+    """A node in the test process, in its own rclpy context; spin it with roshelpers.wait_*."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    name = "test_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50]
+    node = rclpy.create_node(name, context=context)
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)  # roshelpers.wait_* spin node.executor
+    try:
+        yield node
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """Factory: ``start_node(package, executable, params_file=..., params={...})``.
+
+    Every process started through it is stopped (SIGINT, then SIGKILL) when the test ends.
+    """
+    started: list[NodeProcess] = []
+
+    def _start(package: str, name: str, **kwargs) -> NodeProcess:
+        proc = NodeProcess(package, name, log_dir=tmp_path / "logs", **kwargs).start()
+        started.append(proc)
+        return proc
+
+    yield _start
+    for proc in reversed(started):
+        proc.stop()

@@ -1,0 +1,1 @@
+"""LAWM: latent action pretraining through world modeling (training, export, evaluation)."""
