@@ -15,12 +15,15 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
+	@test -f training/train.py || { echo 'make demo: training/train.py is not built yet (see README, Status)' >&2; exit 2; }
 	$(PY) training/train.py demo
 
 smoke: setup
+	@test -f training/train.py || { echo 'make smoke: training/train.py is not built yet (see README, Status)' >&2; exit 2; }
 	$(PY) training/train.py smoke --out runs/smoke
 
 bench: setup
+	@test -f bench/run.py || { echo 'make bench: bench/run.py is not built yet (see README, Status)' >&2; exit 2; }
 	$(PY) bench/run.py
 
 lint:

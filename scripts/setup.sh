@@ -56,8 +56,15 @@ if [[ "$(cat "$STAMPS/pip" 2>/dev/null)" != "$want" ]]; then
   t=$(date +%s)
   log "installing Python packages (requirements/base.txt, pinned by requirements/lock.txt)"
   # torch first and alone, so nothing later can resolve a CUDA build of it.
-  "${PIP[@]}" install -q "$(grep -E '^torch==' requirements/lock.txt)"
-  "${PIP[@]}" install -q -r requirements/base.txt -c requirements/lock.txt
+  # pip's full output goes to a log (the extra local indexes make it chatty); shown on failure.
+  piplog="$STAMPS/pip.log"
+  if ! { "${PIP[@]}" install "$(grep -E '^torch==' requirements/lock.txt)" \
+         && "${PIP[@]}" install -r requirements/base.txt -c requirements/lock.txt; } \
+       >"$piplog" 2>&1; then
+    tail -40 "$piplog" >&2
+    echo "[setup] pip install failed; full log: $piplog" >&2
+    exit 1
+  fi
   if "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
     echo "[setup] torchvision got installed; it must not be (it drags in a CUDA torch)" >&2
     exit 1
@@ -73,7 +80,8 @@ want=$(fingerprint pyproject.toml)
 if [[ "$(cat "$STAMPS/lawm" 2>/dev/null)" != "$want" ]] \
    || ! "$VENV/bin/python" -c "import lawm" 2>/dev/null; then
   t=$(date +%s)
-  "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+  "${PIP[@]}" install -q --no-deps --no-build-isolation -e . >"$STAMPS/lawm.log" 2>&1 \
+    || { cat "$STAMPS/lawm.log" >&2; exit 1; }
   echo "$want" > "$STAMPS/lawm"
   log "installed lawm (editable) in $(elapsed "$t")"
 else
