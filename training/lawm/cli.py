@@ -1,0 +1,410 @@
+"""Command line for training, export and evaluation (``python training/train.py --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from lawm.config import PRESETS, WORLD_MODEL_SIZES, ConfigError, LawmConfig, preset
+
+DEFAULT_LANG_CACHE = Path(".cache") / "lang_embeddings.safetensors"
+
+
+class UsageError(ValueError):
+    """A flag or input is invalid; printed without a traceback, exit code 2."""
+
+
+# -- argument helpers -----------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or directory: {text!r}")
+    return path
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data",
+        type=_existing_path,
+        action="append",
+        required=required,
+        help="dataset file or folder (repeatable): LIBERO/robomimic HDF5, video "
+        "folder, Something-Something v2 folder, BridgeData v2 raw, rosbag2",
+    )
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "hdf5", "video", "ssv2", "bridge", "rosbag"],
+        help="data format (default: detect from the path)",
+    )
+    p.add_argument(
+        "--image-topic",
+        action="append",
+        default=[],
+        metavar="CAMERA=TOPIC",
+        help="rosbag2 only: camera topic, e.g. agentview=/camera/color/image_raw",
+    )
+    p.add_argument("--action-topic", help="rosbag2 only: recorded action/command topic")
+    p.add_argument("--proprio-topic", help="rosbag2 only: proprio topic (Float32MultiArray)")
+    p.add_argument("--instruction", help="rosbag2 only: the episode's instruction")
+    p.add_argument(
+        "--include-failed",
+        action="store_true",
+        help="also use episodes flagged unsuccessful (default: successful only)",
+    )
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        default="small",
+        choices=sorted(PRESETS),
+        help="model and optimisation preset (default: small)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--steps", type=_positive_int, help="optimisation steps (preset default)")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    p.add_argument("--grad-accum", type=_positive_int, help="gradient accumulation steps")
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument("--warmup", type=int, help="warm-up steps")
+    p.add_argument("--workers", type=int, help="data-loader worker processes")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start from scratch even if --out holds a checkpoint",
+    )
+    p.add_argument(
+        "--lang-cache",
+        type=Path,
+        default=DEFAULT_LANG_CACHE,
+        help="instruction embedding cache (safetensors)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _opt_overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    for flag, field in [
+        ("steps", "steps"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("warmup", "warmup_steps"),
+        ("workers", "num_workers"),
+        ("grad_accum", "grad_accum"),
+        ("checkpoint_every", "checkpoint_every"),
+        ("seed", "seed"),
+    ]:
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[field] = value
+    return out
+
+
+def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
+    cfg = preset(args.preset)
+    wm_changes = {}
+    if getattr(args, "world_model_size", None):
+        wm_changes["size"] = args.world_model_size
+        wm_changes["deter"] = 0
+    if getattr(args, "gru", None):
+        wm_changes["gru"] = args.gru
+    if getattr(args, "wm_all_cameras", False):
+        wm_changes["cameras"] = cfg.policy.cameras
+    if getattr(args, "wm_proprio", False):
+        wm_changes["use_proprio"] = True
+    if wm_changes:
+        cfg = cfg.replace(world_model=dataclasses.replace(cfg.world_model, **wm_changes))
+    if getattr(args, "reference_wm_frames", False):
+        cfg = cfg.replace(wm_observe_current=False)
+    overrides = _opt_overrides(args)
+    if overrides:
+        opt = getattr(cfg, stage)
+        cfg = cfg.replace(**{stage: dataclasses.replace(opt, **overrides)})
+    return cfg
+
+
+def open_data(args: argparse.Namespace, labelled: bool) -> list:
+    from lawm.data import open_sources
+
+    kwargs = {}
+    if args.image_topic:
+        topics = {}
+        for item in args.image_topic:
+            if "=" not in item:
+                raise UsageError(f"--image-topic expects CAMERA=TOPIC, got {item!r}")
+            cam, topic = item.split("=", 1)
+            topics[cam] = topic
+        kwargs["image_topics"] = topics
+    for flag in ("action_topic", "proprio_topic", "instruction"):
+        if getattr(args, flag, None):
+            kwargs[flag] = getattr(args, flag)
+    sources = []
+    for path in args.data:
+        sources += open_sources(
+            path,
+            fmt=args.format,
+            labelled=labelled,
+            successful_only=not args.include_failed,
+            **kwargs,
+        )
+    if not sources:
+        raise UsageError(f"no episodes found in {[str(p) for p in args.data]}")
+    return sources
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace, stage: str) -> int:
+    from lawm.trainer import train
+
+    cfg = build_config(args, stage)
+    # Pretraining reads images only (labelled=False): the loaders never hand it an action.
+    sources = open_data(args, labelled=(stage == "finetune"))
+    print(f"[{stage}] {len(sources)} episodes, preset {cfg.preset}, out {args.out}", flush=True)
+    summary = train(
+        stage,
+        cfg,
+        sources,
+        args.out,
+        init=getattr(args, "init", None),
+        resume=not args.no_resume,
+        device=args.device,
+        lang_cache=args.lang_cache,
+        progress=not args.quiet,
+    )
+    last = summary["history"][-1] if summary["history"] else {}
+    print(
+        json.dumps(
+            {
+                "stage": stage,
+                "steps": summary["steps"],
+                "run_dir": str(args.out),
+                "policy": str(Path(args.out) / "policy"),
+                **{k: round(v, 6) for k, v in last.items() if isinstance(v, float)},
+            }
+        )
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lawm.export import export_policy
+
+    sidecar = export_policy(
+        args.policy, args.out, opset=args.opset, text_encoder=not args.no_text_encoder
+    )
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "onnx_sha256": sidecar["onnx_sha256"],
+                "parity_max_abs_error": sidecar["parity_max_abs_error"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    import torch
+
+    from lawm.models.policy import Policy
+    from lawm.models.world_model import WorldModel
+
+    cfg = build_config(args, "pretrain")
+    with torch.device("meta"):
+        policy = Policy(cfg.policy)
+        wm = WorldModel(cfg.world_model)
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    info = {
+        "preset": cfg.preset,
+        "policy_params": count(policy),
+        "policy_breakdown": {
+            "image_encoder": count(policy.image_encoder),
+            "gpt_trunk": count(policy.blocks) + count(policy.ln_f),
+            "head": count(policy.head),
+            "other": count(policy)
+            - count(policy.image_encoder)
+            - count(policy.blocks)
+            - count(policy.ln_f)
+            - count(policy.head),
+        },
+        "world_model_params": count(wm),
+        "world_model_size": cfg.world_model.size,
+        "world_model_deter": cfg.world_model.deter_size,
+        "world_model_gru": cfg.world_model.gru,
+        "chunk_size": cfg.policy.chunk_size,
+        "image_size": cfg.policy.image_size,
+        "cameras": list(cfg.policy.cameras),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:22s} {v:,}" if isinstance(v, int) else f"{k:22s} {v}")
+    return 0
+
+
+def cmd_cca(args: argparse.Namespace) -> int:
+    from lawm.evaluate import latent_action_cca
+
+    sources = open_data(args, labelled=True)
+    result = latent_action_cca(
+        args.policy, sources, lang_cache=args.lang_cache, max_windows=args.max_windows
+    )
+    for i, c in enumerate(result["correlations"]):
+        print(f"canonical correlation {i}: {c:.4f}")
+    print(f"mean: {result['mean']:.4f} over {result['n_samples']} samples")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from lawm.smoke import run_smoke
+
+    t0 = time.perf_counter()
+    result = run_smoke(Path(args.out), preset_name=args.preset, progress=not args.quiet)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="LAWM: pretrain a policy on unlabeled video through a world model, "
+        "fine-tune it on demonstrations, export it to ONNX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="LAWM pretraining on unlabeled video (no action labels)")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument(
+        "--world-model-size",
+        choices=sorted(WORLD_MODEL_SIZES),
+        help="RSSM size (paper default 50m)",
+    )
+    p.add_argument(
+        "--gru",
+        choices=["dense", "blockdiag"],
+        help="dense GRU (the paper's) or the cheaper block-diagonal one",
+    )
+    p.add_argument(
+        "--wm-all-cameras",
+        action="store_true",
+        help="world model over every camera (beyond the paper)",
+    )
+    p.add_argument(
+        "--wm-proprio",
+        action="store_true",
+        help="world model also encodes/decodes proprio (beyond the paper)",
+    )
+    p.add_argument(
+        "--reference-wm-frames",
+        action="store_true",
+        help="feed the world model frames t+1..t+K as the reference code does, instead of t..t+K",
+    )
+    p.set_defaults(func=lambda a: cmd_train(a, "pretrain"))
+
+    p = sub.add_parser("finetune", help="fine-tune the policy on labelled demonstrations")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument(
+        "--init",
+        type=_existing_path,
+        help="pretrained policy directory or checkpoint (default: from scratch)",
+    )
+    p.set_defaults(func=lambda a: cmd_train(a, "finetune"))
+
+    p = sub.add_parser("export", help="export a policy to ONNX + sidecar (+ text encoder)")
+    p.add_argument(
+        "--policy", type=_existing_path, required=True, help="policy directory (run_dir/policy)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="export directory")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--no-text-encoder",
+        action="store_true",
+        help="skip text_encoder.onnx (the robot then needs embeddings from elsewhere)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("cca", help="canonical correlations of latent vs ground-truth actions")
+    p.add_argument(
+        "--policy", type=_existing_path, required=True, help="pretrained policy directory"
+    )
+    _add_data_args(p)
+    p.add_argument(
+        "--max-windows", type=_positive_int, default=5000, help="at most this many samples"
+    )
+    p.add_argument("--lang-cache", type=Path, default=DEFAULT_LANG_CACHE)
+    p.add_argument("--json", action="store_true", help="also print one JSON line")
+    p.set_defaults(func=cmd_cca)
+
+    p = sub.add_parser("describe", help="parameter counts of a preset")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--world-model-size", choices=sorted(WORLD_MODEL_SIZES))
+    p.add_argument("--gru", choices=["dense", "blockdiag"])
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("smoke", help="tiny data -> pretrain -> finetune -> export, in minutes")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_smoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from lawm.checkpoint import CheckpointError
+
+    try:
+        from lawm.data import DataError
+    except ImportError:  # pragma: no cover - the data package is part of the distribution
+        DataError = ValueError  # noqa: N806
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,62 @@
+"""Offline evaluation of trained policies (latent-action CCA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lawm import keys
+from lawm.checkpoint import load_policy
+from lawm.metrics import canonical_correlations
+
+
+@torch.no_grad()
+def latent_action_cca(
+    policy_dir: Path,
+    sources: list,
+    *,
+    lang_cache: Path | None = None,
+    max_windows: int = 5000,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """CCA between the policy's first latent action z[t] and the recorded action a[t].
+
+    sources: labelled episodes held out from pretraining. Returns the canonical correlations
+    (descending), their mean, and the sample count.
+    """
+    from lawm.data import WindowDataset, collate
+    from lawm.trainer import LangTable
+
+    policy, cfg, _ = load_policy(policy_dir)
+    policy.eval()
+    pc = cfg.policy
+    dataset = WindowDataset(sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune")
+    idx = np.arange(len(dataset))
+    if len(idx) > max_windows:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_windows, replace=False))
+    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
+    latents, actions = [], []
+    for start in range(0, len(idx), batch_size):
+        batch = collate([dataset[int(i)] for i in idx[start : start + batch_size]])
+        z = policy(
+            {c: v[:, 0] for c, v in batch[keys.IMAGES].items()},
+            batch[keys.PROPRIO][:, 0],
+            lang(batch[keys.INSTRUCTION]),
+            camera_mask=batch.get("camera_mask"),
+            has_proprio=batch.get(keys.HAS_PROPRIO),
+        )
+        latents.append(z[:, 0].numpy())
+        actions.append(batch[keys.ACTIONS][:, 0].numpy())
+    z = np.concatenate(latents)
+    a = np.concatenate(actions)
+    corr = canonical_correlations(z, a)
+    return {
+        "correlations": [float(c) for c in corr],
+        "mean": float(corr.mean()),
+        "n_samples": int(len(z)),
+        "policy": str(policy_dir),
+    }

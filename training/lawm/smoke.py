@@ -1,0 +1,65 @@
+"""The smoke run: tiny data -> pretrain -> finetune -> export -> CCA, in minutes on a CPU.
+
+Data: a small synthetic set whose frames are driven by the actions (lawm.data.synthetic).
+Half of the episodes serve as unlabeled video for pretraining (their actions are never read),
+the other half as labelled demonstrations for fine-tuning and as held-out data for CCA.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lawm.checkpoint import atomic_write_text
+from lawm.config import preset
+
+
+def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> dict[str, Any]:
+    from lawm.data import open_sources
+    from lawm.data.synthetic import write_synthetic_hdf5
+    from lawm.evaluate import latent_action_cca
+    from lawm.export import export_policy
+    from lawm.trainer import train
+
+    out = Path(out)
+    cfg = preset(preset_name)
+    size = cfg.policy.image_size
+    video_file = out / "data" / "video.hdf5"
+    demo_file = out / "data" / "demos.hdf5"
+    if not video_file.exists():
+        write_synthetic_hdf5(video_file, episodes=12, length=40, image_size=size, seed=1)
+    if not demo_file.exists():
+        write_synthetic_hdf5(demo_file, episodes=8, length=40, image_size=size, seed=2)
+    lang_cache = out / "lang_cache.safetensors"
+
+    video = open_sources(video_file, labelled=False)
+    demos = open_sources(demo_file, labelled=True)
+    pre = train("pretrain", cfg, video, out / "pretrain", lang_cache=lang_cache, progress=progress)
+    fine = train(
+        "finetune",
+        cfg,
+        demos,
+        out / "finetune",
+        init=out / "pretrain" / "policy",
+        lang_cache=lang_cache,
+        progress=progress,
+    )
+    sidecar = export_policy(out / "finetune" / "policy", out / "export")
+    cca = latent_action_cca(out / "pretrain" / "policy", demos, lang_cache=lang_cache)
+
+    def first_last(history, key):
+        return [round(history[0][key], 5), round(history[-1][key], 5)] if history else None
+
+    result = {
+        "preset": preset_name,
+        "pretrain_loss_first_last": first_last(pre["history"], "loss"),
+        "pretrain_recon_mse_first_last": first_last(pre["history"], "recon_mse"),
+        "finetune_action_mse_first_last": first_last(fine["history"], "action_mse"),
+        "cca_mean": round(cca["mean"], 4),
+        "export": str(out / "export"),
+        "onnx_sha256": sidecar["onnx_sha256"],
+        "parity_max_abs_error": sidecar["parity_max_abs_error"],
+    }
+    atomic_write_text(out / "smoke.json", json.dumps(result, indent=2))
+    return result

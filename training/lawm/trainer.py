@@ -1,0 +1,384 @@
+"""One training loop for both stages: pretraining (LAWM) and fine-tuning (behaviour cloning).
+
+- AdamW (no weight decay on norms, biases and embeddings), linear warm-up then cosine decay,
+  gradient clipping, gradient accumulation.
+- A deterministic batch schedule: the global batch of step s is a pure function of (seed, s),
+  and every step reseeds torch from (seed, s, rank). Resuming from a checkpoint therefore
+  replays exactly the run that was interrupted.
+- DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on GPU): rank r takes an equal
+  slice of each global batch, so N processes compute the same update as one process.
+- Mixed precision (bfloat16 autocast) on GPU; full precision on CPU.
+- Checkpoints every ``checkpoint_every`` steps (safetensors + JSON, atomic), a JSONL metrics log
+  and a progress bar with the loss and samples/s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lawm import keys
+from lawm.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+    load_tensors,
+    save_checkpoint,
+    save_policy,
+)
+from lawm.config import LawmConfig, OptimConfig
+
+STAGES = ("pretrain", "finetune")
+
+
+# -- distributed ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# -- schedule -------------------------------------------------------------------------------
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Matrices and conv kernels decay; norms, biases, embeddings and tokens do not.
+        if p.ndim >= 2 and "embed" not in name and "token" not in name:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Yields this rank's index list for each step from ``start`` to ``stop``.
+
+    The global order is a fresh permutation per epoch, seeded by (seed, epoch); the global
+    batch of a step is a contiguous slice of that endless stream.
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, start: int, stop: int, d: Dist):
+        if global_batch % d.world:
+            raise ValueError(f"batch_size {global_batch} is not divisible by {d.world} processes")
+        self.n, self.gb, self.seed, self.start, self.stop, self.d = (
+            n,
+            global_batch,
+            seed,
+            start,
+            stop,
+            d,
+        )
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def global_batch(self, step: int) -> list[int]:
+        out = []
+        for pos in range(step * self.gb, (step + 1) * self.gb):
+            out.append(int(self._perm(pos // self.n)[pos % self.n]))
+        return out
+
+    def __iter__(self):
+        per = self.gb // self.d.world
+        for step in range(self.start, self.stop):
+            yield self.global_batch(step)[self.d.rank * per : (self.d.rank + 1) * per]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    if parts == 1:
+        return [batch]
+    n = len(batch[keys.INSTRUCTION])
+    size = n // parts
+    out = []
+    for i in range(parts):
+        sl = slice(i * size, (i + 1) * size)
+        micro = {}
+        for k, v in batch.items():
+            if isinstance(v, dict):
+                micro[k] = {kk: vv[sl] for kk, vv in v.items()}
+            else:
+                micro[k] = v[sl]
+        out.append(micro)
+    return out
+
+
+class LangTable:
+    """Instruction -> embedding, computed once (and cached on disk) before training."""
+
+    def __init__(self, instructions: list[str], cache_path: Path | None, lang_dim: int):
+        from lawm.language import TextEmbedder
+
+        unique = sorted({" ".join(s.split()) for s in instructions})
+        self.table: dict[str, np.ndarray] = {}
+        texts = [t for t in unique if t]
+        if texts:
+            vectors = TextEmbedder(cache_path=cache_path).embed(texts)
+            self.table = dict(zip(texts, vectors))
+        self.zero = np.zeros(lang_dim, np.float32)  # video with no caption
+        if texts and vectors.shape[1] != lang_dim:
+            raise ValueError(
+                f"language embeddings have {vectors.shape[1]} dims, policy expects {lang_dim}"
+            )
+
+    def __call__(self, instructions: list[str]) -> torch.Tensor:
+        rows = [self.table.get(" ".join(s.split()), self.zero) for s in instructions]
+        return torch.from_numpy(np.stack(rows))
+
+
+def build_objective(stage: str, cfg: LawmConfig) -> nn.Module:
+    from lawm.objectives import FinetuneObjective, PretrainObjective
+
+    return PretrainObjective(cfg) if stage == "pretrain" else FinetuneObjective(cfg)
+
+
+def init_policy_from(objective: nn.Module, path: Path) -> str:
+    """Load policy weights from a policy dir (model.safetensors + config.json) or a
+    checkpoint dir of either stage (its ``policy.*`` tensors). Strict: every tensor must match.
+    """
+    path = Path(path)
+    if (path / "state.json").is_file():
+        tensors = load_tensors(path / "model.safetensors")
+        policy_tensors = {
+            k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")
+        }
+        if not policy_tensors:
+            raise CheckpointError(f"{path}: checkpoint holds no policy weights")
+    elif (path / "config.json").is_file():
+        policy_tensors = load_tensors(path / "model.safetensors")
+    else:
+        raise CheckpointError(f"{path}: neither a policy directory nor a training checkpoint")
+    load_state_strict(objective.policy, policy_tensors, str(path))
+    return str(path)
+
+
+# -- the loop -------------------------------------------------------------------------------
+def train(
+    stage: str,
+    cfg: LawmConfig,
+    sources: list,
+    run_dir: Path,
+    *,
+    init: Path | None = None,
+    resume: bool = True,
+    device: str | None = None,
+    lang_cache: Path | None = None,
+    progress: bool = True,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
+
+    Writes run_dir/checkpoints/step_N/, run_dir/metrics.jsonl and, at the end, run_dir/policy/
+    (the policy alone: what fine-tuning starts from and export reads).
+    """
+    from lawm.data import WindowDataset, collate, compute_stats
+
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    opt_cfg: OptimConfig = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    total = steps if steps is not None else opt_cfg.steps
+    run_dir = Path(run_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    d = init_distributed(dev.type)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(dev)
+
+    torch.manual_seed(opt_cfg.seed)
+    objective = build_objective(stage, cfg).to(dev)
+    dataset = WindowDataset(
+        sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode=stage
+    )
+    stats = compute_stats(sources)
+    lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
+
+    start = 0
+    optimizer = torch.optim.AdamW(
+        param_groups(objective, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas
+    )
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    init_from = None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, objective, optimizer)
+        if state.get("stage") != stage or state.get("config") != cfg.to_dict():
+            raise CheckpointError(
+                f"{ckpt} was written by a different run (stage {state.get('stage')!r} or config "
+                f"differ); use a new --out or --no-resume"
+            )
+        start = int(state["step"])
+        init_from = state.get("init_from")
+    else:
+        if init is not None:
+            init_from = init_policy_from(objective, init)
+        # Data statistics become part of the policy (and of the exported graph).
+        policy_stats = {k: v for k, v in stats.items() if k.startswith("proprio")}
+        if stage == "finetune":
+            policy_stats.update({k: v for k, v in stats.items() if k.startswith("action")})
+        objective.policy.set_stats(policy_stats)
+    model: nn.Module = objective
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+
+    sampler = StepBatches(len(dataset), opt_cfg.batch_size, opt_cfg.seed, start, total, d)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=opt_cfg.num_workers,
+        collate_fn=collate,
+        persistent_workers=False,
+    )
+    use_amp = opt_cfg.amp and dev.type == "cuda"
+    accum = opt_cfg.grad_accum
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if d.main and start == 0:
+        metrics_path.write_text("")
+
+    def state_for(step: int) -> dict[str, Any]:
+        return {
+            "stage": stage,
+            "config": cfg.to_dict(),
+            "init_from": init_from,
+            "stats": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in stats.items()},
+            "n_windows": len(dataset),
+            "n_episodes": len(sources),
+            "world_size": d.world,
+        }
+
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=stage, unit="step", dynamic_ncols=True)
+    history: list[dict[str, float]] = []
+    objective.train()
+    t_last, samples = time.perf_counter(), 0
+    step = start
+    for step_batch in loader:
+        torch.manual_seed(opt_cfg.seed * 1_000_003 + step * 101 + d.rank)
+        for group in optimizer.param_groups:
+            group["lr"] = opt_cfg.lr * lr_factor(step, opt_cfg.warmup_steps, total)
+        step_batch[keys.LANG] = lang(step_batch[keys.INSTRUCTION])
+        step_batch = to_device(step_batch, dev)
+        agg: dict[str, float] = {}
+        micro_batches = split_batch(step_batch, accum)
+        for i, micro in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            ctx = model.no_sync() if (d.world > 1 and not sync) else _null()
+            with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, metrics = model(micro)
+                (loss / accum).backward()
+            for k, v in metrics.items():
+                agg[k] = agg.get(k, 0.0) + v / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), opt_cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        samples += opt_cfg.batch_size
+        agg["grad_norm"] = float(grad_norm)
+        agg["lr"] = optimizer.param_groups[0]["lr"]
+        agg["step"] = step
+        history.append(agg)
+        if d.main:
+            if step % opt_cfg.log_every == 0 or step == total:
+                now = time.perf_counter()
+                agg["samples_per_s"] = samples / max(now - t_last, 1e-9)
+                t_last, samples = now, 0
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(agg) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{agg['loss']:.4f}", sps=f"{agg['samples_per_s']:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if step % opt_cfg.checkpoint_every == 0 or step == total:
+                save_checkpoint(run_dir, step, objective, optimizer, state_for(step))
+    if bar is not None:
+        bar.close()
+    if d.main:
+        if step == start and start < total:
+            raise RuntimeError("the data loader produced no batches")
+        info = {"stage": stage, "steps": step, "init_from": init_from, "run_dir": str(run_dir)}
+        save_policy(run_dir / "policy", objective.policy, cfg, info)
+        if stage == "pretrain":
+            from lawm.checkpoint import atomic_save_tensors
+
+            atomic_save_tensors(
+                run_dir / "world_model.safetensors", objective.world_model.state_dict()
+            )
+    if d.world > 1:
+        dist.barrier()
+    return {
+        "stage": stage,
+        "steps": step,
+        "start": start,
+        "history": history,
+        "run_dir": str(run_dir),
+        "n_windows": len(dataset),
+    }
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
