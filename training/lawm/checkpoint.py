@@ -26,6 +26,11 @@ from safetensors.torch import load_file, save_file
 from lawm.config import ConfigError, LawmConfig
 
 
+def _publishable(path: str | Path) -> None:
+    # mkstemp creates 0600 files; artefacts must stay readable by e.g. a robot's service user.
+    os.chmod(path, 0o644)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
 
@@ -39,6 +44,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        _publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,6 +59,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=N
     try:
         clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(clean, tmp, metadata=metadata)
+        _publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -145,6 +152,7 @@ def save_checkpoint(
         )
         full = dict(state, step=step, param_groups=groups)
         (tmp / "state.json").write_text(json.dumps(full, indent=2, sort_keys=True))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

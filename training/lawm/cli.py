@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lawm.config import PRESETS, WORLD_MODEL_SIZES, ConfigError, LawmConfig, preset
+from lawm.config import PRESETS, WORLD_MODEL_SIZES, AugmentConfig, ConfigError, LawmConfig, preset
 
 DEFAULT_LANG_CACHE = Path(".cache") / "lang_embeddings.safetensors"
 
@@ -94,6 +94,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="data-loader worker processes")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--log-every", type=_positive_int, help="steps between metrics.jsonl lines")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
         "--no-resume",
@@ -120,6 +121,7 @@ def _opt_overrides(args: argparse.Namespace) -> dict:
         ("grad_accum", "grad_accum"),
         ("checkpoint_every", "checkpoint_every"),
         ("seed", "seed"),
+        ("log_every", "log_every"),
     ]:
         value = getattr(args, flag, None)
         if value is not None:
@@ -141,6 +143,8 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
         wm_changes["use_proprio"] = True
     if wm_changes:
         cfg = cfg.replace(world_model=dataclasses.replace(cfg.world_model, **wm_changes))
+    if getattr(args, "no_augment", False):
+        cfg = cfg.replace(augment=AugmentConfig(color_jitter=0.0, random_shift=0))
     if getattr(args, "reference_wm_frames", False):
         cfg = cfg.replace(wm_observe_current=False)
     overrides = _opt_overrides(args)

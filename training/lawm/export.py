@@ -131,6 +131,7 @@ def export_policy(
         if not err <= PARITY_TOLERANCE:
             raise ExportError(f"torch vs onnxruntime max abs error {err:.2e} > {PARITY_TOLERANCE}")
         onnx_path = out_dir / "policy.onnx"
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the robot's user must read it
         os.replace(tmp, onnx_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

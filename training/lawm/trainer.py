@@ -222,11 +222,13 @@ def train(
     lang_cache: Path | None = None,
     progress: bool = True,
     steps: int | None = None,
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
 
     Writes run_dir/checkpoints/step_N/, run_dir/metrics.jsonl and, at the end, run_dir/policy/
-    (the policy alone: what fine-tuning starts from and export reads).
+    (the policy alone: what fine-tuning starts from and export reads). ``stop_at`` ends the
+    run early at that step (with a checkpoint), as an interruption would; rerunning resumes.
     """
     from lawm.data import WindowDataset, collate, compute_stats
 
@@ -278,7 +280,8 @@ def train(
             objective, device_ids=[dev.index] if dev.type == "cuda" else None
         )
 
-    sampler = StepBatches(len(dataset), opt_cfg.batch_size, opt_cfg.seed, start, total, d)
+    stop = total if stop_at is None else min(total, stop_at)
+    sampler = StepBatches(len(dataset), opt_cfg.batch_size, opt_cfg.seed, start, stop, d)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -329,6 +332,12 @@ def train(
                 (loss / accum).backward()
             for k, v in metrics.items():
                 agg[k] = agg.get(k, 0.0) + v / accum
+        if d.world > 1:
+            # Log the global batch's mean, not rank 0's share of it.
+            names = sorted(agg)
+            vec = torch.tensor([agg[k] for k in names], dtype=torch.float64, device=dev)
+            dist.all_reduce(vec)
+            agg = {k: float(v) / d.world for k, v in zip(names, vec.tolist())}
         grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), opt_cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -349,13 +358,14 @@ def train(
                     bar.set_postfix(loss=f"{agg['loss']:.4f}", sps=f"{agg['samples_per_s']:.1f}")
             if bar is not None:
                 bar.update(1)
-            if step % opt_cfg.checkpoint_every == 0 or step == total:
+            if step % opt_cfg.checkpoint_every == 0 or step in (total, stop):
                 save_checkpoint(run_dir, step, objective, optimizer, state_for(step))
     if bar is not None:
         bar.close()
     if d.main:
-        if step == start and start < total:
+        if step == start and start < stop:
             raise RuntimeError("the data loader produced no batches")
+    if d.main and step == total:
         info = {"stage": stage, "steps": step, "init_from": init_from, "run_dir": str(run_dir)}
         save_policy(run_dir / "policy", objective.policy, cfg, info)
         if stage == "pretrain":

@@ -1,0 +1,1 @@
+"""Runtime core: numpy + onnxruntime; imports neither torch nor rclpy."""

@@ -1,0 +1,178 @@
+"""Instruction text -> 384-d sentence embedding on the robot, with onnxruntime (no torch).
+
+Reads the folder written by ``lawm.language.export_text_encoder``::
+
+    text_encoder.json   sidecar: sha256 of the two files below, names, embedding_dim, max_length
+    text_encoder.onnx   input_ids, attention_mask int64 (batch, sequence) -> embedding (batch, D)
+    tokenizer.json      WordPiece tokenizer (``tokenizers``)
+
+Both files are hashed at load and must match the sidecar, so the robot never runs an encoder
+other than the one the policy was trained with. Text goes through the same steps as in
+training: collapse whitespace, tokenize with truncation to ``max_length``, encode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lawm_policy.core.errors import ModelLoadError
+
+SIDECAR_FILE = "text_encoder.json"
+ONNX_FILE = "text_encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+SUPPORTED_SIDECAR_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, expected_sha256: str) -> None:
+    """ModelLoadError naming ``path`` if it is missing or its sha256 is not the expected one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: file missing (expected sha256 {expected_sha256})")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelLoadError(
+            f"{path}: sha256 mismatch, expected {expected_sha256}, actual {actual} "
+            "(the file changed after export; export again)"
+        )
+
+
+def normalize_text(text: str) -> str:
+    """Collapse whitespace as training does; ValueError("instruction is empty") if blank."""
+    if not isinstance(text, str):
+        raise TypeError(f"instruction must be a str, got {type(text).__name__}")
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise ValueError("instruction is empty")
+    return cleaned
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: file missing (the exported text encoder's sidecar)")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: unreadable sidecar ({err})") from err
+    need = ("onnx_sha256", "tokenizer_sha256", "embedding_dim", "max_length")
+    missing = [k for k in need if k not in sidecar] if isinstance(sidecar, dict) else list(need)
+    if missing:
+        raise ModelLoadError(f"{path}: sidecar lacks {missing}")
+    version = sidecar.get("format_version", SUPPORTED_SIDECAR_VERSION)
+    if version != SUPPORTED_SIDECAR_VERSION:
+        raise ModelLoadError(
+            f"{path}: format_version {version}, this runtime reads {SUPPORTED_SIDECAR_VERSION}"
+        )
+    return sidecar
+
+
+class TextEncoderRuntime:
+    """``embed(text) -> (D,) float32`` unit vector, D = sidecar ``embedding_dim`` (384).
+
+    Args:
+        model_dir: folder holding text_encoder.json, text_encoder.onnx and tokenizer.json.
+        providers: onnxruntime execution providers, default ["CPUExecutionProvider"] (the
+            encoder runs once per new instruction, so the CPU is plenty).
+        cache_size: how many distinct instructions to remember (least recently used dropped).
+
+    Raises ModelLoadError (naming the file) for a missing/tampered/unreadable file or a model
+    whose inputs/outputs differ from the sidecar. ``embed`` is safe to call from several
+    threads.
+    """
+
+    def __init__(
+        self, model_dir: Path, providers: list[str] | None = None, cache_size: int = 64
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        self.sidecar = _read_sidecar(self.model_dir / SIDECAR_FILE)
+        # Fixed file names: the sidecar is not trusted to point outside the folder.
+        onnx_path = self.model_dir / ONNX_FILE
+        tokenizer_path = self.model_dir / TOKENIZER_FILE
+        verify_file(onnx_path, self.sidecar["onnx_sha256"])
+        verify_file(tokenizer_path, self.sidecar["tokenizer_sha256"])
+
+        self.dim = int(self.sidecar["embedding_dim"])
+        self.max_length = int(self.sidecar["max_length"])
+        self.input_names = list(self.sidecar.get("input_names", ["input_ids", "attention_mask"]))
+        self.output_name = str(self.sidecar.get("output_names", ["embedding"])[0])
+
+        try:
+            tok = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as err:  # tokenizers raises a bare Exception for bad JSON
+            raise ModelLoadError(f"{tokenizer_path}: cannot load tokenizer ({err})") from err
+        # One text per call needs no padding; truncation must match training.
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length)
+        self._tokenizer = tok
+
+        try:
+            self._session = ort.InferenceSession(
+                str(onnx_path), providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime's errors have no common public base class
+            raise ModelLoadError(f"{onnx_path}: onnxruntime cannot load it ({err})") from err
+        got_in = [i.name for i in self._session.get_inputs()]
+        got_out = [o.name for o in self._session.get_outputs()]
+        if sorted(got_in) != sorted(self.input_names) or self.output_name not in got_out:
+            raise ModelLoadError(
+                f"{onnx_path}: graph inputs {got_in} / outputs {got_out} differ from the "
+                f"sidecar ({self.input_names} -> {self.output_name})"
+            )
+        out_shape = self._session.get_outputs()[got_out.index(self.output_name)].shape
+        if len(out_shape) != 2 or out_shape[1] != self.dim:
+            raise ModelLoadError(
+                f"{onnx_path}: output shape {out_shape}, sidecar says (batch, {self.dim})"
+            )
+
+        self._cache_size = max(0, int(cache_size))
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def _encode(self, text: str) -> np.ndarray:
+        enc = self._tokenizer.encode(text)
+        ids = np.asarray([enc.ids], dtype=np.int64)  # (1, L)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        out = self._session.run([self.output_name], {n: feed[n] for n in self.input_names})[0]
+        return np.ascontiguousarray(out[0], dtype=np.float32)  # (D,)
+
+    def embed(self, text: str) -> np.ndarray:
+        """text -> (D,) float32 L2-normalised embedding (a fresh array each call).
+
+        ValueError("instruction is empty") for blank text.
+        """
+        key = normalize_text(text)
+        with self._lock:
+            vec = self._cache.get(key)
+            if vec is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return vec.copy()
+        vec = self._encode(key)  # outside the lock: a slow encode must not block cache hits
+        with self._lock:
+            self.misses += 1
+            if self._cache_size:
+                self._cache[key] = vec
+                self._cache.move_to_end(key)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return vec.copy()

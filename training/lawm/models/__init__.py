@@ -1,0 +1,1 @@
+"""LAWM models: the BAKU-style policy and the latent-action world model."""
