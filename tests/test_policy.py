@@ -183,3 +183,15 @@ def test_cca_recovers_a_linear_recoding():
     assert noise.max() < 0.15
     with pytest.raises(ValueError, match="more samples"):
         canonical_correlations(z[:5], a[:5])
+
+
+def test_constant_action_dims_normalise_to_zero():
+    policy = Policy(preset("debug").policy)
+    policy.set_stats(
+        {
+            "action_min": np.array([-1, 0, 0, 0, 0, 0, -1.0]),
+            "action_max": np.array([1, 0, 0, 0, 0, 0, 1.0]),
+        }
+    )
+    norm = policy.normalize_actions(torch.tensor([[0.5, 0, 0, 0, 0, 0, 1.0]]))
+    torch.testing.assert_close(norm, torch.tensor([[0.5, 0, 0, 0, 0, 0, 1.0]]))

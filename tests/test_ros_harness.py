@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from roshelpers import wait_for_publishers, wait_for_subscribers, wait_until
 from std_msgs.msg import String
+
+from roshelpers import wait_for_publishers, wait_for_subscribers, wait_until
 
 pytestmark = pytest.mark.ros
 

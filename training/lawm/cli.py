@@ -350,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_existing_path,
         help="pretrained policy directory or checkpoint (default: from scratch)",
     )
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no colour jitter or random shift (default: the preset's)",
+    )
     p.set_defaults(func=lambda a: cmd_train(a, "finetune"))
 
     p = sub.add_parser("export", help="export a policy to ONNX + sidecar (+ text encoder)")

@@ -53,9 +53,14 @@ def latent_action_cca(
         actions.append(batch[keys.ACTIONS][:, 0].numpy())
     z = np.concatenate(latents)
     a = np.concatenate(actions)
-    corr = canonical_correlations(z, a)
+    # Action dims that never vary (e.g. rotation in planar tasks) carry no signal to correlate.
+    varying = np.flatnonzero(a.std(axis=0) > 1e-6)
+    if len(varying) == 0:
+        raise ValueError("the recorded actions are constant; nothing to correlate")
+    corr = canonical_correlations(z, a[:, varying])
     return {
         "correlations": [float(c) for c in corr],
+        "action_dims": [keys.ACTION_LAYOUT[i] for i in varying],
         "mean": float(corr.mean()),
         "n_samples": int(len(z)),
         "policy": str(policy_dir),

@@ -73,8 +73,10 @@ class FinetuneObjective(nn.Module):
         target = self.policy.normalize_actions(batch[keys.ACTIONS].to(pred.dtype))
         mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]  # (B, K, 1)
         sq = (pred - target).square() * mask
-        denom = mask.sum().clamp_min(1.0) * pred.shape[-1]
-        mse = sq.sum() / denom
+        # Mean per sample, then over samples: equal slices of a batch on N processes then
+        # average to exactly the single-process loss.
+        per_sample = sq.sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)).clamp_min(1.0) * pred.shape[-1])
+        mse = per_sample.mean()
         loss = mse / (2 * ACTION_STD**2)
         gripper = keys.GRIPPER_INDEX
         agree = ((pred[..., gripper] > 0) == (target[..., gripper] > 0)).to(pred.dtype)

@@ -259,7 +259,8 @@ def train(
     init_from = None
     if ckpt is not None:
         state = load_checkpoint(ckpt, objective, optimizer)
-        if state.get("stage") != stage or state.get("config") != cfg.to_dict():
+        same_config = json.loads(json.dumps(cfg.to_dict())) == state.get("config")
+        if state.get("stage") != stage or not same_config:
             raise CheckpointError(
                 f"{ckpt} was written by a different run (stage {state.get('stage')!r} or config "
                 f"differ); use a new --out or --no-resume"

@@ -117,6 +117,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -130,7 +131,7 @@ class Block(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, N, d_head)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        att = (q @ k.transpose(-2, -1)) * self.scale
         if key_bias is not None:
             att = att + key_bias[:, None, None, :]
         att = self.drop(att.softmax(dim=-1))
@@ -194,9 +195,11 @@ class Policy(nn.Module):
                 getattr(self, key).copy_(torch.as_tensor(stats[key], dtype=torch.float32))
 
     def normalize_actions(self, actions: Tensor) -> Tensor:
-        """Raw actions (..., A) -> [-1, 1]; constant dims map to 0."""
-        span = (self.action_max - self.action_min).clamp_min(1e-6)
-        return (2.0 * (actions - self.action_min) / span - 1.0).clamp(-1.0, 1.0)
+        """Raw actions (..., A) -> [-1, 1]; dims that never vary in the data map to 0."""
+        raw_span = self.action_max - self.action_min
+        span = raw_span.clamp_min(1e-6)
+        norm = (2.0 * (actions - self.action_min) / span - 1.0).clamp(-1.0, 1.0)
+        return torch.where(raw_span > 1e-6, norm, torch.zeros_like(norm))
 
     def unnormalize_actions(self, actions: Tensor) -> Tensor:
         return (actions + 1.0) / 2.0 * (self.action_max - self.action_min) + self.action_min

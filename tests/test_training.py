@@ -1,0 +1,264 @@
+"""Training loops end to end on tiny synthetic data: learning, gradients, resume, DDP, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lawm import keys
+from lawm.checkpoint import latest_checkpoint, load_tensors
+from lawm.config import AugmentConfig, preset
+from lawm.data import WindowDataset, collate, open_sources
+from lawm.data.synthetic import write_synthetic_hdf5
+from lawm.objectives import PretrainObjective
+from lawm.trainer import LangTable, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synthetic")
+    size = preset("debug").policy.image_size
+    write_synthetic_hdf5(d / "video.hdf5", episodes=6, length=30, image_size=size, seed=1)
+    write_synthetic_hdf5(d / "demos.hdf5", episodes=6, length=30, image_size=size, seed=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def lang_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lang") / "cache.safetensors"
+
+
+def _cfg(steps=40, **opt):
+    cfg = preset("debug")
+    return cfg.replace(
+        pretrain=cfg.pretrain.__class__(**{**cfg.pretrain.__dict__, "steps": steps, **opt}),
+        finetune=cfg.finetune.__class__(**{**cfg.finetune.__dict__, "steps": steps, **opt}),
+    )
+
+
+def _pretrain_batch(cfg, sources, lang_cache, n=4):
+    ds = WindowDataset(
+        sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode="pretrain"
+    )
+    batch = collate([ds[i] for i in range(n)])
+    batch[keys.LANG] = LangTable([s.instruction for s in sources], lang_cache, 384)(
+        batch[keys.INSTRUCTION]
+    )
+    return batch
+
+
+def test_pretraining_gradient_reaches_every_policy_parameter(synthetic, lang_cache):
+    cfg = preset("debug")
+    sources = open_sources(synthetic / "video.hdf5", labelled=False)
+    batch = _pretrain_batch(cfg, sources, lang_cache)
+    assert keys.ACTIONS not in batch  # the pretraining data path carries no labels
+    obj = PretrainObjective(cfg)
+    loss, metrics = obj(batch)
+    loss.backward()
+    no_grad = [
+        n for n, p in obj.policy.named_parameters() if p.grad is None or not torch.any(p.grad != 0)
+    ]
+    assert no_grad == [], f"policy parameters without gradient: {no_grad}"
+    # And a batch that does carry labels is refused outright.
+    batch[keys.ACTIONS] = torch.zeros(4, cfg.policy.chunk_size, 7)
+    with pytest.raises(ValueError, match="action labels"):
+        obj(batch)
+
+
+def test_pretraining_learns_and_finetuning_fits_the_actions(synthetic, lang_cache, tmp_path):
+    cfg = _cfg(steps=120)
+    video = open_sources(synthetic / "video.hdf5", labelled=False)
+    demos = open_sources(synthetic / "demos.hdf5", labelled=True)
+    pre = train("pretrain", cfg, video, tmp_path / "pre", lang_cache=lang_cache, progress=False)
+    recon = [h["recon_mse"] for h in pre["history"]]
+    assert np.mean(recon[-10:]) < 0.6 * np.mean(recon[:5]), recon[::10]
+    assert (tmp_path / "pre" / "policy" / "model.safetensors").is_file()
+    assert (tmp_path / "pre" / "world_model.safetensors").is_file()
+
+    fine_cfg = _cfg(steps=300).replace(augment=AugmentConfig(0.0, 0))
+    fine = train(
+        "finetune",
+        fine_cfg,
+        demos,
+        tmp_path / "fine",
+        init=tmp_path / "pre" / "policy",
+        lang_cache=lang_cache,
+        progress=False,
+    )
+    mse = [h["action_mse"] for h in fine["history"]]
+    # The synthetic actions carry N(0, 0.2) noise on dx, dy, so they can't be fitted exactly.
+    assert np.mean(mse[-10:]) < 0.35 * np.mean(mse[:5]), mse[::10]
+    state = json.loads((latest_checkpoint(tmp_path / "fine") / "state.json").read_text())
+    assert state["init_from"].endswith("policy")
+    lines = (tmp_path / "fine" / "metrics.jsonl").read_text().splitlines()
+    assert lines and "samples_per_s" in json.loads(lines[-1])
+
+
+def test_resume_replays_the_interrupted_run_exactly(synthetic, lang_cache, tmp_path):
+    cfg = _cfg(steps=8, checkpoint_every=100)
+    demos = open_sources(synthetic / "demos.hdf5", labelled=True)
+    full = train("finetune", cfg, demos, tmp_path / "full", lang_cache=lang_cache, progress=False)
+    part = train(
+        "finetune", cfg, demos, tmp_path / "part", lang_cache=lang_cache, progress=False, stop_at=4
+    )
+    assert part["steps"] == 4 and not (tmp_path / "part" / "policy").exists()
+    rest = train("finetune", cfg, demos, tmp_path / "part", lang_cache=lang_cache, progress=False)
+    assert rest["start"] == 4 and rest["steps"] == 8
+    assert [h["loss"] for h in rest["history"]] == [h["loss"] for h in full["history"][4:]]
+    a = load_tensors(tmp_path / "full" / "policy" / "model.safetensors")
+    b = load_tensors(tmp_path / "part" / "policy" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(synthetic, lang_cache, tmp_path):
+    from lawm.checkpoint import CheckpointError
+
+    demos = open_sources(synthetic / "demos.hdf5", labelled=True)
+    train("finetune", _cfg(steps=2), demos, tmp_path / "r", lang_cache=lang_cache, progress=False)
+    with pytest.raises(CheckpointError, match="different run"):
+        train(
+            "finetune", _cfg(steps=3), demos, tmp_path / "r", lang_cache=lang_cache, progress=False
+        )
+
+
+def _cli(*args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(synthetic, tmp_path):
+    common = [
+        "finetune",
+        "--data",
+        str(synthetic / "demos.hdf5"),
+        "--preset",
+        "debug",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--no-augment",
+        "--quiet",
+        "--log-every",
+        "1",
+        "--lang-cache",
+        str(tmp_path / "lang.safetensors"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = _cli(*common, "--out", str(tmp_path / "one"), env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "training" / "train.py"),
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def losses(run):
+        rows = [
+            json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().split("\n") if x
+        ]
+        return [r["loss"] for r in rows]
+
+    l1, l2 = losses("one"), losses("two")
+    assert len(l1) == len(l2) == 4
+    np.testing.assert_allclose(l2, l1, rtol=1e-4, atol=1e-5)
+    state = json.loads((latest_checkpoint(tmp_path / "two") / "state.json").read_text())
+    assert state["world_size"] == 2
+
+
+def test_export_parity_and_sidecar(synthetic, lang_cache, tmp_path):
+    import onnxruntime as ort
+
+    from lawm.checkpoint import load_policy
+    from lawm.export import check_parity, export_policy, sha256_file
+
+    cfg = _cfg(steps=2)
+    demos = open_sources(synthetic / "demos.hdf5", labelled=True)
+    train("finetune", cfg, demos, tmp_path / "run", lang_cache=lang_cache, progress=False)
+    side = export_policy(tmp_path / "run" / "policy", tmp_path / "export", text_encoder=False)
+    onnx_path = tmp_path / "export" / "policy.onnx"
+    onnx.checker.check_model(str(onnx_path))
+    on_disk = json.loads((tmp_path / "export" / "policy.json").read_text())
+    assert on_disk["onnx_sha256"] == sha256_file(onnx_path) == side["onnx_sha256"]
+    for key in (
+        "chunk_size",
+        "action_dim",
+        "control_rate_hz",
+        "cameras",
+        "image_size",
+        "inputs",
+        "outputs",
+        "normalization",
+        "action_layout",
+        "opset",
+        "run",
+    ):
+        assert key in on_disk, key
+    assert on_disk["cameras"] == list(keys.CAMERAS)
+    assert on_disk["control_rate_hz"] == 20.0
+    policy, _, _ = load_policy(tmp_path / "run" / "policy")
+    assert check_parity(policy.eval(), onnx_path, seed=123, batch=3) <= 1e-4
+
+    # The clamp is in the graph: even absurd weights give actions within [-1, 1].
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i["name"] for i in on_disk["inputs"]]
+    assert [i.name for i in sess.get_inputs()] == names
+    s = on_disk["image_size"]
+    feeds = {n: np.full((2, s, s, 3), 255, np.uint8) for n in names[:-2]}
+    feeds["proprio"] = np.full((2, 5), 1e6, np.float32)
+    feeds["lang"] = np.ones((2, 384), np.float32)
+    out = sess.run(None, feeds)[0]
+    assert out.shape == (2, on_disk["chunk_size"], 7)
+    assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
+
+
+def test_cli_rejects_bad_flags_with_the_value_quoted(tmp_path):
+    r = _cli("finetune", "--data", str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "missing.hdf5" in r.stderr
+    r = _cli("pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "x"), "--steps", "-3")
+    assert r.returncode == 2 and "'-3'" in r.stderr
+    r = _cli("describe", "--preset", "enormous")
+    assert r.returncode == 2 and "enormous" in r.stderr
+    (tmp_path / "notes.txt").write_text("not data")
+    r = _cli("finetune", "--data", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "notes.txt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_describe_paper_preset_reports_both_model_sizes():
+    r = _cli("describe", "--preset", "paper", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 7.0e6 < info["policy_params"] < 10.5e6
+    assert 100e6 < info["world_model_params"] < 130e6

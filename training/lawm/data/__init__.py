@@ -1,0 +1,23 @@
+"""Streaming data layer: episode sources for every supported format, training windows, stats.
+
+Formats: LIBERO/robomimic HDF5, unlabeled video (plain folders, Something-Something v2),
+BridgeData v2 raw, rosbag2 (sqlite3 or mcap), and synthetic data for tests and smoke runs.
+Everything is read lazily per window; nothing loads a whole dataset into memory.
+"""
+
+from lawm.data.base import FORMATS, DataError, EpisodeSource, detect_format, open_sources
+from lawm.data.dataset import CAMERA_MASK, FRAME_MASK, WindowDataset, collate
+from lawm.data.stats import compute_stats
+
+__all__ = [
+    "CAMERA_MASK",
+    "FORMATS",
+    "FRAME_MASK",
+    "DataError",
+    "EpisodeSource",
+    "WindowDataset",
+    "collate",
+    "compute_stats",
+    "detect_format",
+    "open_sources",
+]

@@ -1,0 +1,354 @@
+"""Episode sources: the lazily read unit of every dataset format, and format detection.
+
+An :class:`EpisodeSource` describes one episode (its length, cameras, instruction, whether it
+carries actions and robot state) and reads any frame range on demand. Sources hold paths and
+small integer/float indices only, never open handles or image data, so a dataset of thousands
+of episodes costs little memory and pickles cheaply into DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lawm import keys
+
+FORMATS: tuple[str, ...] = ("hdf5", "video", "ssv2", "bridge", "rosbag")
+HDF5_SUFFIXES = (".hdf5", ".h5")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+ROSBAG_SUFFIXES = (".mcap", ".db3")
+
+_FORMAT_HELP = (
+    "hdf5 (a LIBERO/robomimic .hdf5/.h5 file or a folder of them), "
+    "video (a video file or a folder of mp4/webm/avi), "
+    "ssv2 (a folder of <id>.webm with a Something-Something v2 labels JSON), "
+    "bridge (BridgeData v2 raw: traj*/images0/im_*.jpg), "
+    "rosbag (a rosbag2 folder with metadata.yaml, a .mcap/.db3 file, or a folder of bags)"
+)
+
+
+class DataError(ValueError):
+    """Input data is unusable; the message names the file and the problem."""
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders embedded numbers by value: demo_2 before demo_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+class HandleCache:
+    """Per-process LRU cache of open file handles, keyed by path.
+
+    DataLoader workers are forked from the process that built the dataset. A handle opened
+    before the fork must not be used in the child (HDF5 and sqlite keep process-local state and
+    file offsets), so the whole cache is abandoned, not closed, when ``os.getpid()`` changes.
+    """
+
+    def __init__(
+        self, opener: Callable[[str], Any], closer: Callable[[Any], None], capacity: int = 32
+    ) -> None:
+        self._opener = opener
+        self._closer = closer
+        self._capacity = capacity
+        self._pid = os.getpid()
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+        # Handles inherited from the parent: kept referenced so the child never closes them.
+        self._inherited: list[Any] = []
+
+    def get(self, path: str) -> Any:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._inherited.extend(self._handles.values())
+            self._handles = OrderedDict()
+            self._pid = pid
+        handle = self._handles.get(path)
+        if handle is not None:
+            self._handles.move_to_end(path)
+            return handle
+        handle = self._opener(path)
+        self._handles[path] = handle
+        while len(self._handles) > self._capacity:
+            _, old = self._handles.popitem(last=False)
+            self._close(old)
+        return handle
+
+    def drop(self, path: str) -> None:
+        """Forget (and close) the handle for ``path``, e.g. after a read error."""
+        if os.getpid() != self._pid:
+            return
+        handle = self._handles.pop(path, None)
+        if handle is not None:
+            self._close(handle)
+
+    def clear(self) -> None:
+        if os.getpid() == self._pid:
+            for handle in self._handles.values():
+                self._close(handle)
+        self._handles = OrderedDict()
+        self._pid = os.getpid()
+
+    def _close(self, handle: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._closer(handle)
+
+
+class EpisodeSource(ABC):
+    """One episode, read lazily.
+
+    Attributes:
+        name: where it comes from, e.g. ``"/data/x.hdf5:demo_3"``.
+        length: number of frames (>= 1).
+        instruction: the task's language instruction ("" when unknown).
+        cameras: which of ``keys.CAMERAS`` it has, in ``keys.CAMERAS`` order.
+        has_actions: whether ``read`` returns actions (False for video and for sources opened
+            with ``labelled=False``).
+        has_proprio: whether ``read`` returns robot state.
+        success: the recorded outcome, None when the format does not say.
+    """
+
+    name: str
+    length: int
+    instruction: str
+    cameras: tuple[str, ...]
+    has_actions: bool
+    has_proprio: bool
+    success: bool | None
+
+    def read(
+        self,
+        start: int,
+        stop: int,
+        cameras: Sequence[str] | None = None,
+        actions: bool = True,
+        proprio: bool = True,
+    ) -> dict[str, Any]:
+        """Frames ``start`` .. ``stop - 1`` (n = stop - start).
+
+        Returns ``{"images": {camera: uint8 (n, H, W, 3) RGB upright}, "actions": float32 (n, 7)
+        or None, "proprio": float32 (n, 5) or None}``. ``cameras`` restricts which cameras are
+        decoded (cameras the source lacks are left out of ``images``); ``actions=False`` /
+        ``proprio=False`` skip reading those, so a caller can guarantee no label is touched.
+        """
+        if not (0 <= start < stop <= self.length):
+            raise IndexError(
+                f"{self.name}: frame range [{start}, {stop}) outside [0, {self.length})"
+            )
+        if cameras is None:
+            wanted = self.cameras
+        else:
+            unknown = [c for c in cameras if c not in keys.CAMERAS]
+            if unknown:
+                raise ValueError(f"unknown cameras {unknown}; known: {keys.CAMERAS}")
+            wanted = tuple(c for c in self.cameras if c in cameras)
+        out = self._read(
+            start, stop, wanted, actions and self.has_actions, proprio and self.has_proprio
+        )
+        self._check_read(out, start, stop, wanted, actions, proprio)
+        return out
+
+    @abstractmethod
+    def _read(
+        self, start: int, stop: int, cameras: tuple[str, ...], actions: bool, proprio: bool
+    ) -> dict[str, Any]:
+        """Format-specific read; ``cameras`` are all present in the source."""
+
+    def _check_read(
+        self,
+        out: dict[str, Any],
+        start: int,
+        stop: int,
+        cameras: tuple[str, ...],
+        actions: bool,
+        proprio: bool,
+    ) -> None:
+        # One place that guarantees the contract, whatever the format's decoder did.
+        n = stop - start
+        for cam in cameras:
+            img = out["images"].get(cam)
+            if (
+                img is None
+                or img.dtype != np.uint8
+                or img.ndim != 4
+                or img.shape[0] != n
+                or img.shape[3] != 3
+            ):
+                got = None if img is None else (img.shape, str(img.dtype))
+                raise DataError(
+                    f"{self.name}: camera {cam!r} frames [{start}, {stop}) decoded as {got}, "
+                    f"expected uint8 ({n}, H, W, 3)"
+                )
+        for key, want, dim in (
+            ("actions", actions and self.has_actions, keys.ACTION_DIM),
+            ("proprio", proprio and self.has_proprio, keys.PROPRIO_DIM),
+        ):
+            arr = out.get(key)
+            if not want:
+                out[key] = None
+            elif arr is None or arr.shape != (n, dim) or arr.dtype != np.float32:
+                got = None if arr is None else (arr.shape, str(arr.dtype))
+                raise DataError(
+                    f"{self.name}: {key} [{start}, {stop}) read as {got}, "
+                    f"expected float32 ({n}, {dim})"
+                )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, length={self.length}, "
+            f"cameras={self.cameras}, actions={self.has_actions}, proprio={self.has_proprio})"
+        )
+
+
+# -- helpers shared by the formats ----------------------------------------------------------
+def first_line(text: str) -> str:
+    """The first non-empty line, stripped ("" if none)."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path``.
+
+    Readers never see a half-written file, and a crash leaves the old file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _has_file(folder: Path, suffixes: tuple[str, ...]) -> bool:
+    # scandir stops at the first hit: SSv2 folders hold ~220k files.
+    with os.scandir(folder) as it:
+        # Hidden files are skipped: an interrupted atomic write leaves a '.<name>.<suffix>'.
+        return any(
+            e.name[0] != "." and e.is_file() and e.name.lower().endswith(suffixes) for e in it
+        )
+
+
+def _child_bags(folder: Path) -> list[Path]:
+    bags = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            p = Path(entry.path)
+            if entry.is_dir() and (p / "metadata.yaml").is_file():
+                bags.append(p)
+            elif entry.is_file() and entry.name.lower().endswith(ROSBAG_SUFFIXES):
+                bags.append(p)
+    return sorted(bags, key=lambda p: natural_key(p.name))
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format of ``path``; raises DataError listing the known formats."""
+    from lawm.data import bridge, video
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in HDF5_SUFFIXES:
+            return "hdf5"
+        if suffix in ROSBAG_SUFFIXES or path.name == "metadata.yaml":
+            return "rosbag"
+        if suffix in VIDEO_SUFFIXES:
+            return "video"
+        raise DataError(f"{path}: unknown data format; expected one of: {_FORMAT_HELP}")
+    if (path / "metadata.yaml").is_file():
+        return "rosbag"
+    if _has_file(path, HDF5_SUFFIXES):
+        return "hdf5"
+    if _has_file(path, (".webm",)) and video.find_ssv2_labels(path):
+        return "ssv2"
+    if _has_file(path, VIDEO_SUFFIXES):
+        return "video"
+    if _child_bags(path):
+        return "rosbag"
+    if bridge.find_trajectories(path, first_only=True):
+        return "bridge"
+    raise DataError(
+        f"{path}: unknown data format (no recognised files in the folder); expected one of: "
+        f"{_FORMAT_HELP}"
+    )
+
+
+def open_sources(
+    path: str | Path,
+    fmt: str = "auto",
+    labelled: bool = True,
+    successful_only: bool = True,
+    *,
+    image_topics: dict[str, str] | None = None,
+    action_topic: str | None = None,
+    proprio_topic: str | None = None,
+    gripper_topic: str | None = None,
+    instruction: str | None = None,
+    instruction_topic: str | None = None,
+) -> list[EpisodeSource]:
+    """Open every episode under ``path`` (a file or a folder).
+
+    fmt: "auto" (detect) or one of ``FORMATS``. labelled=False opens the data as unlabeled
+    video: sources report ``has_actions=False`` and never read an action. successful_only skips
+    episodes recorded as failures (HDF5 ``success`` attribute). The keyword-only arguments
+    configure rosbag2 input (see :class:`lawm.data.rosbag.RosbagEpisode`) and are ignored by
+    the other formats.
+    """
+    path = Path(path)
+    if fmt not in ("auto", *FORMATS):
+        raise DataError(
+            f"{path}: unknown format {fmt!r}; valid formats: auto, {', '.join(FORMATS)}"
+        )
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "hdf5":
+        from lawm.data.hdf5 import open_hdf5
+
+        return open_hdf5(path, labelled=labelled, successful_only=successful_only)
+    if fmt == "video":
+        from lawm.data.video import open_video
+
+        return open_video(path)
+    if fmt == "ssv2":
+        from lawm.data.video import open_ssv2
+
+        return open_ssv2(path)
+    if fmt == "bridge":
+        from lawm.data.bridge import open_bridge
+
+        return open_bridge(path)
+    from lawm.data.rosbag import open_rosbags
+
+    return open_rosbags(
+        path,
+        labelled=labelled,
+        image_topics=image_topics,
+        action_topic=action_topic,
+        proprio_topic=proprio_topic,
+        gripper_topic=gripper_topic,
+        instruction=instruction,
+        instruction_topic=instruction_topic,
+    )
