@@ -195,3 +195,16 @@ def test_constant_action_dims_normalise_to_zero():
     )
     norm = policy.normalize_actions(torch.tensor([[0.5, 0, 0, 0, 0, 0, 1.0]]))
     torch.testing.assert_close(norm, torch.tensor([[0.5, 0, 0, 0, 0, 0, 1.0]]))
+
+
+def test_heldout_cca_is_not_fooled_by_noise_that_in_sample_cca_overfits():
+    from lawm.metrics import heldout_canonical_correlations
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(60, 7))
+    noise = rng.normal(size=(60, 7))
+    assert canonical_correlations(noise, a).mean() > 0.2  # in-sample: optimistic
+    held = heldout_canonical_correlations(noise[:30], a[:30], noise[30:], a[30:])
+    assert abs(held.mean()) < 0.2
+    z = a @ np.linalg.qr(rng.normal(size=(7, 7)))[0] + 0.05 * rng.normal(size=(60, 7))
+    assert heldout_canonical_correlations(z[:30], a[:30], z[30:], a[30:]).min() > 0.9

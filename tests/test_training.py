@@ -262,3 +262,19 @@ def test_describe_paper_preset_reports_both_model_sizes():
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert 7.0e6 < info["policy_params"] < 10.5e6
     assert 100e6 < info["world_model_params"] < 130e6
+
+
+@pytest.mark.slow
+def test_smoke_command_leaves_an_exported_model(tmp_path):
+    r = _cli("smoke", "--out", str(tmp_path / "smoke"), "--quiet", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    export = tmp_path / "smoke" / "export"
+    side = json.loads((export / "policy.json").read_text())
+    assert (export / "policy.onnx").is_file() and (export / "text_encoder.onnx").is_file()
+    assert side["onnx_sha256"] == result["onnx_sha256"]
+    first, last = result["pretrain_recon_mse_first_last"]
+    assert last < 0.5 * first
+    first, last = result["finetune_action_mse_first_last"]
+    assert last < 0.5 * first
+    assert result["seconds"] < 300

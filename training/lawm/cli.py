@@ -287,7 +287,10 @@ def cmd_cca(args: argparse.Namespace) -> int:
     )
     for i, c in enumerate(result["correlations"]):
         print(f"canonical correlation {i}: {c:.4f}")
-    print(f"mean: {result['mean']:.4f} over {result['n_samples']} samples")
+    print(f"mean: {result['mean']:.4f} over {result['n_samples']} samples (in-sample)")
+    if "heldout_mean" in result:
+        held = ", ".join(f"{c:.4f}" for c in result["heldout_correlations"])
+        print(f"held-out episodes: {held}; mean {result['heldout_mean']:.4f}")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -10,7 +10,7 @@ import torch
 
 from lawm import keys
 from lawm.checkpoint import load_policy
-from lawm.metrics import canonical_correlations
+from lawm.metrics import canonical_correlations, heldout_canonical_correlations
 
 
 @torch.no_grad()
@@ -53,12 +53,23 @@ def latent_action_cca(
         actions.append(batch[keys.ACTIONS][:, 0].numpy())
     z = np.concatenate(latents)
     a = np.concatenate(actions)
+    episode = np.array([dataset.locate(int(i))[0] for i in idx])
     # Action dims that never vary (e.g. rotation in planar tasks) carry no signal to correlate.
     varying = np.flatnonzero(a.std(axis=0) > 1e-6)
     if len(varying) == 0:
         raise ValueError("the recorded actions are constant; nothing to correlate")
     corr = canonical_correlations(z, a[:, varying])
+    result: dict[str, Any] = {}
+    # Held out by episode: fit on even-numbered episodes, correlate on odd-numbered ones.
+    fit, test = episode % 2 == 0, episode % 2 == 1
+    if fit.sum() > z.shape[1] and test.sum() > 2:
+        held = heldout_canonical_correlations(
+            z[fit], a[fit][:, varying], z[test], a[test][:, varying]
+        )
+        result["heldout_correlations"] = [float(c) for c in held]
+        result["heldout_mean"] = float(held.mean())
     return {
+        **result,
         "correlations": [float(c) for c in corr],
         "action_dims": [keys.ACTION_LAYOUT[i] for i in varying],
         "mean": float(corr.mean()),

@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def canonical_correlations(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
-    """Canonical correlations of x (N, p) and y (N, q), descending, min(p, q) values.
+def fit_cca(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6):
+    """Fit CCA on x (N, p), y (N, q).
 
+    Returns (correlations, (mean_x, wx), (mean_y, wy)) where ``(x - mean_x) @ wx`` gives the
+    canonical variates of x (columns ordered by correlation, descending), likewise for y.
     Each view is centred and whitened (Cholesky of its covariance plus a small ridge, relative
     to the trace, so constant dimensions don't make it singular); the singular values of the
     whitened cross-covariance are the correlations.
@@ -26,15 +28,41 @@ def canonical_correlations(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) ->
         raise ValueError(
             f"CCA needs more samples ({n}) than dimensions {x.shape[1]}, {y.shape[1]}"
         )
-    x = x - x.mean(0)
-    y = y - y.mean(0)
+    mx, my = x.mean(0), y.mean(0)
+    x = x - mx
+    y = y - my
 
-    def inv_sqrt_chol(a: np.ndarray) -> np.ndarray:
+    def whitener(a: np.ndarray) -> np.ndarray:
         cov = a.T @ a / (n - 1)
         cov += np.eye(len(cov)) * ridge * max(np.trace(cov) / len(cov), 1e-12)
-        return np.linalg.inv(np.linalg.cholesky(cov))
+        return np.linalg.inv(np.linalg.cholesky(cov))  # L^-1 with cov = L L^T
 
-    wx, wy = inv_sqrt_chol(x), inv_sqrt_chol(y)
+    lx, ly = whitener(x), whitener(y)
     cxy = x.T @ y / (n - 1)
-    s = np.linalg.svd(wx @ cxy @ wy.T, compute_uv=False)
-    return np.clip(s[: min(x.shape[1], y.shape[1])], 0.0, 1.0)
+    u, s, vt = np.linalg.svd(lx @ cxy @ ly.T)
+    k = min(x.shape[1], y.shape[1])
+    wx = lx.T @ u[:, :k]
+    wy = ly.T @ vt.T[:, :k]
+    return np.clip(s[:k], 0.0, 1.0), (mx, wx), (my, wy)
+
+
+def canonical_correlations(x: np.ndarray, y: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Canonical correlations of x (N, p) and y (N, q), descending, min(p, q) values."""
+    return fit_cca(x, y, ridge)[0]
+
+
+def heldout_canonical_correlations(
+    x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> np.ndarray:
+    """Fit the canonical directions on one split, report their correlations on another.
+
+    In-sample CCA is optimistic (with few samples even random features correlate); the
+    held-out figure is the honest one.
+    """
+    _, (mx, wx), (my, wy) = fit_cca(x_fit, y_fit)
+    u = (np.asarray(x_test, np.float64) - mx) @ wx
+    v = (np.asarray(y_test, np.float64) - my) @ wy
+    u = u - u.mean(0)
+    v = v - v.mean(0)
+    denom = np.sqrt((u * u).sum(0) * (v * v).sum(0))
+    return np.where(denom > 0, (u * v).sum(0) / np.maximum(denom, 1e-300), 0.0)

@@ -12,8 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lawm.checkpoint import atomic_write_text
+import torch
+
+from lawm.checkpoint import atomic_write_text, save_policy
 from lawm.config import preset
+from lawm.models.policy import Policy
 
 
 def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> dict[str, Any]:
@@ -54,6 +57,10 @@ def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> d
     )
     sidecar = export_policy(out / "finetune" / "policy", out / "export")
     cca = latent_action_cca(out / "pretrain" / "policy", demos, lang_cache=lang_cache)
+    # The same architecture untrained: what CCA gives without pretraining.
+    torch.manual_seed(cfg.pretrain.seed)
+    save_policy(out / "untrained" / "policy", Policy(cfg.policy), cfg, {"stage": "untrained"})
+    cca0 = latent_action_cca(out / "untrained" / "policy", demos, lang_cache=lang_cache)
 
     def first_last(history, key):
         return [round(history[0][key], 5), round(history[-1][key], 5)] if history else None
@@ -64,6 +71,8 @@ def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> d
         "pretrain_recon_mse_first_last": first_last(pre["history"], "recon_mse"),
         "finetune_action_mse_first_last": first_last(fine["history"], "action_mse"),
         "cca_mean": round(cca["mean"], 4),
+        "cca_heldout_mean": round(cca.get("heldout_mean", float("nan")), 4),
+        "cca_heldout_mean_untrained": round(cca0.get("heldout_mean", float("nan")), 4),
         "export": str(out / "export"),
         "onnx_sha256": sidecar["onnx_sha256"],
         "parity_max_abs_error": sidecar["parity_max_abs_error"],
