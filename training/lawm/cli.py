@@ -397,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_smoke)
+    # Simulation commands (generate, eval-sim) live beside the simulator code.
+    from lawm.sim import commands as sim_commands
+
+    sim_commands.register(sub)
     return parser
 
 

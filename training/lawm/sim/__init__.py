@@ -1,0 +1,1 @@
+"""LIBERO simulation: environment wrapper, scripted experts, data generation, evaluation."""
