@@ -13,7 +13,6 @@ training: collapse whitespace, tokenize with truncation to ``max_length``, encod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -23,33 +22,13 @@ from typing import Any
 import numpy as np
 
 from lawm_policy.core.errors import ModelLoadError
+from lawm_policy.core.hashing import sha256_file as sha256_file  # re-exported
+from lawm_policy.core.hashing import verify_file
 
 SIDECAR_FILE = "text_encoder.json"
 ONNX_FILE = "text_encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 SUPPORTED_SIDECAR_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_file(path: Path, expected_sha256: str) -> None:
-    """ModelLoadError naming ``path`` if it is missing or its sha256 is not the expected one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: file missing (expected sha256 {expected_sha256})")
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        raise ModelLoadError(
-            f"{path}: sha256 mismatch, expected {expected_sha256}, actual {actual} "
-            "(the file changed after export; export again)"
-        )
 
 
 def normalize_text(text: str) -> str:

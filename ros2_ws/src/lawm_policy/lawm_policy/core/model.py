@@ -1,0 +1,477 @@
+"""An exported policy (``policy.onnx`` + ``policy.json``) run with onnxruntime, checked at load.
+
+The folder comes from ``lawm.export.export_policy``::
+
+    policy.json   sidecar: format_version, onnx_sha256, cameras, image_size, chunk_size,
+                  action_dim, control_rate_hz, normalization, inputs, outputs, ...
+    policy.onnx   image_<camera> uint8 (B, S, S, 3) RGB, proprio float32 (B, P) raw units,
+                  lang float32 (B, 384) -> actions float32 (B, K, A) normalised to [-1, 1]
+
+Loading refuses (``ModelLoadError`` naming the file and the reason) a missing folder or file,
+a sidecar that is not JSON, lacks a field or has another format version, a ``policy.onnx``
+whose sha256 is not the sidecar's, and a graph whose input/output names, dtypes or shapes
+differ from the sidecar. ``predict`` takes one observation and refuses malformed input with
+``InputError``; it never resizes or converts (``preprocess`` does that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lawm_policy.core.errors import InputError, ModelLoadError
+from lawm_policy.core.hashing import verify_file
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FILE = "policy.json"
+ONNX_FILE = "policy.onnx"
+SUPPORTED_FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "format_version",
+    "onnx_sha256",
+    "cameras",
+    "image_size",
+    "chunk_size",
+    "action_dim",
+    "control_rate_hz",
+    "normalization",
+    "inputs",
+    "outputs",
+)
+NORMALIZATION_KEYS = ("action_min", "action_max", "proprio_mean", "proprio_std")
+PROPRIO_INPUT = "proprio"
+LANG_INPUT = "lang"
+ACTION_OUTPUT = "actions"
+IMAGE_INPUT_PREFIX = "image_"
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+AUTO_ORDER = (TENSORRT, CUDA, CPU)
+PROVIDER_ALIASES = {
+    "tensorrt": TENSORRT,
+    "trt": TENSORRT,
+    "cuda": CUDA,
+    "gpu": CUDA,
+    "cpu": CPU,
+}
+# Short names expand to the provider plus the ones it falls back on for unsupported nodes.
+_ALIAS_CHAIN = {TENSORRT: (TENSORRT, CUDA, CPU), CUDA: (CUDA, CPU), CPU: (CPU,)}
+
+
+def image_input_name(camera: str) -> str:
+    return f"{IMAGE_INPUT_PREFIX}{camera}"
+
+
+def resolve_providers(
+    providers: str | Sequence[str], available: Sequence[str] | None = None
+) -> list[str]:
+    """Execution providers to ask onnxruntime for, in priority order.
+
+    ``"auto"``: TensorRT, CUDA, CPU, keeping those this onnxruntime build has. A short name
+    (``"tensorrt"``/``"trt"``, ``"cuda"``/``"gpu"``, ``"cpu"``, case-insensitive; several may
+    be comma-separated) or a list of short or full provider names. A short name brings the
+    providers after it as fallbacks for nodes it cannot run (``"cuda"`` -> CUDA, CPU), kept
+    only if available. ModelLoadError for an unknown name (listing the valid ones) or an
+    explicitly named provider this build does not have.
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    available = list(available)
+    if isinstance(providers, str):
+        items = [p.strip() for p in providers.split(",") if p.strip()]
+    else:
+        items = [str(p).strip() for p in providers]
+    if not items:
+        raise ModelLoadError(f"no execution provider given ({_valid_names(available)})")
+    if [i.lower() for i in items] == ["auto"]:
+        return [p for p in AUTO_ORDER if p in available]
+
+    full_names = {p.lower(): p for p in (*AUTO_ORDER, *available)}
+    out: list[str] = []
+    for item in items:
+        key = item.lower()
+        if key in PROVIDER_ALIASES:
+            first = PROVIDER_ALIASES[key]
+            chain = [first] + [p for p in _ALIAS_CHAIN[first][1:] if p in available]
+        elif key in full_names:
+            chain = [full_names[key]]
+        else:
+            raise ModelLoadError(
+                f"unknown execution provider {item!r} ({_valid_names(available)})"
+            )
+        if chain[0] not in available:
+            raise ModelLoadError(
+                f"execution provider {chain[0]} is not available in this onnxruntime build "
+                f"(available: {available})"
+            )
+        out += [p for p in chain if p not in out]
+    return out
+
+
+def _valid_names(available: Sequence[str]) -> str:
+    aliases = ", ".join(repr(a) for a in PROVIDER_ALIASES)
+    return f"valid: 'auto', {aliases}, or full names such as {list(available)}"
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: file missing (the exported policy's sidecar)")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: not a readable JSON sidecar ({err})") from err
+    if not isinstance(sidecar, dict):
+        raise ModelLoadError(f"{path}: sidecar is a JSON {type(sidecar).__name__}, not an object")
+    missing = [k for k in REQUIRED_KEYS if k not in sidecar]
+    if missing:
+        raise ModelLoadError(f"{path}: sidecar lacks required keys {missing}")
+    version = sidecar["format_version"]
+    if version != SUPPORTED_FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: format_version {version!r}, this runtime reads {SUPPORTED_FORMAT_VERSION}"
+        )
+    return sidecar
+
+
+def _positive_int(path: Path, sidecar: Mapping[str, Any], key: str) -> int:
+    value = sidecar.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ModelLoadError(f"{path}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _vector(path: Path, norm: Mapping[str, Any], key: str, dim: int) -> np.ndarray:
+    try:
+        arr = np.asarray(norm[key], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelLoadError(f"{path}: normalization.{key} missing or not numbers") from err
+    if arr.shape != (dim,) or not np.all(np.isfinite(arr)):
+        raise ModelLoadError(
+            f"{path}: normalization.{key} must be {dim} finite numbers, got {norm[key]!r}"
+        )
+    return arr
+
+
+def _dims_match(graph_shape: Sequence[Any], sidecar_shape: Sequence[Any]) -> bool:
+    """Fixed sizes must be equal; a symbolic or unknown dimension matches a symbolic one."""
+    if len(graph_shape) != len(sidecar_shape):
+        return False
+    for g, s in zip(graph_shape, sidecar_shape):
+        g_fixed = isinstance(g, int) and not isinstance(g, bool)
+        s_fixed = isinstance(s, int) and not isinstance(s, bool)
+        if g_fixed != s_fixed or (g_fixed and g != s):
+            return False
+    return True
+
+
+class PolicyModel:
+    """A checked, loaded exported policy.
+
+    Args:
+        model_dir: folder holding ``policy.json`` and ``policy.onnx``.
+        providers: ``"auto"`` (TensorRT, CUDA, CPU, those available), a short name
+            (``"tensorrt"``, ``"cuda"``, ``"cpu"``) or a list of provider names; see
+            ``resolve_providers``. ``provider`` is the one onnxruntime actually made active.
+        threads: intra-op threads for the CPU provider; 0 = onnxruntime's default.
+
+    Attributes: ``sidecar`` (the parsed JSON), ``cameras`` (tuple, input order),
+    ``image_size``, ``chunk_size``, ``action_dim``, ``control_rate_hz``, ``lang_dim``,
+    ``proprio_dim``, ``provider``, ``providers`` (all active), ``action_min``/``action_max``
+    (float64 (A,)), ``model_dir``, ``onnx_path``, ``has_text_encoder``.
+
+    ``predict`` is safe to call from several threads (onnxruntime sessions are).
+    """
+
+    def __init__(
+        self, model_dir: Path | str, providers: str | list[str] = "auto", threads: int = 0
+    ) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise ModelLoadError(f"{self.model_dir}: model directory missing")
+        sidecar_path = self.model_dir / SIDECAR_FILE
+        self.sidecar = sc = _read_sidecar(sidecar_path)
+
+        # Fixed file name: the sidecar is not trusted to point outside the folder.
+        onnx_name = sc.get("onnx_file", ONNX_FILE)
+        if onnx_name != ONNX_FILE:
+            raise ModelLoadError(
+                f"{sidecar_path}: onnx_file is {onnx_name!r}, this runtime loads {ONNX_FILE!r}"
+            )
+        self.onnx_path = self.model_dir / ONNX_FILE
+        if not self.onnx_path.is_file():
+            raise ModelLoadError(f"{self.onnx_path}: file missing (named by {sidecar_path})")
+        if not isinstance(sc["onnx_sha256"], str):
+            raise ModelLoadError(f"{sidecar_path}: onnx_sha256 must be a hex string")
+        verify_file(self.onnx_path, sc["onnx_sha256"])
+
+        cams = sc["cameras"]
+        if (
+            not isinstance(cams, list)
+            or not cams
+            or not all(isinstance(c, str) and c for c in cams)
+            or len(set(cams)) != len(cams)
+        ):
+            raise ModelLoadError(
+                f"{sidecar_path}: cameras must be a non-empty list of distinct names, got {cams!r}"
+            )
+        self.cameras: tuple[str, ...] = tuple(cams)
+        self.image_size = _positive_int(sidecar_path, sc, "image_size")
+        self.chunk_size = _positive_int(sidecar_path, sc, "chunk_size")
+        self.action_dim = _positive_int(sidecar_path, sc, "action_dim")
+        rate = sc["control_rate_hz"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ModelLoadError(f"{sidecar_path}: control_rate_hz must be > 0, got {rate!r}")
+        if not math.isfinite(rate):
+            raise ModelLoadError(f"{sidecar_path}: control_rate_hz must be finite, got {rate!r}")
+        self.control_rate_hz = float(rate)
+
+        self._spec_in = self._io_specs(sidecar_path, sc["inputs"], "inputs")
+        self._spec_out = self._io_specs(sidecar_path, sc["outputs"], "outputs")
+        self._image_inputs = {c: image_input_name(c) for c in self.cameras}
+        self._check_sidecar_consistency(sidecar_path)
+        self.proprio_dim = int(self._spec_in[PROPRIO_INPUT]["shape"][1])
+        self.lang_dim = int(self._spec_in[LANG_INPUT]["shape"][1])
+        for key, dim in (("proprio_dim", self.proprio_dim), ("lang_dim", self.lang_dim)):
+            if key in sc and sc[key] != dim:
+                raise ModelLoadError(
+                    f"{sidecar_path}: {key} {sc[key]!r} but its input shape says {dim}"
+                )
+
+        norm = sc["normalization"]
+        if not isinstance(norm, dict):
+            raise ModelLoadError(f"{sidecar_path}: normalization must be an object")
+        self.action_min = _vector(sidecar_path, norm, "action_min", self.action_dim)
+        self.action_max = _vector(sidecar_path, norm, "action_max", self.action_dim)
+        if not np.all(self.action_max >= self.action_min):
+            raise ModelLoadError(
+                f"{sidecar_path}: normalization.action_max < action_min somewhere "
+                f"({self.action_max.tolist()} vs {self.action_min.tolist()})"
+            )
+        _vector(sidecar_path, norm, "proprio_mean", self.proprio_dim)
+        _vector(sidecar_path, norm, "proprio_std", self.proprio_dim)
+
+        self.requested_providers = resolve_providers(providers)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ModelLoadError(f"threads must be an integer >= 0, got {threads!r}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only; we log the provider choice ourselves
+        try:
+            self._session = ort.InferenceSession(
+                str(self.onnx_path), sess_options=opts, providers=self.requested_providers
+            )
+        except Exception as err:  # onnxruntime's errors have no common public base class
+            raise ModelLoadError(f"{self.onnx_path}: onnxruntime cannot load it ({err})") from err
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        self.provider: str = self.providers[0]
+        if self.provider != self.requested_providers[0]:
+            log.warning(
+                "asked for %s but onnxruntime runs %s", self.requested_providers, self.provider
+            )
+        self._check_graph(sidecar_path)
+        self._input_names = [*self._image_inputs.values(), PROPRIO_INPUT, LANG_INPUT]
+        log.info(
+            "loaded %s (%s, cameras %s, %dx%d, chunk %d, %.1f Hz) on %s",
+            self.onnx_path,
+            sc.get("preset", "?"),
+            list(self.cameras),
+            self.image_size,
+            self.image_size,
+            self.chunk_size,
+            self.control_rate_hz,
+            self.provider,
+        )
+
+    # ---------------------------------------------------------------- load-time checks
+    @staticmethod
+    def _io_specs(path: Path, items: Any, field: str) -> dict[str, dict[str, Any]]:
+        if not isinstance(items, list) or not items:
+            raise ModelLoadError(f"{path}: {field} must be a non-empty list")
+        specs: dict[str, dict[str, Any]] = {}
+        for item in items:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("name"), str)
+                or not isinstance(item.get("shape"), list)
+                or not isinstance(item.get("dtype"), str)
+            ):
+                raise ModelLoadError(
+                    f"{path}: each of {field} needs name, shape (list) and dtype, got {item!r}"
+                )
+            if item["name"] in specs:
+                raise ModelLoadError(f"{path}: {field} names {item['name']!r} twice")
+            specs[item["name"]] = item
+        return specs
+
+    def _check_sidecar_consistency(self, path: Path) -> None:
+        """The sidecar's own fields must agree: cameras vs inputs, sizes vs shapes."""
+        s = self.image_size
+        want = {
+            **{n: (["batch", s, s, 3], "uint8") for n in self._image_inputs.values()},
+            PROPRIO_INPUT: None,
+            LANG_INPUT: None,
+        }
+        if set(self._spec_in) != set(want):
+            raise ModelLoadError(
+                f"{path}: inputs {sorted(self._spec_in)} do not match cameras "
+                f"{list(self.cameras)} (expected {sorted(want)})"
+            )
+        for name, spec in self._spec_in.items():
+            shape, dtype = spec["shape"], spec["dtype"]
+            if want[name] is not None:
+                ok = _dims_match(shape, want[name][0]) and dtype == want[name][1]
+                expect = f"uint8 [batch, {s}, {s}, 3] (image_size {s})"
+            else:
+                ok = (
+                    len(shape) == 2
+                    and isinstance(shape[1], int)
+                    and not isinstance(shape[1], bool)
+                    and shape[1] > 0
+                    and dtype == "float32"
+                )
+                expect = "float32 [batch, N]"
+            if not ok:
+                raise ModelLoadError(f"{path}: input {name} is {dtype} {shape}, expected {expect}")
+        if ACTION_OUTPUT not in self._spec_out:
+            raise ModelLoadError(
+                f"{path}: outputs {sorted(self._spec_out)} lack {ACTION_OUTPUT!r}"
+            )
+        out = self._spec_out[ACTION_OUTPUT]
+        want_out = ["batch", self.chunk_size, self.action_dim]
+        if not _dims_match(out["shape"], want_out) or out["dtype"] != "float32":
+            raise ModelLoadError(
+                f"{path}: output {ACTION_OUTPUT} is {out['dtype']} {out['shape']}, expected "
+                f"float32 {want_out} (chunk_size {self.chunk_size}, action_dim {self.action_dim})"
+            )
+
+    def _check_graph(self, sidecar_path: Path) -> None:
+        """The ONNX graph's names, dtypes and shapes must be the sidecar's."""
+        graph_in = {i.name: i for i in self._session.get_inputs()}
+        graph_out = {o.name: o for o in self._session.get_outputs()}
+        if set(graph_in) != set(self._spec_in) or not set(self._spec_out) <= set(graph_out):
+            raise ModelLoadError(
+                f"{self.onnx_path}: graph inputs {sorted(graph_in)} / outputs "
+                f"{sorted(graph_out)} differ from {sidecar_path} (inputs "
+                f"{sorted(self._spec_in)}, outputs {sorted(self._spec_out)}, cameras "
+                f"{list(self.cameras)})"
+            )
+        for kind, graph, specs in (
+            ("input", graph_in, self._spec_in),
+            ("output", graph_out, self._spec_out),
+        ):
+            for name, spec in specs.items():
+                node = graph[name]
+                dtype = f"tensor({'float' if spec['dtype'] == 'float32' else spec['dtype']})"
+                if node.type != dtype or not _dims_match(list(node.shape), spec["shape"]):
+                    raise ModelLoadError(
+                        f"{self.onnx_path}: graph {kind} {name} is {node.type} {node.shape}, "
+                        f"{sidecar_path} says {spec['dtype']} {spec['shape']}"
+                    )
+
+    # ---------------------------------------------------------------- inference
+    @property
+    def has_text_encoder(self) -> bool:
+        """The export folder also holds text_encoder.* (``TextEncoderRuntime(model_dir)``)."""
+        return bool(self.sidecar.get("text_encoder"))
+
+    def _feed(
+        self, images: Mapping[str, np.ndarray], proprio: np.ndarray, lang: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        if not isinstance(images, Mapping):
+            raise InputError(f"images must be a dict camera -> array, got {type(images).__name__}")
+        missing = [c for c in self.cameras if c not in images]
+        if missing:
+            raise InputError(
+                f"missing camera image(s) {missing} (model cameras {list(self.cameras)})"
+            )
+        extra = sorted(str(k) for k in images if k not in self._image_inputs)
+        if extra:
+            raise InputError(f"unknown camera(s) {extra} (model cameras {list(self.cameras)})")
+        s = self.image_size
+        feed: dict[str, np.ndarray] = {}
+        for cam, name in self._image_inputs.items():
+            img = images[cam]
+            if not isinstance(img, np.ndarray):
+                raise InputError(f"image {cam!r} must be a numpy array, got {type(img).__name__}")
+            if img.dtype != np.uint8:
+                raise InputError(f"image {cam!r} must be uint8, got {img.dtype}")
+            if img.shape != (s, s, 3):
+                raise InputError(
+                    f"image {cam!r} has shape {img.shape}, the model takes ({s}, {s}, 3) "
+                    "(use preprocess.fit_image)"
+                )
+            feed[name] = np.ascontiguousarray(img)[None]
+        feed[PROPRIO_INPUT] = self._vector_input("proprio", proprio, self.proprio_dim)
+        feed[LANG_INPUT] = self._vector_input("lang", lang, self.lang_dim)
+        return feed
+
+    @staticmethod
+    def _vector_input(what: str, value: Any, dim: int) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
+            raise InputError(f"{what} must be numbers, got dtype {arr.dtype}")
+        if arr.shape != (dim,):
+            raise InputError(f"{what} has shape {arr.shape}, the model takes ({dim},)")
+        arr = arr.astype(np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{what} has non-finite values: {arr.tolist()}")
+        return arr[None]
+
+    def predict(
+        self, images: Mapping[str, np.ndarray], proprio: np.ndarray, lang: np.ndarray
+    ) -> np.ndarray:
+        """One observation -> action chunk float32 (K, A), normalised, in [-1, 1].
+
+        ``images``: camera -> uint8 (S, S, 3) RGB at the model's ``image_size`` (one per
+        camera of ``cameras``); ``proprio``: (proprio_dim,) raw units; ``lang``: (lang_dim,)
+        embedding. InputError for a missing/unknown camera, a wrong shape or dtype, or
+        non-finite numbers.
+        """
+        feed = self._feed(images, proprio, lang)
+        out = self._session.run([ACTION_OUTPUT], feed)[0]
+        return np.ascontiguousarray(out[0], dtype=np.float32)
+
+    def denormalize(self, actions: np.ndarray) -> np.ndarray:
+        """Normalised actions (..., A) -> raw units: (a + 1) / 2 * (max - min) + min."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim == 0 or a.shape[-1] != self.action_dim:
+            raise InputError(f"actions have shape {a.shape}, expected (..., {self.action_dim})")
+        return (a + 1.0) / 2.0 * (self.action_max - self.action_min) + self.action_min
+
+    def warmup(self, n: int = 3) -> list[float]:
+        """Run ``n`` predictions on a neutral input (first runs allocate and, on TensorRT,
+        build engines); returns their durations in ms."""
+        s = self.image_size
+        images = {c: np.full((s, s, 3), 127, np.uint8) for c in self.cameras}
+        proprio = np.asarray(self.sidecar["normalization"]["proprio_mean"], np.float32)
+        lang = np.full(self.lang_dim, 1.0 / math.sqrt(self.lang_dim), np.float32)
+        times = []
+        for _ in range(max(0, int(n))):
+            t0 = time.perf_counter()
+            self.predict(images, proprio, lang)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+    def __repr__(self) -> str:
+        return (
+            f"PolicyModel({str(self.model_dir)!r}, provider={self.provider!r}, "
+            f"cameras={list(self.cameras)}, image_size={self.image_size}, "
+            f"chunk_size={self.chunk_size}, action_dim={self.action_dim})"
+        )

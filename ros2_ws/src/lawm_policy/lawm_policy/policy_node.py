@@ -1,0 +1,453 @@
+"""The LAWM policy as a ROS 2 lifecycle node: camera images in, end-effector commands out.
+
+A thin shell around ``lawm_policy.core``: it owns parameters, QoS, timers and messages; the
+runtime core (onnxruntime + numpy) does the work.
+
+- configure: read parameters, load and verify the exported model (sha256), the text encoder.
+- activate: subscribe to cameras / proprio / instruction, start the control timer.
+- deactivate: stop the timer and subscriptions, send one zero twist.
+
+Inference runs on the control timer from the newest frames (image callbacks only store the
+message). Outputs: ``~/action`` (raw 7-D action in the training data's units),
+``~/cmd_twist`` (stamped with the newest image used), ``~/cmd_gripper`` and ``/diagnostics``.
+Stale or missing inputs give a zero twist each tick and a diagnostic warning; the node resumes
+by itself when they return.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.time import Time
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32MultiArray, Float64, String
+from std_srvs.srv import Trigger
+
+from lawm_policy.core.aggregation import TemporalAggregator
+from lawm_policy.core.command import ActionMapper, Command
+from lawm_policy.core.errors import InputError, ModelLoadError
+from lawm_policy.core.model import PolicyModel
+from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
+from lawm_policy.core.safety import SafetyFilter, SafetyLimits
+from lawm_policy.core.watchdog import StalenessWatchdog
+from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
+
+PROPRIO = "proprio"
+INSTRUCTION = "instruction"
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    model_dir: str
+    camera_topics: tuple[str, ...]
+    proprio_topic: str
+    instruction: str
+    control_rate_hz: float
+    stale_timeout_s: float
+    providers: str
+    threads: int
+    frame_id: str
+    linear_scale: tuple[float, ...]
+    angular_scale: tuple[float, ...]
+    gripper_threshold: float
+    max_linear_axis: tuple[float, ...]
+    max_angular_axis: tuple[float, ...]
+    max_linear_speed: float
+    max_angular_speed: float
+    max_linear_accel: float
+    max_angular_accel: float
+    workspace_min: tuple[float, ...]
+    workspace_max: tuple[float, ...]
+    diagnostics_period_s: float
+
+
+# name -> (default, description). Declared once, read into PolicyParams.
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "model_dir": ("", "Exported model directory (policy.onnx + policy.json [+ text encoder])."),
+    "camera_topics": (
+        ["/camera/agentview/image_raw", "/camera/eye_in_hand/image_raw"],
+        "One image topic per camera, in the order of the model's 'cameras'.",
+    ),
+    "proprio_topic": (
+        "",
+        "std_msgs/Float32MultiArray [ee_x, ee_y, ee_z, gripper_l, gripper_r]; empty: the "
+        "model gets the training mean (no robot state).",
+    ),
+    "instruction": ("", "Task instruction until one arrives on ~/instruction."),
+    "control_rate_hz": (0.0, "Inference and command rate; 0 takes the model's own rate."),
+    "stale_timeout_s": (0.5, "Inputs older than this give a zero twist."),
+    "providers": ("auto", "onnxruntime providers: auto, tensorrt, cuda or cpu."),
+    "threads": (0, "onnxruntime intra-op threads (0: onnxruntime's default)."),
+    "frame_id": ("base_link", "Frame of the published twist."),
+    "linear_scale": ([0.5, 0.5, 0.5], "m/s per unit of normalised action (x, y, z)."),
+    "angular_scale": ([1.0, 1.0, 1.0], "rad/s per unit of normalised action (rx, ry, rz)."),
+    "gripper_threshold": (0.0, "Normalised gripper action above this closes the gripper."),
+    "max_linear_axis": ([0.25, 0.25, 0.25], "Per-axis linear speed limit, m/s."),
+    "max_angular_axis": ([0.8, 0.8, 0.8], "Per-axis angular speed limit, rad/s."),
+    "max_linear_speed": (0.3, "Linear speed norm limit, m/s."),
+    "max_angular_speed": (1.0, "Angular speed norm limit, rad/s."),
+    "max_linear_accel": (2.0, "Linear rate limit, m/s^2."),
+    "max_angular_accel": (6.0, "Angular rate limit, rad/s^2."),
+    "workspace_min": ([0.0], "Workspace box minimum [x, y, z] in the proprio frame; [0.0]: off."),
+    "workspace_max": ([0.0], "Workspace box maximum [x, y, z]; [0.0]: off."),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics messages."),
+}
+
+
+def _tuple(value) -> tuple:
+    return tuple(float(v) for v in value)
+
+
+class PolicyNode(LifecycleNode):
+    def __init__(self, node_name: str = "lawm_policy", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self.declare_parameter(
+            "autostart", True, ParameterDescriptor(description="Configure and activate at start.")
+        )
+        self.params: PolicyParams | None = None
+        self.model: PolicyModel | None = None
+        self.text_encoder = None
+        self._subs: list = []
+        self._timer = None
+        self._diag_timer = None
+        self._pubs_ready = False
+
+    # -- parameters -----------------------------------------------------------------------
+    def _read_params(self) -> PolicyParams:
+        values = {}
+        for f in fields(PolicyParams):
+            v = self.get_parameter(f.name).value
+            values[f.name] = (
+                _tuple(v)
+                if isinstance(v, (list, tuple)) and f.name not in ("camera_topics",)
+                else v
+            )
+        values["camera_topics"] = tuple(str(t) for t in values["camera_topics"])
+        if values["workspace_min"] == (0.0,):
+            values["workspace_min"] = ()
+        if values["workspace_max"] == (0.0,):
+            values["workspace_max"] = ()
+        return PolicyParams(**values)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            p = self._read_params()
+            if not p.model_dir:
+                raise ModelLoadError("parameter 'model_dir' is empty: set it to an export dir")
+            model = PolicyModel(p.model_dir, providers=p.providers, threads=p.threads)
+            if len(p.camera_topics) != len(model.cameras):
+                raise ModelLoadError(
+                    f"camera_topics has {len(p.camera_topics)} topics {list(p.camera_topics)} "
+                    f"but the model expects {len(model.cameras)} cameras {list(model.cameras)}"
+                )
+            ws = (p.workspace_min, p.workspace_max)
+            limits = SafetyLimits(
+                max_linear_axis=p.max_linear_axis,
+                max_angular_axis=p.max_angular_axis,
+                max_linear_speed=p.max_linear_speed,
+                max_angular_speed=p.max_angular_speed,
+                max_linear_accel=p.max_linear_accel,
+                max_angular_accel=p.max_angular_accel,
+                workspace_min=ws[0] or None,
+                workspace_max=ws[1] or None,
+            )
+            self.safety = SafetyFilter(limits)
+            self.mapper = ActionMapper(p.linear_scale, p.angular_scale, p.gripper_threshold)
+        except (ModelLoadError, ValueError) as err:
+            self.get_logger().error(f"cannot configure: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self.params, self.model = p, model
+        self.text_encoder = self._load_text_encoder(Path(p.model_dir))
+        self.rate_hz = p.control_rate_hz or model.control_rate_hz
+        self.aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
+        required = [*model.cameras] + ([PROPRIO] if p.proprio_topic else [])
+        self.watchdog = StalenessWatchdog(p.stale_timeout_s, required)
+        self.latest: dict[str, tuple[np.ndarray, object]] = {}  # camera -> (RGB, stamp)
+        self.proprio = np.asarray(model.sidecar["normalization"]["proprio_mean"], np.float32)
+        self.lang: np.ndarray | None = None
+        self.instruction_text = ""
+        self.warnings: dict[str, str] = {}
+        self.infer_ms: deque[float] = deque(maxlen=200)
+        self.tick_times: deque[float] = deque(maxlen=200)
+        self.missed_ticks = 0
+        self.ticks = 0
+        self.was_stale = True
+        self.pub_action = self.create_lifecycle_publisher(Float32MultiArray, "~/action", COMMAND)
+        self.pub_twist = self.create_lifecycle_publisher(TwistStamped, "~/cmd_twist", COMMAND)
+        self.pub_gripper = self.create_lifecycle_publisher(Float64, "~/cmd_gripper", COMMAND)
+        self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self.model.warmup()
+        if p.instruction.strip():
+            self._set_instruction(p.instruction)
+        self.get_logger().info(
+            f"configured: model {p.model_dir} (sha256 {model.sidecar['onnx_sha256'][:12]}), "
+            f"provider {model.provider}, {self.rate_hz:g} Hz, cameras "
+            + ", ".join(f"{c}<-{t}" for c, t in zip(model.cameras, p.camera_topics))
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load_text_encoder(self, model_dir: Path):
+        if not (model_dir / "text_encoder.json").is_file():
+            self.get_logger().warning(
+                f"{model_dir} has no text encoder: instructions cannot be embedded, so the "
+                "policy will not act until the model is exported with one"
+            )
+            return None
+        from lawm_policy.core.text_encoder import TextEncoderRuntime
+
+        return TextEncoderRuntime(model_dir)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p, model = self.params, self.model
+        for cam, topic in zip(model.cameras, p.camera_topics):
+            self._subs.append(
+                self.create_subscription(
+                    Image, topic, lambda msg, c=cam: self._on_image(c, msg), SENSOR_LATEST
+                )
+            )
+        if p.proprio_topic:
+            self._subs.append(
+                self.create_subscription(
+                    Float32MultiArray, p.proprio_topic, self._on_proprio, SENSOR_LATEST
+                )
+            )
+        self._subs.append(
+            self.create_subscription(String, "~/instruction", self._on_instruction, LATCHED)
+        )
+        self.aggregator.reset()
+        self.safety.reset()
+        self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
+        self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
+        self.get_logger().info("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        self._publish_command(
+            Command.zero(), self.get_clock().now(), gripper=False
+        )  # still active here
+        self.get_logger().info("inactive: commands stopped")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        self.model = None
+        self.text_encoder = None
+        for pub in (self.pub_action, self.pub_twist, self.pub_gripper, self.pub_diag):
+            self.destroy_lifecycle_publisher(pub)
+        self.destroy_service(self._reset_srv)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_io(self) -> None:
+        for timer in (self._timer, self._diag_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._timer = self._diag_timer = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+
+    # -- inputs ---------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    @staticmethod
+    def _stamp_s(stamp) -> float:
+        return stamp.sec + stamp.nanosec * 1e-9
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        # Validate at the edge (a malformed frame never replaces a good one) and keep only the
+        # newest; resizing and inference happen on the timer.
+        try:
+            image = image_from_msg_fields(msg.data, msg.encoding, msg.height, msg.width, msg.step)
+        except InputError as err:
+            self._warn(camera, f"bad image on {camera} ({msg.encoding!r}): {err}")
+            return
+        if self.watchdog.update(camera, self._stamp_s(msg.header.stamp), self._now_s()):
+            self.latest[camera] = (image, msg.header.stamp)
+            self.warnings.pop(camera, None)
+        else:
+            stamp = self._stamp_s(msg.header.stamp)
+            self._warn(
+                camera,
+                f"rejected {camera} image: stamp {stamp:.3f} s vs now "
+                f"{self._now_s():.3f} s (from the future or far in the past)",
+            )
+
+    def _on_proprio(self, msg: Float32MultiArray) -> None:
+        values = np.asarray(msg.data, dtype=np.float32)
+        if values.shape != (self.model.proprio_dim,) or not np.isfinite(values).all():
+            self._warn(
+                PROPRIO,
+                f"ignored proprio {values.tolist()[:8]}: need {self.model.proprio_dim} finite "
+                "values",
+            )
+            return
+        self.proprio = values
+        self.watchdog.update(PROPRIO, self._now_s(), self._now_s())
+
+    def _on_instruction(self, msg: String) -> None:
+        self._set_instruction(msg.data)
+
+    def _set_instruction(self, text: str) -> None:
+        if self.text_encoder is None:
+            self._warn(INSTRUCTION, "no text encoder in the model directory")
+            return
+        try:
+            lang = self.text_encoder.embed(text)
+        except ValueError as err:
+            self._warn(INSTRUCTION, f"refused instruction {text[:60]!r}: {err}")
+            return
+        self.lang = lang.astype(np.float32)
+        self.instruction_text = " ".join(text.split())
+        self.aggregator.reset()
+        self.get_logger().info(f"instruction: {self.instruction_text!r}")
+
+    def _on_reset(self, request, response):
+        self.aggregator.reset()
+        self.safety.reset()
+        response.success = True
+        response.message = "aggregation buffer and rate limiter cleared"
+        return response
+
+    def _warn(self, key: str, text: str) -> None:
+        if self.warnings.get(key) != text:
+            self.get_logger().warning(text)
+        self.warnings[key] = text
+
+    # -- control loop ---------------------------------------------------------------------
+    def _missing(self, now_s: float) -> list[str]:
+        """Inputs that are stale or absent (an instruction never goes stale once set)."""
+        missing = list(self.watchdog.stale(now_s))
+        missing += [c for c in self.model.cameras if c not in self.latest and c not in missing]
+        if self.lang is None:
+            missing.append(INSTRUCTION)
+        return missing
+
+    def _tick(self) -> None:
+        now = self.get_clock().now()
+        now_s = now.nanoseconds * 1e-9
+        t0 = time.perf_counter()
+        self.ticks += 1
+        if self.tick_times and t0 - self.tick_times[-1] > 1.5 / self.rate_hz:
+            self.missed_ticks += int((t0 - self.tick_times[-1]) * self.rate_hz - 0.5)
+        self.tick_times.append(t0)
+
+        stale = self._missing(now_s)
+        images = {}
+        newest = None
+        if not stale:
+            for cam in self.model.cameras:
+                img, header_stamp = self.latest[cam]
+                images[cam] = fit_image(img, self.model.image_size)
+                stamp = Time.from_msg(header_stamp, clock_type=now.clock_type)
+                newest = stamp if newest is None or stamp > newest else newest
+        if stale:
+            if not self.was_stale:
+                self._warn("inputs", f"stale or missing inputs: {sorted(stale)}; zero twist")
+            self.was_stale = True
+            self.aggregator.reset()  # chunks from before the gap no longer apply
+            self.safety.reset()
+            self._publish_command(Command.zero(), now, gripper=False)
+            return
+        if self.was_stale:
+            self.get_logger().info("inputs back: acting")
+            self.warnings.pop("inputs", None)
+        self.was_stale = False
+        try:
+            chunk = self.model.predict(images, self.proprio, self.lang)
+            action = self.aggregator.step(chunk)
+        except InputError as err:
+            self._warn("inference", f"inference skipped: {err}")
+            self._publish_command(Command.zero(), now, gripper=False)
+            return
+        self.infer_ms.append((time.perf_counter() - t0) * 1e3)
+        raw = self.model.denormalize(action)
+        self.pub_action.publish(Float32MultiArray(data=[float(v) for v in raw]))
+        cmd = self.mapper.to_command(action)
+        ee = self.proprio[:3] if self.params.proprio_topic else None
+        cmd, reasons = self.safety.filter(cmd, 1.0 / self.rate_hz, ee_pos=ee)
+        if reasons:
+            self.warnings["safety"] = ", ".join(reasons)
+        else:
+            self.warnings.pop("safety", None)
+        self._publish_command(cmd, newest)
+
+    def _publish_command(self, cmd: Command, stamp: Time, gripper: bool = True) -> None:
+        """Publish the twist; the gripper command only when the policy acted (a stale or
+        stopped policy holds the gripper as it is rather than opening or closing it)."""
+        msg = TwistStamped()
+        msg.header.stamp = stamp.to_msg()
+        msg.header.frame_id = self.params.frame_id
+        lin = np.nan_to_num(cmd.linear, nan=0.0, posinf=0.0, neginf=0.0)
+        ang = np.nan_to_num(cmd.angular, nan=0.0, posinf=0.0, neginf=0.0)
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in lin)
+        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in ang)
+        self.pub_twist.publish(msg)
+        if gripper:
+            self.pub_gripper.publish(Float64(data=float(np.clip(cmd.gripper, -1.0, 1.0))))
+
+    def _publish_diagnostics(self) -> None:
+        now_s = self._now_s()
+        status = DiagnosticStatus(name=f"{self.get_name()}: policy", hardware_id="lawm_policy")
+        stale = self._missing(now_s)
+        problems = dict(self.warnings)
+        if stale:
+            problems["inputs"] = f"stale or missing: {sorted(stale)}"
+        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        status.message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "acting"
+        ms = np.asarray(self.infer_ms) if self.infer_ms else np.zeros(1)
+        ticks = np.diff(np.asarray(self.tick_times)) if len(self.tick_times) > 1 else None
+        values = {
+            "provider": self.model.provider,
+            "inference_ms_p50": f"{np.percentile(ms, 50):.2f}",
+            "inference_ms_p99": f"{np.percentile(ms, 99):.2f}",
+            "loop_rate_hz": f"{1.0 / ticks.mean():.2f}" if ticks is not None else "0",
+            "missed_ticks": str(self.missed_ticks),
+            "instruction": self.instruction_text,
+        }
+        for name, age in self.watchdog.ages(now_s).items():
+            values[f"age_{name}_s"] = f"{age:.3f}"
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The policy node as a real process: images in, commands out, at rate, safely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import TwistStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32MultiArray, Float64, String
+from std_srvs.srv import Trigger
+
+from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
+from roshelpers import wait_for_publishers, wait_for_subscribers, wait_until
+
+pytestmark = pytest.mark.ros
+
+CAM_TOPICS = ["/test/agentview/image_raw", "/test/eye_in_hand/image_raw"]
+INSTRUCTION = "push the block to the top left corner and lift it"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from lawm.checkpoint import save_policy
+    from lawm.config import preset
+    from lawm.export import export_policy
+    from lawm.models.policy import Policy
+
+    root = tmp_path_factory.mktemp("model")
+    cfg = preset("debug")
+    torch.manual_seed(0)
+    policy = Policy(cfg.policy)
+    # Non-trivial statistics so denormalisation is visible in ~/action.
+    policy.set_stats({"action_min": np.full(7, -2.0), "action_max": np.full(7, 2.0)})
+    save_policy(root / "policy", policy, cfg, {"stage": "test"})
+    export_policy(root / "policy", root / "export")
+    return root / "export"
+
+
+def _image(size: int, value: int, stamp, encoding: str = "rgb8") -> Image:
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = "cam"
+    msg.height = msg.width = size
+    msg.encoding = encoding
+    msg.step = size * 3
+    rng = np.random.default_rng(value)
+    msg.data = rng.integers(0, 256, (size, size, 3), dtype=np.uint8).tobytes()
+    return msg
+
+
+class Rig:
+    """The test's side of the graph: camera publishers and output subscribers."""
+
+    def __init__(self, node, proc, image_size=48):
+        self.node, self.proc, self.size = node, proc, image_size
+        self.cams = [node.create_publisher(Image, t, SENSOR_LATEST) for t in CAM_TOPICS]
+        self.instruction = node.create_publisher(String, "/lawm_policy/instruction", LATCHED)
+        self.actions: list[tuple[float, list[float]]] = []
+        self.twists: list[TwistStamped] = []
+        self.grippers: list[float] = []
+        self.diags: list[DiagnosticArray] = []
+        self.subs = [
+            node.create_subscription(
+                Float32MultiArray,
+                "/lawm_policy/action",
+                lambda m: self.actions.append((time.monotonic(), list(m.data))),
+                COMMAND,
+            ),
+            node.create_subscription(
+                TwistStamped, "/lawm_policy/cmd_twist", self.twists.append, COMMAND
+            ),
+            node.create_subscription(
+                Float64,
+                "/lawm_policy/cmd_gripper",
+                lambda m: self.grippers.append(m.data),
+                COMMAND,
+            ),
+            node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 10),
+        ]
+
+    def connect(self):
+        for pub in self.cams:
+            wait_for_subscribers(self.node, pub, procs=[self.proc])
+        for sub in self.subs[:3]:
+            wait_for_publishers(self.node, sub, procs=[self.proc])
+        wait_for_subscribers(self.node, self.instruction, procs=[self.proc])
+
+    def publish(self, value=1, stamp=None, encoding="rgb8"):
+        stamp = stamp or self.node.get_clock().now().to_msg()
+        for i, pub in enumerate(self.cams):
+            pub.publish(_image(self.size, value + i, stamp, encoding))
+        return stamp
+
+    def stream(self, seconds, hz=30.0, value=1, until=None):
+        end = time.monotonic() + seconds
+        next_t = time.monotonic()
+        while time.monotonic() < end:
+            if time.monotonic() >= next_t:
+                self.publish(value)
+                next_t += 1.0 / hz
+            self.node.executor.spin_once(timeout_sec=0.005)
+            if until is not None and until():
+                return
+            if not self.proc.alive():
+                raise AssertionError("policy node died:\n" + self.proc.tail())
+
+
+def _start(start_node, model_dir, **params):
+    base = {
+        "model_dir": str(model_dir),
+        "camera_topics": CAM_TOPICS,
+        "stale_timeout_s": 0.5,
+        "threads": 1,
+    }
+    base.update(params)
+    return start_node("lawm_policy", "policy_node", params=base)
+
+
+def _expected_actions(model_dir, size, value):
+    """Every value ~/action may take for a constant input: aggregation of 1..K equal chunks."""
+    from lawm_policy.core.aggregation import TemporalAggregator
+    from lawm_policy.core.model import PolicyModel
+    from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
+    from lawm_policy.core.text_encoder import TextEncoderRuntime
+
+    model = PolicyModel(model_dir, providers="cpu")
+    images = {}
+    for i, cam in enumerate(model.cameras):
+        msg = _image(size, value + i, None)
+        img = image_from_msg_fields(bytes(msg.data), msg.encoding, msg.height, msg.width, msg.step)
+        images[cam] = fit_image(img, model.image_size)
+    lang = TextEncoderRuntime(model_dir).embed(INSTRUCTION)
+    proprio = np.asarray(model.sidecar["normalization"]["proprio_mean"], np.float32)
+    chunk = model.predict(images, proprio, lang)
+    agg = TemporalAggregator(model.chunk_size, model.action_dim)
+    return [model.denormalize(agg.step(chunk)) for _ in range(model.chunk_size)]
+
+
+def test_images_in_actions_out_with_stamp_and_core_values(ros_node, start_node, model_dir):
+    proc = _start(start_node, model_dir, instruction=INSTRUCTION)
+    rig = Rig(ros_node, proc)
+    rig.connect()
+    stamp = rig.publish(value=7)
+    wait_until(
+        ros_node, lambda: rig.actions and rig.twists and rig.grippers, 30, "an action", [proc]
+    )
+    # Stamp of the newest image used, copied into the command.
+    twist = next(t for t in rig.twists if t.header.stamp.sec or t.header.stamp.nanosec)
+    assert (twist.header.stamp.sec, twist.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)
+    assert twist.header.frame_id == "base_link"
+    expected = _expected_actions(model_dir, rig.size, 7)
+    got = np.asarray(rig.actions[-1][1])
+    dist = min(np.abs(got - e).max() for e in expected)
+    assert dist < 1e-4, (got, expected[:2])
+    assert rig.grippers and rig.grippers[-1] in (-1.0, 1.0)
+
+
+def test_rate_watchdog_reset_and_deactivate(ros_node, start_node, model_dir):
+    proc = _start(start_node, model_dir, instruction=INSTRUCTION, control_rate_hz=20.0)
+    rig = Rig(ros_node, proc)
+    rig.connect()
+    rig.stream(2.0)  # warm up
+    n0 = len(rig.actions)
+    t0 = time.monotonic()
+    rig.stream(10.0)
+    rate = (len(rig.actions) - n0) / (time.monotonic() - t0)
+    assert rate > 16.0, f"control rate {rate:.1f} Hz, expected 20"  # wide margin, shared CPU
+
+    # Stop the cameras: within stale_timeout (0.5 s) + margin the twist is zero.
+    stop_t = time.monotonic()
+    wait_until(ros_node, lambda: time.monotonic() - stop_t > 1.5, 5, "1.5 s", [proc])
+    recent = rig.twists[-5:]
+    assert all(t.twist.linear.x == t.twist.linear.y == t.twist.linear.z == 0.0 for t in recent)
+    n_actions = len(rig.actions)
+    wait_until(
+        ros_node,
+        lambda: any(
+            d.status
+            and d.status[0].level == DiagnosticStatus.WARN
+            and "stale" in d.status[0].message
+            for d in rig.diags
+        ),
+        5,
+        "a stale-input warning",
+        [proc],
+    )
+    assert len(rig.actions) == n_actions  # no inference on stale inputs
+    rig.stream(1.0, until=lambda: len(rig.actions) > n_actions + 3)  # resumes by itself
+    assert len(rig.actions) > n_actions
+
+    client = ros_node.create_client(Trigger, "/lawm_policy/reset")
+    assert client.wait_for_service(timeout_sec=10)
+    fut = client.call_async(Trigger.Request())
+    wait_until(ros_node, fut.done, 10, "reset", [proc])
+    assert fut.result().success
+
+    change = ros_node.create_client(ChangeState, "/lawm_policy/change_state")
+    assert change.wait_for_service(timeout_sec=10)
+    fut = change.call_async(
+        ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))
+    )
+    wait_until(ros_node, fut.done, 10, "deactivate", [proc])
+    assert fut.result().success
+    n = len(rig.twists)
+    rig.stream(1.0)
+    assert len(rig.twists) <= n + 1  # at most the one zero twist sent while deactivating
+    assert rig.twists[-1].twist.linear.x == 0.0
+
+
+def test_malformed_inputs_never_crash_the_node(ros_node, start_node, model_dir):
+    proc = _start(start_node, model_dir, instruction=INSTRUCTION, proprio_topic="/test/proprio")
+    rig = Rig(ros_node, proc)
+    proprio = ros_node.create_publisher(Float32MultiArray, "/test/proprio", SENSOR_LATEST)
+    rig.connect()
+    wait_for_subscribers(ros_node, proprio, procs=[proc])
+    now = ros_node.get_clock().now()
+    bad = []
+    m = _image(48, 1, now.to_msg(), "rgb8")
+    m.encoding = "yuv422_yuy2"
+    bad.append(m)
+    m = _image(48, 1, now.to_msg())
+    m.data = bytes(m.data)[:100]  # truncated
+    bad.append(m)
+    m = _image(48, 1, now.to_msg())
+    m.height = m.width = m.step = 0
+    m.data = b""
+    bad.append(m)
+    m = _image(48, 1, now.to_msg())
+    m.height = 1000  # claims more rows than it carries
+    bad.append(m)
+    future = (now + rclpy_duration(3600)).to_msg()
+    bad.append(_image(48, 1, future))
+    past = rclpy_time(1)
+    bad.append(_image(48, 1, past))
+    for msg in bad:
+        for pub in rig.cams:
+            pub.publish(msg)
+        proprio.publish(Float32MultiArray(data=[float("nan")] * 5))
+        proprio.publish(Float32MultiArray(data=[1.0, 2.0]))
+        rig.instruction.publish(String(data="   "))
+        t_end = time.monotonic() + 0.3
+        while time.monotonic() < t_end:
+            ros_node.executor.spin_once(timeout_sec=0.02)
+        assert proc.alive(), proc.tail()
+    # Every command sent meanwhile is finite and zero (nothing valid arrived).
+    for t in rig.twists:
+        v = [
+            t.twist.linear.x,
+            t.twist.linear.y,
+            t.twist.linear.z,
+            t.twist.angular.x,
+            t.twist.angular.y,
+            t.twist.angular.z,
+        ]
+        assert all(np.isfinite(v)) and not any(v)
+    log = proc.log_path.read_text()
+    for needle in ("yuv422_yuy2", "instruction is empty", "proprio"):
+        assert needle in log, needle
+    # And it still works once good data arrives.
+    proprio.publish(Float32MultiArray(data=[0.1, 0.2, 0.3, 0.0, 0.0]))
+    n = len(rig.actions)
+    rig.stream(5.0, until=lambda: len(rig.actions) > n)
+    assert len(rig.actions) > n
+
+
+def rclpy_duration(seconds):
+    from rclpy.duration import Duration
+
+    return Duration(seconds=seconds)
+
+
+def rclpy_time(seconds):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=seconds, nanosec=0)
+
+
+@pytest.mark.parametrize("damage", ["flip", "missing_onnx", "bad_json", "camera_count"])
+def test_bad_model_refuses_to_activate_and_says_why(
+    ros_node, start_node, model_dir, tmp_path, damage
+):
+    bad = tmp_path / "export"
+    shutil.copytree(model_dir, bad)
+    params = {}
+    if damage == "flip":
+        data = bytearray((bad / "policy.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bad / "policy.onnx").write_bytes(bytes(data))
+        needle = "sha256"
+    elif damage == "missing_onnx":
+        (bad / "policy.onnx").unlink()
+        needle = "policy.onnx"
+    elif damage == "bad_json":
+        (bad / "policy.json").write_text("{not json")
+        needle = "policy.json"
+    else:
+        params["camera_topics"] = CAM_TOPICS[:1]
+        needle = "camera"
+    proc = _start(start_node, bad, **params)
+    client = ros_node.create_client(GetState, "/lawm_policy/get_state")
+    assert client.wait_for_service(timeout_sec=30), proc.tail()
+    wait_until(
+        ros_node,
+        lambda: "cannot configure" in proc.log_path.read_text(),
+        30,
+        "the refusal",
+        [proc],
+    )
+    fut = client.call_async(GetState.Request())
+    wait_until(ros_node, fut.done, 10, "state", [proc])
+    assert fut.result().current_state.label == "unconfigured"
+    assert needle in proc.log_path.read_text().split("cannot configure", 1)[1]
+    assert proc.alive()
+
+
+def test_twist_remaps_to_the_arm_servo_topic(ros_node, start_node, model_dir):
+    proc = start_node(
+        "lawm_policy",
+        "policy_node",
+        params={
+            "model_dir": str(model_dir),
+            "camera_topics": CAM_TOPICS,
+            "instruction": INSTRUCTION,
+        },
+        remaps={"~/cmd_twist": "/servo_node/delta_twist_cmds"},
+    )
+    got = []
+    sub = ros_node.create_subscription(
+        TwistStamped, "/servo_node/delta_twist_cmds", got.append, COMMAND
+    )
+    wait_for_publishers(ros_node, sub, procs=[proc])
+    wait_until(ros_node, lambda: got, 30, "a twist on the servo topic", [proc])
+    sidecar = json.loads((model_dir / "policy.json").read_text())
+    assert sidecar["control_rate_hz"] == 20.0
