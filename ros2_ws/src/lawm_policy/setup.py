@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "instruction_publisher = lawm_policy.instruction_publisher:main",
+            "realsense_camera = lawm_policy.realsense_camera:main",
             "policy_node = lawm_policy.policy_node:main",
         ],
     },

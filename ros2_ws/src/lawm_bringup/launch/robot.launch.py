@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 SHARE = Path(get_package_share_directory("lawm_bringup"))
 
@@ -40,7 +41,11 @@ def generate_launch_description() -> LaunchDescription:
             executable="realsense_camera",
             name=f"{cam}_camera",
             namespace=f"/camera/{cam}",
-            parameters=[params, {"serial": LaunchConfiguration(f"{cam}_serial")}],
+            # As a string: a digits-only serial must not become an integer (leading zeros).
+            parameters=[
+                params,
+                {"serial": ParameterValue(LaunchConfiguration(f"{cam}_serial"), value_type=str)},
+            ],
             output="screen",
         )
         for cam in ("agentview", "eye_in_hand")
@@ -62,4 +67,11 @@ def generate_launch_description() -> LaunchDescription:
         ],
         output="screen",
     )
-    return LaunchDescription([*args, *cameras, policy])
+    # Camera-sized DDS buffers unless the user already chose a profile.
+    dds = SetEnvironmentVariable(
+        "FASTRTPS_DEFAULT_PROFILES_FILE",
+        EnvironmentVariable(
+            "FASTRTPS_DEFAULT_PROFILES_FILE", default_value=str(SHARE / "config" / "fastdds.xml")
+        ),
+    )
+    return LaunchDescription([*args, dds, *cameras, policy])

@@ -1,0 +1,87 @@
+# LAWM ROS 2 runtime: RealSense camera and policy nodes on ROS 2 Jazzy (Ubuntu 24.04, Python
+# 3.12) with onnxruntime on the GPU. Build from the repository root:
+#
+#   docker build -f docker/ros.Dockerfile -t lawm-ros .
+#
+# docker/README.md says how to run it. There is no Docker engine on the development machine, so
+# this file is not built there; its Python pins are the ones requirements/lock.txt gives
+# `make setup`, and tests/test_realsense_camera.py checks it against the repository.
+FROM ros:jazzy-ros-base
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The real cv_bridge, and the numpy 1.26 / OpenCV 4.6 of Ubuntu 24.04 that it and the ROS message
+# packages are compiled against: a pip numpy 2 (which opencv-python-headless 4.14 requires) breaks
+# their import, so neither comes from pip here. matplotlib: replay_eval's plot.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      python3-pip \
+      python3-venv \
+      libusb-1.0-0 \
+      ros-jazzy-cv-bridge \
+      python3-numpy \
+      python3-opencv \
+      python3-matplotlib \
+      ros-jazzy-sensor-msgs \
+      ros-jazzy-geometry-msgs \
+      ros-jazzy-std-msgs \
+      ros-jazzy-std-srvs \
+      ros-jazzy-diagnostic-msgs \
+      ros-jazzy-lifecycle-msgs \
+ && rm -rf /var/lib/apt/lists/*
+
+# Python packages live in a venv that also sees the system site-packages (ROS, numpy, OpenCV):
+# pip never touches Debian's files, and the workspace is built with this venv's colcon so the node
+# executables run its Python, as `make setup` does with .venv.
+# Pins: requirements/lock.txt as constraints, minus the numpy/OpenCV pins (see above).
+# onnxruntime-gpu: 1.31.1 is the newest GPU release (the lock's CPU onnxruntime is 1.32.0, which
+# has no GPU build); its cuda and cudnn extras bring CUDA 13 and cuDNN 9 as pip wheels. Never the
+# CPU `onnxruntime` as well: both install the same module and clobber each other.
+ENV VIRTUAL_ENV=/opt/lawm/venv
+ENV PATH=/opt/lawm/venv/bin:$PATH
+COPY requirements/lock.txt /opt/lawm/requirements/lock.txt
+RUN python3 -m venv --system-site-packages "$VIRTUAL_ENV" \
+ && grep -vE '^(numpy|opencv-python|opencv-python-headless)==' /opt/lawm/requirements/lock.txt \
+      > /opt/lawm/requirements/constraints.txt \
+ && echo 'numpy<2' >> /opt/lawm/requirements/constraints.txt \
+ && pip install -c /opt/lawm/requirements/constraints.txt \
+      "onnxruntime-gpu[cuda,cudnn]==1.31.1" \
+      pyrealsense2==2.59.1.11053 \
+      tokenizers==0.23.3 \
+      rosbags==0.11.9 \
+      colcon-common-extensions==0.3.0 \
+      "setuptools<80"
+
+# Exactly one onnxruntime, the GPU build, with its CUDA provider compiled in.
+RUN if pip show onnxruntime >/dev/null 2>&1; then echo "CPU onnxruntime is installed" >&2; exit 1; fi \
+ && python -c "import onnxruntime as o; p = o.get_available_providers(); print(o.__version__, p); \
+assert 'CUDAExecutionProvider' in p" \
+ && python -c "import numpy, cv2, pyrealsense2, tokenizers; print('numpy', numpy.__version__)"
+
+# The CUDA and cuDNN libraries from those wheels, made visible to the dynamic loader so the CUDA
+# provider loads. libcuda itself comes from the host driver (docker run --gpus all).
+RUN find "$VIRTUAL_ENV" -path '*/nvidia/*' -name 'lib*.so*' -printf '%h\n' | sort -u \
+      > /etc/ld.so.conf.d/lawm-nvidia.conf \
+ && ldconfig
+
+# The workspace, built (copied, not symlinked) with the venv's colcon over /opt/ros/jazzy.
+COPY ros2_ws/src /opt/lawm/ws/src
+RUN . /opt/ros/jazzy/setup.sh \
+ && cd /opt/lawm/ws \
+ && colcon build \
+ && rm -rf build log
+
+# Camera-sized DDS transports (see lawm_bringup/config/fastdds.xml).
+ENV FASTRTPS_DEFAULT_PROFILES_FILE=/opt/lawm/ws/install/lawm_bringup/share/lawm_bringup/config/fastdds.xml
+
+COPY docker/entrypoint.sh /opt/lawm/entrypoint.sh
+RUN chmod 755 /opt/lawm/entrypoint.sh \
+ && mkdir -p /models
+
+# /models: mount the exported model directory (policy.onnx, policy.json, text encoder) here.
+WORKDIR /opt/lawm
+ENTRYPOINT ["/opt/lawm/entrypoint.sh"]
+CMD []
