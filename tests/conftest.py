@@ -73,3 +73,27 @@ def start_node(tmp_path):
     yield _start
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def exported_debug_model(tmp_path_factory):
+    """A really exported debug-preset policy (untrained weights) with its text encoder.
+
+    Action statistics of +-2 make denormalisation visible in the node's ~/action.
+    """
+    import numpy as np
+    import torch
+
+    from lawm.checkpoint import save_policy
+    from lawm.config import preset
+    from lawm.export import export_policy
+    from lawm.models.policy import Policy
+
+    root = tmp_path_factory.mktemp("exported_model")
+    cfg = preset("debug")
+    torch.manual_seed(0)
+    policy = Policy(cfg.policy)
+    policy.set_stats({"action_min": np.full(7, -2.0), "action_max": np.full(7, 2.0)})
+    save_policy(root / "policy", policy, cfg, {"stage": "test"})
+    export_policy(root / "policy", root / "export")
+    return root / "export"

@@ -27,21 +27,8 @@ INSTRUCTION = "push the block to the top left corner and lift it"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from lawm.checkpoint import save_policy
-    from lawm.config import preset
-    from lawm.export import export_policy
-    from lawm.models.policy import Policy
-
-    root = tmp_path_factory.mktemp("model")
-    cfg = preset("debug")
-    torch.manual_seed(0)
-    policy = Policy(cfg.policy)
-    # Non-trivial statistics so denormalisation is visible in ~/action.
-    policy.set_stats({"action_min": np.full(7, -2.0), "action_max": np.full(7, 2.0)})
-    save_policy(root / "policy", policy, cfg, {"stage": "test"})
-    export_policy(root / "policy", root / "export")
-    return root / "export"
+def model_dir(exported_debug_model):
+    return exported_debug_model
 
 
 def _image(size: int, value: int, stamp, encoding: str = "rgb8") -> Image:
