@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
 from lifecycle_msgs.msg import Transition
