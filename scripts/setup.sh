@@ -88,6 +88,11 @@ else
   log "lawm package up to date"
 fi
 
+# The runtime core (lawm_policy.core: onnxruntime + numpy) is also used off-ROS, e.g. by
+# `train.py eval-sim`: make the package importable in the venv without sourcing the workspace.
+purelib=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "$ROOT/ros2_ws/src/lawm_policy" > "$purelib/lawm_policy_src.pth"
+
 # ---------------------------------------------------------------- 4. the ROS 2 workspace
 # The fingerprint covers the file list and every file colcon copies or reads (package metadata,
 # setup.py, launch and config files); python modules are symlinked, so editing one needs no
