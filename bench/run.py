@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Benchmarks, measured side by side in one run (not tests). Usage:
+
+    python bench/run.py [--quick] [--json] [--out runs/bench]
+
+Parts:
+- inference: the paper-size policy, batch 1, two 128x128 cameras, onnxruntime vs torch eager on
+  the same weights, inputs and thread count; an int8 (dynamic quantisation) variant with its
+  parity error;
+- node: a 30 Hz publisher of two cameras -> policy node (paper-size model) -> ~/cmd_twist;
+  latency from image stamp to command receipt, and the node's missed control ticks;
+- training: samples/s of pretraining and fine-tuning steps at the small and paper presets.
+
+The last line printed is one JSON object with every figure; runs/bench/results.json keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+sys.path.insert(0, str(ROOT / "tests"))  # roshelpers: start nodes as processes
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def export_paper_model(out: Path, seed: int = 0) -> Path:
+    """Paper-size policy (untrained weights: the same computation as a trained one)."""
+    import torch
+
+    from lawm.checkpoint import save_policy
+    from lawm.config import preset
+    from lawm.export import export_policy
+    from lawm.models.policy import Policy
+
+    cfg = preset("paper")
+    torch.manual_seed(seed)
+    save_policy(out / "policy", Policy(cfg.policy), cfg, {"stage": "benchmark"})
+    export_policy(out / "policy", out / "export")
+    return out / "export"
+
+
+# -- inference ------------------------------------------------------------------------------
+def bench_inference(export: Path, threads: int, n: int) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    from lawm.checkpoint import load_policy
+    from lawm.export import OnnxPolicy, example_inputs, input_names
+
+    torch.set_num_threads(threads)
+    policy, _, _ = load_policy(export.parent / "policy")
+    policy.eval()
+    wrapper = OnnxPolicy(policy).eval()
+    names = input_names(policy)
+    feeds = example_inputs(policy, batch=1, seed=1)
+    tensors = [torch.from_numpy(feeds[k]) for k in names]
+
+    def timed(fn, reps):
+        for _ in range(max(5, reps // 10)):
+            fn()
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+        return out
+
+    with torch.inference_mode():
+        torch_ms = timed(lambda: wrapper(*tensors), n)
+        ref = wrapper(*tensors).numpy()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(
+        str(export / "policy.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
+    ort_ms = timed(lambda: sess.run(None, feeds), n)
+    ort_err = float(np.abs(sess.run(None, feeds)[0] - ref).max())
+    result = {
+        "threads": threads,
+        "ort_ms_p50": percentile(ort_ms, 50),
+        "ort_ms_p99": percentile(ort_ms, 99),
+        "torch_ms_p50": percentile(torch_ms, 50),
+        "torch_ms_p99": percentile(torch_ms, 99),
+        "ort_vs_torch_max_abs_error": ort_err,
+    }
+    result["ort_over_torch_p50"] = result["ort_ms_p50"] / result["torch_ms_p50"]
+    # int8: dynamic quantisation of the matrix multiplies (the GPT trunk dominates).
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q_path = export / "policy.int8.onnx"
+        quantize_dynamic(
+            str(export / "policy.onnx"),
+            str(q_path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+        qsess = ort.InferenceSession(str(q_path), opts, providers=["CPUExecutionProvider"])
+        q_ms = timed(lambda: qsess.run(None, feeds), n)
+        result["int8_ms_p50"] = percentile(q_ms, 50)
+        result["int8_max_abs_error"] = float(np.abs(qsess.run(None, feeds)[0] - ref).max())
+        q_path.unlink()
+    except Exception as err:  # report, don't hide: quantisation support varies by opset/ops
+        result["int8_error"] = f"{type(err).__name__}: {err}"
+    result["fp16"] = "not measured on CPU (onnxruntime runs fp16 on GPU providers only)"
+    return result
+
+
+# -- node -----------------------------------------------------------------------------------
+def bench_node(export: Path, seconds: float, rate_hz: float = 20.0, cam_hz: float = 30.0) -> dict:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from lawm_policy.qos import COMMAND, SENSOR_LATEST
+    from roshelpers import NodeProcess, wait_for_publishers, wait_for_subscribers, wait_until
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    topics = ["/bench/agentview/image_raw", "/bench/eye_in_hand/image_raw"]
+    log_dir = Path(tempfile.mkdtemp(prefix="lawm-bench-"))
+    proc = NodeProcess(
+        "lawm_policy",
+        "policy_node",
+        log_dir=log_dir,
+        params={
+            "model_dir": str(export),
+            "camera_topics": topics,
+            "threads": 1,
+            "control_rate_hz": rate_hz,
+            "stale_timeout_s": 0.5,
+            "instruction": "put the bowl on the plate",
+        },
+    ).start()
+    rclpy.init()
+    node = rclpy.create_node("lawm_bench")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    pubs = [node.create_publisher(Image, t, SENSOR_LATEST) for t in topics]
+    latencies: list[float] = []
+    diags: list[DiagnosticArray] = []
+    counting = [False]
+
+    def on_twist(msg: TwistStamped):
+        if counting[0] and (msg.header.stamp.sec or msg.header.stamp.nanosec):
+            now = node.get_clock().now().nanoseconds
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            latencies.append((now - stamp) / 1e6)
+
+    sub = node.create_subscription(TwistStamped, "/lawm_policy/cmd_twist", on_twist, COMMAND)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8).tobytes() for _ in range(2)]
+    try:
+        for pub in pubs:
+            wait_for_subscribers(node, pub, timeout=60, procs=[proc])
+        wait_for_publishers(node, sub, timeout=60, procs=[proc])
+
+        def publish():
+            stamp = node.get_clock().now().to_msg()
+            for pub, data in zip(pubs, frames):
+                msg = Image(height=128, width=128, encoding="rgb8", step=128 * 3, data=data)
+                msg.header.stamp = stamp
+                pub.publish(msg)
+
+        def run(duration):
+            end = time.monotonic() + duration
+            nxt = time.monotonic()
+            while time.monotonic() < end:
+                if time.monotonic() >= nxt:
+                    publish()
+                    nxt += 1.0 / cam_hz
+                ex.spin_once(timeout_sec=max(0.0, min(0.002, nxt - time.monotonic())))
+
+        run(3.0)  # warm-up
+        wait_until(node, lambda: bool(diags), 10, "diagnostics", [proc])
+        missed0 = _missed(diags)
+        counting[0] = True
+        t0 = time.monotonic()
+        run(seconds)
+        elapsed = time.monotonic() - t0
+        counting[0] = False
+        diags.clear()
+        run(1.5)  # one more diagnostics message with the final count
+        missed = _missed(diags) - missed0 if diags else None
+    finally:
+        proc.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    return {
+        "node_seconds": round(elapsed, 1),
+        "node_control_rate_hz": rate_hz,
+        "node_camera_rate_hz": cam_hz,
+        "node_commands": len(latencies),
+        "node_command_rate_hz": len(latencies) / elapsed,
+        "node_e2e_ms_p50": percentile(latencies, 50) if latencies else None,
+        "node_e2e_ms_p99": percentile(latencies, 99) if latencies else None,
+        "node_missed_ticks": missed,
+    }
+
+
+def _missed(diags) -> int:
+    for status in diags[-1].status:
+        for kv in status.values:
+            if kv.key == "missed_ticks":
+                return int(kv.value)
+    return 0
+
+
+# -- training -------------------------------------------------------------------------------
+def bench_training(presets: list[str], reps: int) -> dict:
+    import torch
+
+    from lawm import keys
+    from lawm.config import preset
+    from lawm.objectives import FinetuneObjective, PretrainObjective
+
+    out = {}
+    for name in presets:
+        cfg = preset(name)
+        pc = cfg.policy
+        k, s = pc.chunk_size, pc.image_size
+        for stage, batch in (("pretrain", 8), ("finetune", 32)):
+            torch.manual_seed(0)
+            obj = PretrainObjective(cfg) if stage == "pretrain" else FinetuneObjective(cfg)
+            opt = torch.optim.AdamW(obj.parameters(), lr=1e-4)
+            t = k + 1 if stage == "pretrain" else 1
+            b = {
+                keys.IMAGES: {
+                    c: torch.randint(0, 256, (batch, t, 3, s, s), dtype=torch.uint8)
+                    for c in pc.cameras
+                },
+                keys.PROPRIO: torch.randn(batch, t, pc.proprio_dim),
+                keys.LANG: torch.randn(batch, pc.lang_dim),
+                "camera_mask": torch.ones(batch, len(pc.cameras), dtype=torch.bool),
+                keys.HAS_PROPRIO: torch.ones(batch, dtype=torch.bool),
+                "frame_mask": torch.ones(batch, t, dtype=torch.bool),
+            }
+            if stage == "finetune":
+                b[keys.ACTIONS] = torch.rand(batch, k, pc.action_dim) * 2 - 1
+                b[keys.ACTION_MASK] = torch.ones(batch, k, dtype=torch.bool)
+            times = []
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                loss, _ = obj(b)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - t0)
+            step_s = float(np.median(times[1:]))
+            out[f"train_{name}_{stage}_batch"] = batch
+            out[f"train_{name}_{stage}_step_s"] = step_s
+            out[f"train_{name}_{stage}_samples_per_s"] = batch / step_s
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, 15 s node run")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args()
+    quick = args.quick
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "quick": quick,
+    }
+
+    def say(text):
+        if not args.json:
+            print(text, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="lawm-bench-model-") as tmp:
+        say("exporting the paper-size policy ...")
+        export = export_paper_model(Path(tmp))
+        say("inference: onnxruntime vs torch eager (batch 1, two 128x128 cameras) ...")
+        results.update(bench_inference(export, args.threads, 50 if quick else 300))
+        say(
+            f"  ort p50 {results['ort_ms_p50']:.2f} ms, torch p50 {results['torch_ms_p50']:.2f} ms"
+            f", ratio {results['ort_over_torch_p50']:.2f}"
+        )
+        say(f"node: 30 Hz cameras -> policy node -> cmd_twist for {15 if quick else 60} s ...")
+        results.update(bench_node(export, 15.0 if quick else 60.0))
+        say(
+            f"  e2e p50 {results['node_e2e_ms_p50']:.1f} ms, p99 {results['node_e2e_ms_p99']:.1f}"
+            f" ms, missed ticks {results['node_missed_ticks']}"
+        )
+    say("training throughput ...")
+    results.update(bench_training(["small", "paper"], 2 if quick else 4))
+    results["learning"] = "not run: needs the LIBERO data generator and make demo"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
