@@ -1,0 +1,95 @@
+"""Rosbag replay evaluation: the LAWM policy node fed from a recorded bag by replay_eval.
+
+    ros2 launch lawm_bringup replay_eval.launch.py bag:=/data/run1 out:=/tmp/eval \
+        model_dir:=/models instruction:="put the bowl on the plate"
+
+replay_eval publishes the bag's camera (and proprio) messages on their bag topic names,
+restamped with the current time at the recorded pacing, so the policy node listens on those
+names (``agentview_topic``, ``eye_in_hand_topic``, ``proprio_topic``). It writes
+``<out>/report.json``, ``predictions.csv`` and ``actions.png``, and the launch ends when it
+exits. Offline evaluation needs no launch: ``replay_eval --offline --model-dir DIR ...``.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+SHARE = Path(get_package_share_directory("lawm_bringup"))
+
+# name -> (default, description): one table, so every argument is described.
+ARGUMENTS = {
+    "bag": ("", "rosbag2 to replay: a folder with metadata.yaml, or a .mcap/.db3 file."),
+    "out": ("/tmp/lawm_replay_eval", "Output folder: report.json, predictions.csv, actions.png."),
+    "model_dir": ("/models", "Exported model directory (policy.onnx + policy.json)."),
+    "params_file": (str(SHARE / "config" / "robot.yaml"), "Parameters of the policy node."),
+    "instruction": ("", "Task instruction; empty: the bag's *instruction* topic."),
+    "agentview_topic": (
+        "/camera/agentview/color/image_raw",
+        "Bag Image topic of the scene camera (the frame clock).",
+    ),
+    "eye_in_hand_topic": (
+        "/camera/eye_in_hand/color/image_raw",
+        "Bag Image topic of the wrist camera.",
+    ),
+    "action_topic": ("auto", "Recorded action topic; auto: the bag's one *action* topic."),
+    "proprio_topic": ("", "Bag proprio topic (Float32MultiArray of 5); empty: none."),
+    "rate": ("1.0", "Playback speed factor."),
+    "policy_ns": ("/lawm_policy", "Namespace of the policy node's topics."),
+    "wait_timeout": ("30.0", "Seconds replay_eval waits for the policy node."),
+}
+
+
+def generate_launch_description() -> LaunchDescription:
+    args = [
+        DeclareLaunchArgument(k, default_value=v, description=d) for k, (v, d) in ARGUMENTS.items()
+    ]
+    cfg = {k: LaunchConfiguration(k) for k in ARGUMENTS}
+    policy = Node(
+        package="lawm_policy",
+        executable="policy_node",
+        name="lawm_policy",
+        parameters=[
+            cfg["params_file"],
+            {
+                "model_dir": cfg["model_dir"],
+                # Camera order = the model's (agentview, eye_in_hand).
+                # (each item a list: a list of strings, not one concatenated string)
+                "camera_topics": [[cfg["agentview_topic"]], [cfg["eye_in_hand_topic"]]],
+                "proprio_topic": cfg["proprio_topic"],
+            },
+        ],
+        output="screen",
+    )
+    replay_eval = Node(
+        package="lawm_policy",
+        executable="replay_eval",
+        name="replay_eval",
+        # "--flag=value" as one argv element each, so that an empty value stays an argument.
+        arguments=[
+            ["--bag=", cfg["bag"]],
+            ["--out=", cfg["out"]],
+            ["--image-topic=agentview=", cfg["agentview_topic"]],
+            ["--image-topic=eye_in_hand=", cfg["eye_in_hand_topic"]],
+            ["--action-topic=", cfg["action_topic"]],
+            ["--proprio-topic=", cfg["proprio_topic"]],
+            ["--instruction=", cfg["instruction"]],
+            ["--policy-ns=", cfg["policy_ns"]],
+            ["--rate=", cfg["rate"]],
+            ["--wait-timeout=", cfg["wait_timeout"]],
+        ],
+        output="screen",
+    )
+    # The evaluation is over when replay_eval exits: stop the policy node with it.
+    stop = RegisterEventHandler(
+        OnProcessExit(
+            target_action=replay_eval,
+            on_exit=[EmitEvent(event=Shutdown(reason="replay_eval finished"))],
+        )
+    )
+    return LaunchDescription([*args, policy, replay_eval, stop])
