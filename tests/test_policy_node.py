@@ -326,3 +326,23 @@ def test_twist_remaps_to_the_arm_servo_topic(ros_node, start_node, model_dir):
     wait_until(ros_node, lambda: got, 30, "a twist on the servo topic", [proc])
     sidecar = json.loads((model_dir / "policy.json").read_text())
     assert sidecar["control_rate_hz"] == 20.0
+
+
+def test_a_missing_camera_gives_zero_twists_and_names_the_camera(ros_node, start_node, model_dir):
+    proc = _start(start_node, model_dir, instruction=INSTRUCTION)
+    rig = Rig(ros_node, proc)
+    rig.connect()
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:  # only the scene camera publishes
+        rig.cams[0].publish(_image(rig.size, 1, ros_node.get_clock().now().to_msg()))
+        ros_node.executor.spin_once(timeout_sec=0.03)
+    assert proc.alive(), proc.tail()
+    assert rig.twists and not rig.actions
+    assert all(t.twist.linear.x == 0.0 and t.twist.angular.z == 0.0 for t in rig.twists)
+    wait_until(
+        ros_node,
+        lambda: any("eye_in_hand" in d.status[0].message for d in rig.diags if d.status),
+        5,
+        "a diagnostic naming the missing camera",
+        [proc],
+    )
