@@ -34,7 +34,8 @@ def test_params_files_are_installed_and_name_only_declared_parameters():
         for node, section in data.items():
             assert "ros__parameters" in section, f"{path.name}: {node}"
             if node == "lawm_policy":
-                unknown = set(section["ros__parameters"]) - set(PARAMETERS) - {"autostart"}
+                builtin = {"autostart", "use_sim_time"}
+                unknown = set(section["ros__parameters"]) - set(PARAMETERS) - builtin
                 assert not unknown, f"{path.name}: unknown policy parameters {unknown}"
 
 
