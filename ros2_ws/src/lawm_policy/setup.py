@@ -21,6 +21,7 @@ setup(
             "instruction_publisher = lawm_policy.instruction_publisher:main",
             "realsense_camera = lawm_policy.realsense_camera:main",
             "policy_node = lawm_policy.policy_node:main",
+            "libero_bridge = lawm_policy.libero_bridge:main",
             "replay_eval = lawm_policy.replay_eval:main",
         ],
     },

@@ -1,0 +1,217 @@
+"""Closed-loop evaluation of an exported policy in LIBERO, without ROS.
+
+The policy runs through the same runtime core as the ROS node (``lawm_policy.core``:
+onnxruntime, preprocessing, temporal aggregation, denormalisation), at the simulator's 20 Hz,
+for the reference horizon of the suite. Per task: success rate over N episodes (init states
+0..N-1 unless given), steps, and a few rollout videos.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _runtime():
+    # Imported here: the runtime core lives in the ROS package (importable through the venv's
+    # lawm_policy_src.pth that `make setup` writes).
+    from lawm_policy.core.aggregation import TemporalAggregator
+    from lawm_policy.core.model import PolicyModel
+    from lawm_policy.core.preprocess import fit_image
+    from lawm_policy.core.text_encoder import TextEncoderRuntime
+
+    return PolicyModel, TemporalAggregator, fit_image, TextEncoderRuntime
+
+
+def run_episode(env, model, aggregator, lang, fit_image, max_steps: int, record: bool = False):
+    """One closed-loop episode from the env's chosen init state.
+
+    Returns (success, steps, frames) where frames are agentview images when ``record``.
+    """
+    obs = env.reset()
+    aggregator.reset()
+    frames = []
+    for step in range(max_steps):
+        images = {c: fit_image(obs["images"][c], model.image_size) for c in model.cameras}
+        if record:
+            frames.append(obs["images"][model.cameras[0]])
+        proprio = np.concatenate([obs["ee_pos"], obs["gripper_states"]]).astype(np.float32)
+        chunk = model.predict(images, proprio, lang)
+        action = model.denormalize(aggregator.step(chunk))
+        obs, success, _ = env.step(np.clip(action, -1.0, 1.0))
+        if success:
+            if record:
+                frames.append(obs["images"][model.cameras[0]])
+            return True, step + 1, frames
+    return False, max_steps, frames
+
+
+def evaluate(
+    model_dir: Path,
+    suite: str,
+    tasks: list[int],
+    episodes_per_task: int,
+    *,
+    init_states: list[int] | None = None,
+    max_steps: int | None = None,
+    videos: Path | None = None,
+    n_videos: int = 2,
+    providers: str = "cpu",
+    render_size: int = 128,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` on ``tasks`` of ``suite``; returns the report dict."""
+    from tqdm import tqdm
+
+    from lawm.sim.libero_env import LiberoEnv
+
+    PolicyModel, TemporalAggregator, fit_image, TextEncoderRuntime = _runtime()
+    model = PolicyModel(model_dir, providers=providers)
+    if not model.has_text_encoder:
+        raise ValueError(f"{model_dir} has no text encoder; export with it to evaluate in sim")
+    text = TextEncoderRuntime(model_dir)
+    aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "onnx_sha256": model.sidecar["onnx_sha256"],
+        "suite": suite,
+        "control_rate_hz": 20.0,
+        "tasks": [],
+    }
+    total = len(tasks) * episodes_per_task
+    bar = tqdm(total=total, desc=f"eval {suite}", unit="ep", disable=not progress)
+    t_start = time.perf_counter()
+    for task_id in tasks:
+        # Render as the data generator does (128 px by default), then fit to the model's size
+        # exactly as the training data loader and the ROS node do.
+        env = LiberoEnv(suite, task_id, image_size=render_size, cameras=model.cameras, render=True)
+        try:
+            lang = text.embed(env.instruction)
+            horizon = max_steps or env.max_steps
+            states = init_states or list(range(env.n_init_states))
+            results = []
+            for ep in range(episodes_per_task):
+                state = states[ep % len(states)]
+                env.set_init_state(state)
+                record = videos is not None and ep < n_videos
+                t0 = time.perf_counter()
+                success, steps, frames = run_episode(
+                    env, model, aggregator, lang, fit_image, horizon, record
+                )
+                results.append(
+                    {
+                        "init_state": state,
+                        "success": success,
+                        "steps": steps,
+                        "seconds": round(time.perf_counter() - t0, 2),
+                    }
+                )
+                if record and frames:
+                    from lawm.data.video import write_video
+
+                    videos.mkdir(parents=True, exist_ok=True)
+                    tag = "success" if success else "fail"
+                    write_video(
+                        videos / f"{suite}_task{task_id}_init{state}_{tag}.mp4",
+                        np.stack(frames),
+                        fps=20,
+                    )
+                bar.update(1)
+                bar.set_postfix(task=task_id, success=sum(r["success"] for r in results))
+        finally:
+            env.close()
+        rate = float(np.mean([r["success"] for r in results]))
+        report["tasks"].append(
+            {
+                "task_id": task_id,
+                "instruction": env.instruction,
+                "success_rate": rate,
+                "episodes": results,
+            }
+        )
+    bar.close()
+    report["mean_success"] = float(np.mean([t["success_rate"] for t in report["tasks"]]))
+    report["episodes"] = total
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    return report
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    from lawm.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(report, indent=2))
+
+
+def add_parser(sub) -> None:
+    """Register ``eval-sim`` on the training CLI."""
+    p = sub.add_parser(
+        "eval-sim",
+        help="closed-loop LIBERO evaluation of an exported policy (no ROS)",
+        description="Runs the exported ONNX policy through the robot runtime core in LIBERO "
+        "at 20 Hz and reports success per task.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="export directory")
+    p.add_argument("--suite", required=True, help="libero_object, libero_spatial, ...")
+    p.add_argument("--tasks", default="0-9", help="task ids: 0,3,5 or 0-9 (default 0-9)")
+    p.add_argument("--episodes-per-task", type=int, default=10, help="episodes per task")
+    p.add_argument("--init-states", help="init states to cycle through (default 0..N-1)")
+    p.add_argument("--max-steps", type=int, help="horizon (default: the suite's reference)")
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--videos", type=Path, help="write a few rollout videos here")
+    p.add_argument("--n-videos", type=int, default=2, help="videos per task (default 2)")
+    p.add_argument("--render-size", type=int, default=128, help="render size (default 128)")
+    p.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    from lawm.cli import UsageError
+    from lawm.sim import libero_env
+    from lawm.sim.generate import parse_ids
+
+    try:
+        if args.suite not in libero_env.SUITES:
+            raise ValueError(f"unknown suite {args.suite!r}; valid suites: {libero_env.SUITES}")
+        tasks = parse_ids(args.tasks, range(libero_env.n_tasks(args.suite)), "task")
+        states = None
+        if args.init_states:
+            n_init = min(libero_env.n_init_states(args.suite, t) for t in tasks)
+            states = parse_ids(args.init_states, range(n_init), "init state")
+        if args.episodes_per_task <= 0:
+            raise ValueError(f"--episodes-per-task must be positive, got {args.episodes_per_task}")
+        if args.max_steps is not None and args.max_steps <= 0:
+            raise ValueError(f"--max-steps must be positive, got {args.max_steps}")
+        if not (args.model / "policy.json").is_file():
+            raise ValueError(f"--model {str(args.model)!r} has no policy.json")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    from lawm_policy.core.errors import ModelLoadError
+
+    try:
+        report = evaluate(
+            args.model,
+            args.suite,
+            tasks,
+            args.episodes_per_task,
+            init_states=states,
+            max_steps=args.max_steps,
+            videos=args.videos,
+            n_videos=args.n_videos,
+            providers=args.providers,
+            render_size=args.render_size,
+            progress=not args.quiet,
+        )
+    except ModelLoadError as err:
+        raise UsageError(str(err)) from None
+    for t in report["tasks"]:
+        print(f"task {t['task_id']}: success {t['success_rate']:.2f}  {t['instruction']}")
+    print(f"mean success {report['mean_success']:.3f} over {report['episodes']} episodes")
+    if args.json:
+        write_report(report, args.json)
+    print(json.dumps({k: report[k] for k in ("suite", "mean_success", "episodes", "seconds")}))
+    return 0
