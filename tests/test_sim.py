@@ -116,6 +116,18 @@ def test_soft_reset_reproduces_a_fresh_env():
     assert "images" not in obs
 
 
+def test_rendering_does_not_change_the_physics(render_env):
+    """Experts are measured without cameras; a rendered run must be the same episode."""
+    plain = LiberoEnv("libero_object", 2, init_state=0, render=False)
+    try:
+        runs = [rollout(env, make_expert(env), max_steps=25) for env in (render_env, plain)]
+    finally:
+        plain.close()
+    np.testing.assert_array_equal(runs[0].actions, runs[1].actions)
+    np.testing.assert_array_equal(runs[0].states, runs[1].states)
+    assert runs[0].images[keys.AGENTVIEW].shape == (25, 64, 64, 3) and not runs[1].images
+
+
 # -- experts -----------------------------------------------------------------------------------
 # Two tasks and two init states per supported suite, without rendering.
 EXPERT_CASES = [

@@ -642,7 +642,10 @@ class TurnKnob(Skill):
         if self.phase == "descend":
             if np.linalg.norm(point - pos) < 0.006 or self._stalled(pos) or self._count > 50:
                 self._next("close")
-            return servo(obs, point, yaw0, OPEN)
+            target = point.copy()
+            if np.linalg.norm(point[:2] - pos[:2]) > 0.005:
+                target[2] = pos[2]  # drifted sideways (the arm lags going down): re-centre first
+            return servo(obs, target, yaw0, OPEN, speed=0.6)
         if self.phase == "close":
             if self._count >= CLOSE_STEPS:
                 self._next("turn")

@@ -432,21 +432,39 @@ class LiberoEnv:
         return data.body_xpos[bid].copy(), data.body_xmat[bid].reshape(3, 3).copy()
 
     def object_box(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Bounding box of an object's collision geoms in its root body frame: (center, half)."""
+        """Bounding box of an object's collision geoms in its root body frame: (center, half).
+
+        Computed from the model's relative poses (joints at their reference positions), so it
+        is the same whatever state the simulator is in."""
+        import mujoco
+
         robo = self._env.env
-        m, d = robo.sim.model._model, robo.sim.data._data
+        m = robo.sim.model._model
         root = robo.obj_body_id[name]
-        pos, rot = self.body_pose(name)
+
+        def rel(body: int) -> tuple[np.ndarray, np.ndarray]:  # body pose in the root frame
+            pos, rot = np.zeros(3), np.eye(3)
+            while body != root:
+                r = np.empty(9)
+                mujoco.mju_quat2Mat(r, m.body_quat[body])
+                pos = m.body_pos[body] + r.reshape(3, 3) @ pos
+                rot = r.reshape(3, 3) @ rot
+                body = int(m.body_parentid[body])
+            return pos, rot
+
         lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
         for g in range(m.ngeom):
-            b = m.geom_bodyid[g]
+            b = int(m.geom_bodyid[g])
             while b not in (0, root):
-                b = m.body_parentid[b]
+                b = int(m.body_parentid[b])
             if b != root or not (m.geom_contype[g] or m.geom_conaffinity[g]):
                 continue
-            gr = rot.T @ d.geom_xmat[g].reshape(3, 3)  # geom frame in the body frame
-            center = rot.T @ (d.geom_xpos[g] - pos) + gr @ m.geom_aabb[g, :3]
-            half = np.abs(gr) @ m.geom_aabb[g, 3:]
+            bpos, brot = rel(int(m.geom_bodyid[g]))
+            r = np.empty(9)
+            mujoco.mju_quat2Mat(r, m.geom_quat[g])
+            grot = brot @ r.reshape(3, 3)  # geom frame in the root frame
+            center = bpos + brot @ m.geom_pos[g] + grot @ m.geom_aabb[g, :3]
+            half = np.abs(grot) @ m.geom_aabb[g, 3:]
             lo, hi = np.minimum(lo, center - half), np.maximum(hi, center + half)
         if not np.all(np.isfinite(lo)):
             raise ValueError(f"{name} has no collision geometry")
