@@ -23,6 +23,10 @@ def _pick_domain_id() -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread per process: tests start several processes (nodes, trainers, DDP
+    # ranks) on a 2-core machine, and OpenMP pools that oversubscribe the cores slow torch
+    # down by orders of magnitude. Benchmarks, not tests, measure multi-threaded speed.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["ROS_DOMAIN_ID"] = os.environ.get("LAWM_TEST_DOMAIN_ID", str(_pick_domain_id()))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.pop("ROS_STATIC_PEERS", None)
