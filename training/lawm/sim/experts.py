@@ -65,7 +65,7 @@ SUPPORTED: dict[str, tuple[int, ...]] = {
     "libero_object": tuple(range(10)),
     "libero_spatial": tuple(range(10)),
     "libero_goal": (1, 2, 4, 5, 6, 7, 8, 9),
-    "libero_10": (0, 1, 4, 5, 6, 7),
+    "libero_10": (0, 4, 5, 6, 7),
     "libero_90": (),
 }
 
