@@ -29,7 +29,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
-sys.path.insert(0, str(ROOT / "tests"))  # roshelpers: start nodes as processes
 
 
 def percentile(values, q) -> float:
@@ -128,8 +127,8 @@ def bench_node(export: Path, seconds: float, rate_hz: float = 20.0, cam_hz: floa
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
+    from lawm.rosproc import NodeProcess, wait_for_publishers, wait_for_subscribers, wait_until
     from lawm_policy.qos import COMMAND, SENSOR_LATEST
-    from roshelpers import NodeProcess, wait_for_publishers, wait_for_subscribers, wait_until
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"

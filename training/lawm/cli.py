@@ -306,6 +306,93 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lawm.demo import DemoConfig, run_demo
+
+    changes = {
+        field: getattr(args, field)
+        for field in (
+            "suite",
+            "demos_per_task",
+            "clips_per_task",
+            "eval_episodes",
+            "eval_init_state",
+            "image_size",
+            "preset",
+            "pretrain_steps",
+            "finetune_steps",
+            "max_steps",
+            "workers",
+        )
+        if getattr(args, field, None) is not None
+    }
+    if args.tasks is not None:
+        from lawm.sim.generate import GenerateError, parse_ids
+
+        try:
+            changes["tasks"] = tuple(parse_ids(args.tasks, range(10), "task"))
+        except GenerateError as err:
+            raise UsageError(str(err)) from None
+    try:
+        cfg = DemoConfig(**changes)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    run_demo(
+        cfg,
+        args.out,
+        args.cache,
+        evaluate=not args.skip_eval,
+        fresh=args.fresh,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from lawm.demo import DEFAULT_CACHE, DEFAULT_OUT, DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser(
+        "demo",
+        help="the end-to-end demo: LIBERO-Object data, pretrain, finetune (LAWM vs scratch), "
+        "export, closed loop through ROS 2",
+        description="Scripted-expert LIBERO-Object data (cached), LAWM pretraining on unlabeled "
+        "clips, fine-tuning from the pretrained policy and from scratch on the same demos, ONNX "
+        "export, latent-action CCA, inference latency, and closed-loop evaluation with the "
+        "libero_bridge and policy_node processes. Results under --out.",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run directory ({DEFAULT_OUT})")
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"data cache ({DEFAULT_CACHE})"
+    )
+    p.add_argument("--suite", help=f"LIBERO suite (default {d.suite})")
+    p.add_argument("--tasks", help=f"task ids, e.g. 0-2 (default {','.join(map(str, d.tasks))})")
+    for flag, what in (
+        ("demos-per-task", "labelled demonstrations per task"),
+        ("clips-per-task", "unlabeled clips per task"),
+        ("eval-episodes", "closed-loop episodes per task and model"),
+        ("image-size", "rendered image size"),
+        ("pretrain-steps", "pretraining steps"),
+        ("finetune-steps", "fine-tuning steps (each model)"),
+        ("max-steps", "closed-loop horizon in steps"),
+        ("workers", "simulator processes for data generation"),
+    ):
+        field = flag.replace("-", "_")
+        p.add_argument(
+            f"--{flag}", type=_positive_int, help=f"{what} (default {getattr(d, field)})"
+        )
+    p.add_argument(
+        "--eval-init-state",
+        type=int,
+        help=f"first init state of the closed-loop episodes (default {d.eval_init_state})",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
+    p.add_argument("--skip-eval", action="store_true", help="stop after export, CCA, latency")
+    p.add_argument("--fresh", action="store_true", help="discard --out's earlier training runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -397,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_smoke)
+    _add_demo(sub)
     # Simulation commands (generate, eval-sim) live beside the simulator code.
     from lawm.sim import commands as sim_commands
 
@@ -408,14 +496,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        # No arguments: the demo's training part (data, pretrain, finetune, export).
+        print(
+            "no command given: running the demo's training part "
+            "(`train.py demo --skip-eval`; `train.py --help` lists the commands)",
+            flush=True,
+        )
+        args = parser.parse_args(["demo", "--skip-eval"])
     from lawm.checkpoint import CheckpointError
+    from lawm.data import DataError
 
-    try:
-        from lawm.data import DataError
-    except ImportError:  # pragma: no cover - the data package is part of the distribution
-        DataError = ValueError  # noqa: N806
     try:
         return args.func(args)
     except (UsageError, ConfigError, DataError, CheckpointError) as err:

@@ -1,0 +1,90 @@
+"""The end-to-end demo at toy size: real LIBERO data, training, export, and the closed loop
+through libero_bridge + policy_node processes for both models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lawm.demo import DemoConfig, run_demo
+from roshelpers import ROOT
+
+TINY = DemoConfig(
+    tasks=(0,),
+    demos_per_task=2,
+    clips_per_task=1,
+    eval_episodes=1,
+    eval_init_state=3,
+    image_size=32,
+    preset="debug",
+    pretrain_steps=6,
+    finetune_steps=6,
+    max_steps=12,
+    workers=1,
+)
+
+
+def test_demo_end_to_end_then_cached_rerun(tmp_path, capsys):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    results = run_demo(TINY, out, cache, progress=False)
+
+    loop = results["closed_loop"]["models"]
+    assert set(loop) == {"lawm", "scratch"}
+    for model in loop.values():
+        episodes = model["tasks"]["0"]["episodes"]
+        assert len(episodes) == 1
+        ep = episodes[0]
+        assert ep["init_state"] == 3  # unseen: demos used 0-1, clips 2
+        assert ep["success"] or ep["steps"] == TINY.max_steps, ep
+        assert ep["invalid_actions"] == 0
+        assert model["steps"] > 0
+    # Both models trained on the same demos; LAWM started from the pretrained policy.
+    info = {
+        name: json.loads((out / f"finetune_{name}" / "policy" / "config.json").read_text())["info"]
+        for name in ("lawm", "scratch")
+    }
+    assert "pretrain" in str(info["lawm"]["init_from"])
+    assert info["scratch"]["init_from"] is None
+    for name in ("lawm", "scratch"):
+        assert results["exports"][name]["parity_max_abs_error"] < 1e-4
+        assert len(results["exports"][name]["onnx_sha256"]) == 64
+    assert 0 < results["latency"]["ort_ms_p50"] <= results["latency"]["ort_ms_p99"]
+    assert -1 <= results["cca"]["cca_heldout_mean"] <= 1
+    for name in ("results.json", "results.md", "curves.png", "success.png", "latency.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "results.md").read_text()
+    assert "closed-loop success" in table and "CCA" in table
+    printed = capsys.readouterr().out
+    assert "expert episodes" in printed and "closed-loop success" in printed
+
+    # The next run reuses the cached data and the finished training runs.
+    data = sorted(cache.glob("*.hdf5"))
+    assert len(data) == 2
+    stamps = [p.stat().st_mtime_ns for p in data]
+    metrics = (out / "finetune_lawm" / "metrics.jsonl").read_text()
+    run_demo(TINY, out, cache, evaluate=False, progress=False)
+    assert [p.stat().st_mtime_ns for p in data] == stamps
+    assert "cached" in capsys.readouterr().out
+    assert (out / "finetune_lawm" / "metrics.jsonl").read_text() == metrics
+
+
+def test_demo_config_refuses_eval_states_that_were_trained_on():
+    with pytest.raises(ValueError, match="overlaps the training init states"):
+        DemoConfig(demos_per_task=10, clips_per_task=15, eval_init_state=20)
+    with pytest.raises(ValueError, match="eval_episodes"):
+        DemoConfig(eval_episodes=0)
+
+
+def test_demo_cli_bad_flags_exit_2_with_one_line(tmp_path):
+    cmd = [sys.executable, str(ROOT / "training" / "train.py"), "demo", "--out", str(tmp_path)]
+    bad = subprocess.run(
+        [*cmd, "--eval-init-state", "3"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2
+    assert "overlaps the training init states" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = subprocess.run([*cmd, "--tasks", "12"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "task" in bad.stderr and "Traceback" not in bad.stderr
