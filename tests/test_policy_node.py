@@ -159,6 +159,9 @@ def test_rate_watchdog_reset_and_deactivate(ros_node, start_node, model_dir):
     rig.stream(10.0)
     rate = (len(rig.actions) - n0) / (time.monotonic() - t0)
     assert rate > 16.0, f"control rate {rate:.1f} Hz, expected 20"  # wide margin, shared CPU
+    # Diagnostics count the ticks (about 240 after 12 s at 20 Hz) and the missed ones among them.
+    last = {kv.key: kv.value for kv in rig.diags[-1].status[0].values}
+    assert 100 < int(last["ticks"]) and 0 <= int(last["missed_ticks"]) < int(last["ticks"])
 
     # Stop the cameras: within stale_timeout (0.5 s) + margin the twist is zero.
     stop_t = time.monotonic()

@@ -24,46 +24,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lawm.config import ConfigError, LawmConfig
-
-
-def _publishable(path: str | Path) -> None:
-    # mkstemp creates 0600 files; artefacts must stay readable by e.g. a robot's service user.
-    os.chmod(path, 0o644)
+from lawm.files import atomic_path, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _publishable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata=metadata)
-        _publishable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -14,10 +14,7 @@ rate, action layout, opset, the sha256 of policy.onnx and the run it came from.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from lawm import keys
-from lawm.checkpoint import atomic_write_text, load_policy
+from lawm.checkpoint import load_policy
+from lawm.files import atomic_path, atomic_write_text, sha256_file  # noqa: F401 - sha256_file re-exported
 from lawm.models.policy import Policy
 
 SIDECAR_VERSION = 1
@@ -35,14 +33,6 @@ PARITY_TOLERANCE = 1e-4
 
 class ExportError(RuntimeError):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class OnnxPolicy(nn.Module):
@@ -113,29 +103,21 @@ def export_policy(
     example = example_inputs(policy, batch=1)
     dynamic = {n: {0: "batch"} for n in names}
     dynamic[keys.ONNX_ACTION_OUTPUT] = {0: "batch"}
-    fd, tmp = tempfile.mkstemp(prefix=".policy.onnx.", dir=out_dir)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper,
-                tuple(torch.from_numpy(example[n]) for n in names),
-                tmp,
-                input_names=names,
-                output_names=[keys.ONNX_ACTION_OUTPUT],
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                dynamo=False,
-            )
-        err = check_parity(policy, Path(tmp))
+    onnx_path = out_dir / "policy.onnx"
+    with atomic_path(onnx_path) as tmp, torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            tuple(torch.from_numpy(example[n]) for n in names),
+            str(tmp),
+            input_names=names,
+            output_names=[keys.ONNX_ACTION_OUTPUT],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
+        err = check_parity(policy, tmp)
         if not err <= PARITY_TOLERANCE:
             raise ExportError(f"torch vs onnxruntime max abs error {err:.2e} > {PARITY_TOLERANCE}")
-        onnx_path = out_dir / "policy.onnx"
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the robot's user must read it
-        os.replace(tmp, onnx_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
     pc = cfg.policy
     s = pc.image_size

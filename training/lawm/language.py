@@ -20,9 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lawm.checkpoint import load_state_strict
+from lawm.files import atomic_path, sha256_file
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -58,7 +57,6 @@ _MASK_NEG = -1e9
 # position-id buffer (we derive positions from the input) and the [CLS] pooler head
 # (all-MiniLM-L6-v2 mean-pools instead). Dropped on purpose; any other unknown key is an error.
 _UNUSED_KEYS = frozenset({"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"})
-_FILE_MODE = 0o644
 _PARITY_SENTENCES = (
     "put the bowl on the plate",
     "Open the top drawer of the cabinet, then put the black bowl inside it.",
@@ -105,32 +103,10 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _temp_beside(path: Path) -> Path:
-    """An empty temporary file in ``path``'s folder (same filesystem, so os.replace is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates 0600; exported files are read by other users (the robot's service).
-    os.chmod(tmp, _FILE_MODE)
-    return Path(tmp)
-
-
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    tmp = _temp_beside(path)
-    try:
+    """Call ``write(tmp_path)`` on a temporary file that then replaces ``path``."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- model ----------------------------------------------------------------------------------
@@ -615,10 +591,10 @@ def export_text_encoder(out_dir: Path, opset: int = 17) -> dict[str, Any]:
         "format_version": SIDECAR_VERSION,
         "model": MODEL_NAME,
         "onnx_file": ONNX_FILE,
-        "onnx_sha256": _sha256_file(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
         "tokenizer_file": TOKENIZER_FILE,
-        "tokenizer_sha256": _sha256_file(tokenizer_path),
-        "weights_sha256": _sha256_file(model_dir / "model.safetensors"),
+        "tokenizer_sha256": sha256_file(tokenizer_path),
+        "weights_sha256": sha256_file(model_dir / "model.safetensors"),
         "embedding_dim": model.dim,
         "max_length": MAX_LENGTH,
         "opset": opset,

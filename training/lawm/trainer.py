@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -248,7 +249,6 @@ def train(
     dataset = WindowDataset(
         sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode=stage
     )
-    stats = compute_stats(sources)
     lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
 
     start = 0
@@ -267,7 +267,10 @@ def train(
             )
         start = int(state["step"])
         init_from = state.get("init_from")
+        # The policy's buffers already hold these; no second pass over the data.
+        stats = state.get("stats") or compute_stats(sources)
     else:
+        stats = compute_stats(sources)
         if init is not None:
             init_from = init_policy_from(objective, init)
         # Data statistics become part of the policy (and of the exported graph).
@@ -327,7 +330,7 @@ def train(
         micro_batches = split_batch(step_batch, accum)
         for i, micro in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
-            ctx = model.no_sync() if (d.world > 1 and not sync) else _null()
+            ctx = model.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, metrics = model(micro)
                 (loss / accum).backward()
@@ -385,11 +388,3 @@ def train(
         "run_dir": str(run_dir),
         "n_windows": len(dataset),
     }
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

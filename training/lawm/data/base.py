@@ -11,16 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lawm import keys
+from lawm.files import atomic_path, atomic_write_text  # noqa: F401 - re-exported to the formats
 
 FORMATS: tuple[str, ...] = ("hdf5", "video", "ssv2", "bridge", "rosbag")
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -214,29 +214,6 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path``.
-
-    Readers never see a half-written file, and a crash leaves the old file (or none).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def _has_file(folder: Path, suffixes: tuple[str, ...]) -> bool:

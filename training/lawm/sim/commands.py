@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lawm.cli import _positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the simulation subcommands to the training CLI's subparsers."""
@@ -26,16 +28,6 @@ def _add_eval_sim(sub: argparse._SubParsersAction) -> None:
 
 # -- generate -----------------------------------------------------------------------------------
 SUITE_CHOICES = ("libero_object", "libero_spatial", "libero_goal", "libero_10", "libero_90")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -56,10 +48,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--no-render", action="store_true", help="no camera images (fast; actions and state)"
     )
     p.add_argument(
-        "--image-size", type=_positive, default=128, help="square image size (default 128)"
+        "--image-size", type=_positive_int, default=128, help="square image size (default 128)"
     )
     p.add_argument(
-        "--workers", type=_positive, default=1, help="episode worker processes (default 1)"
+        "--workers", type=_positive_int, default=1, help="episode worker processes (default 1)"
     )
     p.add_argument(
         "--mp4-dir",
@@ -74,7 +66,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-steps",
-        type=_positive,
+        type=_positive_int,
         help="cap episodes at this many steps (default: the suite's limit, 300 or 520)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -421,6 +421,7 @@ class PolicyNode(LifecycleNode):
             "inference_ms_p50": f"{np.percentile(ms, 50):.2f}",
             "inference_ms_p99": f"{np.percentile(ms, 99):.2f}",
             "loop_rate_hz": f"{1.0 / ticks.mean():.2f}" if ticks is not None else "0",
+            "ticks": str(self.ticks),
             "missed_ticks": str(self.missed_ticks),
             "instruction": self.instruction_text,
         }

@@ -1,0 +1,52 @@
+"""Files the training side writes: atomically (readers never see half a file) and readable.
+
+Every artefact (datasets, checkpoints, exported models, reports) goes through ``atomic_path``:
+a temporary file beside the target (same folder, hence same filesystem; same suffix, so writers
+that go by the extension still work), made world-readable (a robot's service user reads what
+training wrote; ``mkstemp`` would leave it private), synced and renamed onto the target. An
+exception, or a crash, leaves the old file or none, and at most a hidden ``.<stem>.*`` temporary.
+The runtime core has its own hashing (``lawm_policy.core.hashing``): it may not import ``lawm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+FILE_MODE = 0o644
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
