@@ -120,6 +120,29 @@ def test_resume_replays_the_interrupted_run_exactly(synthetic, lang_cache, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_finetune_init_can_keep_a_fresh_action_head(tmp_path):
+    from lawm.checkpoint import save_policy
+    from lawm.models.policy import Policy
+    from lawm.trainer import build_objective, init_policy_from
+
+    cfg = _cfg()
+    torch.manual_seed(123)
+    save_policy(tmp_path / "pre", Policy(cfg.policy), cfg, {"stage": "pretrain"})
+    pre = load_tensors(tmp_path / "pre" / "model.safetensors")
+    for reinit in (False, True):
+        torch.manual_seed(0)
+        obj = build_objective("finetune", cfg)
+        fresh = {k: v.clone() for k, v in obj.policy.state_dict().items()}
+        note = init_policy_from(obj, tmp_path / "pre", reinit_head=reinit)
+        got = obj.policy.state_dict()
+        heads = [k for k in got if k.startswith("head.")]
+        assert heads and len(heads) < len(got)
+        for k, v in got.items():
+            want = fresh[k] if (reinit and k.startswith("head.")) else pre[k]
+            assert torch.equal(v, want), k
+        assert ("re-initialised" in note) == reinit
+
+
 def test_resume_refuses_a_different_config(synthetic, lang_cache, tmp_path):
     from lawm.checkpoint import CheckpointError
 

@@ -197,6 +197,7 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         sources,
         args.out,
         init=getattr(args, "init", None),
+        reinit_head=getattr(args, "reinit_head", False),
         resume=not args.no_resume,
         device=args.device,
         lang_cache=args.lang_cache,
@@ -439,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         type=_existing_path,
         help="pretrained policy directory or checkpoint (default: from scratch)",
+    )
+    p.add_argument(
+        "--reinit-head",
+        action="store_true",
+        help="with --init: keep a freshly initialised action head (the pretrained one emits "
+        "latent actions, not robot actions)",
     )
     p.add_argument(
         "--no-augment",

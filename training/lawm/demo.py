@@ -46,7 +46,7 @@ class DemoConfig:
     tasks: tuple[int, ...] = (0, 1)
     demos_per_task: int = 10  # labelled, init states 0..demos-1
     clips_per_task: int = 15  # unlabeled, the next init states
-    eval_episodes: int = 5  # per task and model, unseen init states from eval_init_state
+    eval_episodes: int = 10  # per task and model, unseen init states from eval_init_state
     eval_init_state: int = 40
     image_size: int = 64  # rendered size (data and closed loop alike)
     preset: str = "small"
@@ -242,6 +242,7 @@ class _Lane:
         self.task: int | None = None
         self.deadline = 0.0
         self.ended_at: float | None = None
+        self.on_result = lambda: None
 
     def _on_result(self, msg) -> None:
         r = json.loads(msg.data)
@@ -251,6 +252,7 @@ class _Lane:
         self._seen.add(key)
         self.results.append(r)
         self.bar.update(1)
+        self.on_result()
 
     def _env(self) -> dict[str, str]:
         return {
@@ -516,7 +518,7 @@ def run_demo(
     fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from lawm.checkpoint import atomic_write_text
+    from lawm.files import atomic_write_text
 
     cfg = cfg or DemoConfig()
     out, cache = Path(out), Path(cache)

@@ -190,9 +190,13 @@ def build_objective(stage: str, cfg: LawmConfig) -> nn.Module:
     return PretrainObjective(cfg) if stage == "pretrain" else FinetuneObjective(cfg)
 
 
-def init_policy_from(objective: nn.Module, path: Path) -> str:
+def init_policy_from(objective: nn.Module, path: Path, reinit_head: bool = False) -> str:
     """Load policy weights from a policy dir (model.safetensors + config.json) or a
     checkpoint dir of either stage (its ``policy.*`` tensors). Strict: every tensor must match.
+
+    ``reinit_head`` keeps the action head's fresh initialisation (the one training from scratch
+    starts with): after pretraining, the head emits latent actions for the world model, whose
+    scale and meaning differ from the demonstrations' actions.
     """
     path = Path(path)
     if (path / "state.json").is_file():
@@ -206,8 +210,14 @@ def init_policy_from(objective: nn.Module, path: Path) -> str:
         policy_tensors = load_tensors(path / "model.safetensors")
     else:
         raise CheckpointError(f"{path}: neither a policy directory nor a training checkpoint")
+    if reinit_head:
+        fresh = objective.policy.state_dict()
+        policy_tensors = {
+            k: (fresh[k].clone() if k.startswith("head.") and k in fresh else v)
+            for k, v in policy_tensors.items()
+        }
     load_state_strict(objective.policy, policy_tensors, str(path))
-    return str(path)
+    return str(path) + (" (head re-initialised)" if reinit_head else "")
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -224,6 +234,7 @@ def train(
     progress: bool = True,
     steps: int | None = None,
     stop_at: int | None = None,
+    reinit_head: bool = False,
 ) -> dict[str, Any]:
     """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
 
@@ -272,7 +283,7 @@ def train(
     else:
         stats = compute_stats(sources)
         if init is not None:
-            init_from = init_policy_from(objective, init)
+            init_from = init_policy_from(objective, init, reinit_head=reinit_head)
         # Data statistics become part of the policy (and of the exported graph).
         policy_stats = {k: v for k, v in stats.items() if k.startswith("proprio")}
         if stage == "finetune":
