@@ -124,7 +124,9 @@ def bench_inference(export: Path, threads: int, n: int) -> dict:
 
 
 # -- node -----------------------------------------------------------------------------------
-def bench_node(export: Path, seconds: float, rate_hz: float = 20.0, cam_hz: float = 30.0) -> dict:
+def bench_node(
+    export: Path, seconds: float, threads: int, rate_hz: float = 20.0, cam_hz: float = 30.0
+) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import TwistStamped
@@ -145,7 +147,7 @@ def bench_node(export: Path, seconds: float, rate_hz: float = 20.0, cam_hz: floa
         params={
             "model_dir": str(export),
             "camera_topics": topics,
-            "threads": 1,
+            "threads": threads,
             "control_rate_hz": rate_hz,
             "stale_timeout_s": 0.5,
             "instruction": "put the bowl on the plate",
@@ -208,6 +210,7 @@ def bench_node(export: Path, seconds: float, rate_hz: float = 20.0, cam_hz: floa
         rclpy.shutdown()
     return {
         "node_seconds": round(elapsed, 1),
+        "node_threads": threads,
         "node_control_rate_hz": rate_hz,
         "node_camera_rate_hz": cam_hz,
         "node_commands": len(latencies),
@@ -301,7 +304,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 15 s node run")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="inference threads for onnxruntime, torch and the node (default: up to 2)",
+    )
     args = ap.parse_args()
     quick = args.quick
     results: dict = {
@@ -323,7 +331,7 @@ def main() -> int:
             f", ratio {results['ort_over_torch_p50']:.2f}"
         )
         say(f"node: 30 Hz cameras -> policy node -> cmd_twist for {15 if quick else 60} s ...")
-        results.update(bench_node(export, 15.0 if quick else 60.0))
+        results.update(bench_node(export, 15.0 if quick else 60.0, args.threads))
         say(
             f"  e2e p50 {results['node_e2e_ms_p50']:.1f} ms, p99 {results['node_e2e_ms_p99']:.1f}"
             f" ms, missed ticks {results['node_missed_ticks']}"
