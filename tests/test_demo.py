@@ -88,3 +88,12 @@ def test_demo_cli_bad_flags_exit_2_with_one_line(tmp_path):
     assert "Traceback" not in bad.stderr
     bad = subprocess.run([*cmd, "--tasks", "12"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "task" in bad.stderr and "Traceback" not in bad.stderr
+    # A task the scripted experts cannot do (LIBERO-Goal 0 opens a drawer) is named, no trace.
+    bad = subprocess.run(
+        [*cmd, "--cache", str(tmp_path / "c"), "--suite", "libero_goal", "--tasks", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr and "no scripted expert" in bad.stderr, bad.stderr[-2000:]

@@ -338,14 +338,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg = DemoConfig(**changes)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    run_demo(
-        cfg,
-        args.out,
-        args.cache,
-        evaluate=not args.skip_eval,
-        fresh=args.fresh,
-        progress=not args.quiet,
-    )
+    from lawm.sim.generate import GenerateError
+
+    try:
+        run_demo(
+            cfg,
+            args.out,
+            args.cache,
+            evaluate=not args.skip_eval,
+            fresh=args.fresh,
+            progress=not args.quiet,
+        )
+    except GenerateError as err:  # e.g. a task without a scripted expert
+        raise UsageError(str(err)) from None
     return 0
 
 
