@@ -272,7 +272,9 @@ def rclpy_time(seconds):
     return Time(sec=seconds, nanosec=0)
 
 
-@pytest.mark.parametrize("damage", ["flip", "missing_onnx", "bad_json", "camera_count"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "missing_onnx", "bad_json", "camera_count", "frame_wait"]
+)
 def test_bad_model_refuses_to_activate_and_says_why(
     ros_node, start_node, model_dir, tmp_path, damage
 ):
@@ -290,6 +292,9 @@ def test_bad_model_refuses_to_activate_and_says_why(
     elif damage == "bad_json":
         (bad / "policy.json").write_text("{not json")
         needle = "policy.json"
+    elif damage == "frame_wait":
+        params["frame_wait_s"] = 0.06  # longer than the 20 Hz control period
+        needle = "frame_wait_s"
     else:
         params["camera_topics"] = CAM_TOPICS[:1]
         needle = "camera"
@@ -308,6 +313,40 @@ def test_bad_model_refuses_to_activate_and_says_why(
     assert fut.result().current_state.label == "unconfigured"
     assert needle in proc.log_path.read_text().split("cannot configure", 1)[1]
     assert proc.alive()
+
+
+def test_ticks_wait_for_a_frame_about_to_arrive(ros_node, start_node, model_dir):
+    # 10 Hz camera and 10 Hz control: without waiting, every command would act on a frame of
+    # one fixed age anywhere in 0-100 ms (the phase of camera and timer). Waiting up to 90 ms
+    # for the next frame keeps that age to a few ms plus inference.
+    proc = _start(
+        start_node, model_dir, instruction=INSTRUCTION, control_rate_hz=10.0, frame_wait_s=0.09
+    )
+    rig = Rig(ros_node, proc)
+    rig.connect()
+    received: list[float] = []
+    ros_node.create_subscription(
+        TwistStamped,
+        "/lawm_policy/cmd_twist",
+        lambda m: received.append(
+            ros_node.get_clock().now().nanoseconds * 1e-9
+            - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)
+        ),
+        COMMAND,
+    )
+    rig.stream(2.0, hz=10.0)  # warm up: the node learns the camera period
+    n0, t0 = len(rig.actions), time.monotonic()
+    received.clear()
+    rig.stream(6.0, hz=10.0)
+    rate = (len(rig.actions) - n0) / (time.monotonic() - t0)
+    assert rate > 7.0, f"command rate {rate:.1f} Hz, expected 10"  # waiting costs no ticks
+    ages = [a for a in received if a < 1.0]  # zero twists before the inputs were fresh: skip
+    assert len(ages) > 30
+    # Generous for a loaded machine; without the wait, 4 phases in 10 would exceed it.
+    assert np.percentile(ages, 50) < 0.06, np.round(ages, 3)
+    rig.stream(1.2, hz=10.0)
+    last = {kv.key: kv.value for kv in rig.diags[-1].status[0].values}
+    assert int(last["frame_waits"]) > 0 or np.percentile(ages, 90) < 0.01
 
 
 def test_twist_remaps_to_the_arm_servo_topic(ros_node, start_node, model_dir):

@@ -36,6 +36,7 @@ from std_srvs.srv import Trigger
 from lawm_policy.core.aggregation import TemporalAggregator
 from lawm_policy.core.command import ActionMapper, Command
 from lawm_policy.core.errors import InputError, ModelLoadError
+from lawm_policy.core.frame_phase import FramePhase
 from lawm_policy.core.model import PolicyModel
 from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
 from lawm_policy.core.safety import SafetyFilter, SafetyLimits
@@ -69,6 +70,7 @@ class PolicyParams:
     workspace_min: tuple[float, ...]
     workspace_max: tuple[float, ...]
     diagnostics_period_s: float
+    frame_wait_s: float
 
 
 # name -> (default, description). Declared once, read into PolicyParams.
@@ -101,6 +103,12 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "workspace_min": ([0.0], "Workspace box minimum [x, y, z] in the proprio frame; [0.0]: off."),
     "workspace_max": ([0.0], "Workspace box maximum [x, y, z]; [0.0]: off."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages."),
+    "frame_wait_s": (
+        0.012,
+        "Longest a control tick waits for a frame of the first camera that is about to arrive "
+        "(the command then reflects a fresh image instead of one up to a camera period old); "
+        "0: never wait. Not used on sim time.",
+    ),
 }
 
 
@@ -122,6 +130,7 @@ class PolicyNode(LifecycleNode):
         self._subs: list = []
         self._timer = None
         self._diag_timer = None
+        self._wait_timer = None
         self._pubs_ready = False
 
     # -- parameters -----------------------------------------------------------------------
@@ -166,6 +175,12 @@ class PolicyNode(LifecycleNode):
             )
             self.safety = SafetyFilter(limits)
             self.mapper = ActionMapper(p.linear_scale, p.angular_scale, p.gripper_threshold)
+            period = 1.0 / (p.control_rate_hz or model.control_rate_hz)
+            if not 0 <= p.frame_wait_s < period:
+                raise ValueError(
+                    f"frame_wait_s must be in [0, one control period {period:.3f} s), "
+                    f"got {p.frame_wait_s!r}"
+                )
         except (ModelLoadError, ValueError) as err:
             self.get_logger().error(f"cannot configure: {err}")
             return TransitionCallbackReturn.FAILURE
@@ -184,6 +199,10 @@ class PolicyNode(LifecycleNode):
         self.tick_times: deque[float] = deque(maxlen=200)
         self.missed_ticks = 0
         self.ticks = 0
+        sim_time = bool(self.get_parameter("use_sim_time").value)
+        # In lock-step simulation frames follow actions: there is no camera phase to lock to.
+        self.phase = FramePhase(0.0 if sim_time else p.frame_wait_s)
+        self.frame_waits = 0
         self.was_stale = True
         self.pub_action = self.create_lifecycle_publisher(Float32MultiArray, "~/action", COMMAND)
         self.pub_twist = self.create_lifecycle_publisher(TwistStamped, "~/cmd_twist", COMMAND)
@@ -257,6 +276,7 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_io(self) -> None:
+        self._end_wait()
         for timer in (self._timer, self._diag_timer):
             if timer is not None:
                 self.destroy_timer(timer)
@@ -284,6 +304,11 @@ class PolicyNode(LifecycleNode):
         if self.watchdog.update(camera, self._stamp_s(msg.header.stamp), self._now_s()):
             self.latest[camera] = (image, msg.header.stamp)
             self.warnings.pop(camera, None)
+            if camera == self.model.cameras[0]:
+                self.phase.arrived(time.monotonic())
+                if self._wait_timer is not None:  # the frame a tick was waiting for
+                    self._end_wait()
+                    self._act()
         else:
             stamp = self._stamp_s(msg.header.stamp)
             self._warn(
@@ -343,14 +368,37 @@ class PolicyNode(LifecycleNode):
         return missing
 
     def _tick(self) -> None:
-        now = self.get_clock().now()
-        now_s = now.nanoseconds * 1e-9
         t0 = time.perf_counter()
         self.ticks += 1
         if self.tick_times and t0 - self.tick_times[-1] > 1.5 / self.rate_hz:
             self.missed_ticks += int((t0 - self.tick_times[-1]) * self.rate_hz - 0.5)
         self.tick_times.append(t0)
+        if self._wait_timer is not None:  # the previous wait outlived a period: act now
+            self._end_wait()
+        wait = self.phase.wait_s(time.monotonic())
+        if wait > 0:
+            # The first camera's next frame is due within frame_wait_s: act on it when it
+            # arrives, or when the wait (a little beyond its due time) runs out.
+            timeout = min(self.phase.max_wait_s, wait + 0.003)
+            self._wait_timer = self.create_timer(timeout, self._on_wait_timeout)
+            self.frame_waits += 1
+            return
+        self._act()
 
+    def _end_wait(self) -> None:
+        if self._wait_timer is not None:
+            self.destroy_timer(self._wait_timer)
+            self._wait_timer = None
+
+    def _on_wait_timeout(self) -> None:
+        self._end_wait()
+        self._act()
+
+    def _act(self) -> None:
+        """Inference on the newest inputs and the command out (or a zero twist if stale)."""
+        now = self.get_clock().now()
+        now_s = now.nanoseconds * 1e-9
+        t0 = time.perf_counter()
         stale = self._missing(now_s)
         images = {}
         newest = None
@@ -423,6 +471,7 @@ class PolicyNode(LifecycleNode):
             "loop_rate_hz": f"{1.0 / ticks.mean():.2f}" if ticks is not None else "0",
             "ticks": str(self.ticks),
             "missed_ticks": str(self.missed_ticks),
+            "frame_waits": str(self.frame_waits),
             "instruction": self.instruction_text,
         }
         for name, age in self.watchdog.ages(now_s).items():
