@@ -38,6 +38,16 @@ def test_eval_sim_runs_episodes_and_writes_videos(exported_debug_model, tmp_path
     assert len(videos) == 1 and videos[0].stat().st_size > 0
 
 
+def _eval_sim(model, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), "eval-sim", "--model", str(model)]
+        + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -47,49 +57,17 @@ def test_eval_sim_runs_episodes_and_writes_videos(exported_debug_model, tmp_path
     ],
 )
 def test_eval_sim_cli_bad_input(exported_debug_model, args, needle):
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "training" / "train.py"),
-            "eval-sim",
-            "--model",
-            str(exported_debug_model),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _eval_sim(exported_debug_model, *args)
     assert r.returncode == 2, r.stderr[-2000:]
     assert needle in r.stderr and "Traceback" not in r.stderr
 
 
 def test_eval_sim_cli_writes_json(exported_debug_model, tmp_path):
     out = tmp_path / "report.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "training" / "train.py"),
-            "eval-sim",
-            "--model",
-            str(exported_debug_model),
-            "--suite",
-            "libero_spatial",
-            "--tasks",
-            "0",
-            "--episodes-per-task",
-            "1",
-            "--max-steps",
-            "5",
-            "--render-size",
-            "64",
-            "--json",
-            str(out),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = _eval_sim(
+        exported_debug_model,
+        *("--suite", "libero_spatial", "--tasks", 0, "--episodes-per-task", 1),
+        *("--max-steps", 5, "--render-size", 64, "--json", out, "--quiet"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())

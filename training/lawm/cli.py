@@ -310,22 +310,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lawm.demo import DemoConfig, run_demo
 
+    # Every DemoConfig field has a flag of the same name (tasks: an id list, parsed below).
     changes = {
-        field: getattr(args, field)
-        for field in (
-            "suite",
-            "demos_per_task",
-            "clips_per_task",
-            "eval_episodes",
-            "eval_init_state",
-            "image_size",
-            "preset",
-            "pretrain_steps",
-            "finetune_steps",
-            "max_steps",
-            "workers",
-        )
-        if getattr(args, field, None) is not None
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(DemoConfig)
+        if f.name != "tasks" and getattr(args, f.name, None) is not None
     }
     if args.tasks is not None:
         from lawm.sim.generate import GenerateError, parse_ids

@@ -181,16 +181,10 @@ def export_models(out: Path) -> dict[str, Any]:
 
 
 def latent_cca(cfg_l, demos: list, out: Path, lang_cache: Path) -> dict[str, float]:
-    import torch
-
-    from lawm.checkpoint import save_policy
-    from lawm.evaluate import latent_action_cca
-    from lawm.models.policy import Policy
+    from lawm.evaluate import latent_action_cca, untrained_cca
 
     trained = latent_action_cca(out / "pretrain" / "policy", demos, lang_cache=lang_cache)
-    torch.manual_seed(cfg_l.pretrain.seed)
-    save_policy(out / "untrained" / "policy", Policy(cfg_l.policy), cfg_l, {"stage": "untrained"})
-    untrained = latent_action_cca(out / "untrained" / "policy", demos, lang_cache=lang_cache)
+    untrained = untrained_cca(cfg_l, demos, out / "untrained" / "policy", lang_cache=lang_cache)
     return {
         "cca_mean": trained["mean"],
         "cca_heldout_mean": trained.get("heldout_mean", float("nan")),

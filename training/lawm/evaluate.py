@@ -76,3 +76,16 @@ def latent_action_cca(
         "n_samples": int(len(z)),
         "policy": str(policy_dir),
     }
+
+
+def untrained_cca(cfg, sources: list, out_dir: Path, *, lang_cache: Path | None = None) -> dict:
+    """``latent_action_cca`` of the same architecture untrained (seeded like pretraining): the
+    baseline a pretrained policy's CCA is read against. The policy is saved in ``out_dir``."""
+    import torch
+
+    from lawm.checkpoint import save_policy
+    from lawm.models.policy import Policy
+
+    torch.manual_seed(cfg.pretrain.seed)
+    save_policy(Path(out_dir), Policy(cfg.policy), cfg, {"stage": "untrained"})
+    return latent_action_cca(Path(out_dir), sources, lang_cache=lang_cache)

@@ -12,17 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lawm.checkpoint import atomic_write_text, save_policy
+from lawm.checkpoint import atomic_write_text
 from lawm.config import preset
-from lawm.models.policy import Policy
 
 
 def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> dict[str, Any]:
     from lawm.data import open_sources
     from lawm.data.synthetic import write_synthetic_hdf5
-    from lawm.evaluate import latent_action_cca
+    from lawm.evaluate import latent_action_cca, untrained_cca
     from lawm.export import export_policy
     from lawm.trainer import train
 
@@ -58,9 +55,7 @@ def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> d
     sidecar = export_policy(out / "finetune" / "policy", out / "export")
     cca = latent_action_cca(out / "pretrain" / "policy", demos, lang_cache=lang_cache)
     # The same architecture untrained: what CCA gives without pretraining.
-    torch.manual_seed(cfg.pretrain.seed)
-    save_policy(out / "untrained" / "policy", Policy(cfg.policy), cfg, {"stage": "untrained"})
-    cca0 = latent_action_cca(out / "untrained" / "policy", demos, lang_cache=lang_cache)
+    cca0 = untrained_cca(cfg, demos, out / "untrained" / "policy", lang_cache=lang_cache)
 
     def first_last(history, key):
         return [round(history[0][key], 5), round(history[-1][key], 5)] if history else None
