@@ -135,13 +135,20 @@ def test_images_in_actions_out_with_stamp_and_core_values(ros_node, start_node, 
     rig = Rig(ros_node, proc)
     rig.connect()
     stamp = rig.publish(value=7)
-    wait_until(
-        ros_node, lambda: rig.actions and rig.twists and rig.grippers, 30, "an action", [proc]
-    )
-    # Stamp of the newest image used, copied into the command.
-    twist = next(t for t in rig.twists if t.header.stamp.sec or t.header.stamp.nanosec)
-    assert (twist.header.stamp.sec, twist.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)
+    key = (stamp.sec, stamp.nanosec)
+
+    def acted():
+        return [t for t in rig.twists if (t.header.stamp.sec, t.header.stamp.nanosec) == key]
+
+    # The policy's commands carry the stamp of the newest image used; a tick that finds an
+    # input missing (before both cameras arrived) sends a zero twist stamped with its own time.
+    wait_until(ros_node, lambda: rig.actions and acted() and rig.grippers, 30, "an action", [proc])
+    twist = acted()[0]
     assert twist.header.frame_id == "base_link"
+    for other in rig.twists:
+        if (other.header.stamp.sec, other.header.stamp.nanosec) != key:
+            lin, ang = other.twist.linear, other.twist.angular
+            assert (lin.x, lin.y, lin.z, ang.x, ang.y, ang.z) == (0.0,) * 6, other
     expected = _expected_actions(model_dir, rig.size, 7)
     got = np.asarray(rig.actions[-1][1])
     dist = min(np.abs(got - e).max() for e in expected)
