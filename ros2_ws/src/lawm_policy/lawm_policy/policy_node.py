@@ -8,10 +8,11 @@ runtime core (onnxruntime + numpy) does the work.
 - deactivate: stop the timer and subscriptions, send one zero twist.
 
 Inference runs on the control timer from the newest frames (image callbacks validate,
-convert and store them). When the first camera's next frame is due within ``frame_wait_s``,
-the tick waits for it (``core.frame_phase``): the command then reflects an image a few ms old
-instead of one up to a camera period old (0-33 ms at 30 Hz), which is most of the end-to-end
-latency of a timer-driven loop. Not on sim time (there frames follow actions).
+convert and store them). When a camera's next frame is due within ``frame_wait_s``, the tick
+waits for it, and for every other camera's frame due within that time (``core.frame_phase``):
+the command then reflects images a few ms old instead of up to a camera period old (0-33 ms at
+30 Hz), which is most of the end-to-end latency of a timer-driven loop, and cameras triggered
+together are used together. Not on sim time (there frames follow actions).
 
 Outputs: ``~/action`` (raw 7-D action in the training data's units),
 ``~/cmd_twist`` (stamped with the newest image used), ``~/cmd_gripper`` and ``/diagnostics``.
@@ -41,7 +42,7 @@ from std_srvs.srv import Trigger
 from lawm_policy.core.aggregation import TemporalAggregator
 from lawm_policy.core.command import ActionMapper, Command
 from lawm_policy.core.errors import InputError, ModelLoadError
-from lawm_policy.core.frame_phase import FramePhase
+from lawm_policy.core.frame_phase import FrameWait
 from lawm_policy.core.model import PolicyModel
 from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
 from lawm_policy.core.safety import SafetyFilter, SafetyLimits
@@ -110,8 +111,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages."),
     "frame_wait_s": (
         0.012,
-        "Longest a control tick waits for a frame of the first camera that is about to arrive "
-        "(the command then reflects a fresh image instead of one up to a camera period old); "
+        "Longest a control tick waits for the cameras' frames that are about to arrive (the "
+        "command then reflects fresh images instead of ones up to a camera period old); "
         "0: never wait. Not used on sim time.",
     ),
 }
@@ -136,6 +137,7 @@ class PolicyNode(LifecycleNode):
         self._timer = None
         self._diag_timer = None
         self._wait_timer = None
+        self._awaited: set[str] = set()  # cameras the current wait still needs a frame from
         self._pubs_ready = False
 
     # -- parameters -----------------------------------------------------------------------
@@ -206,7 +208,7 @@ class PolicyNode(LifecycleNode):
         self.ticks = 0
         sim_time = bool(self.get_parameter("use_sim_time").value)
         # In lock-step simulation frames follow actions: there is no camera phase to lock to.
-        self.phase = FramePhase(0.0 if sim_time else p.frame_wait_s)
+        self.frame_wait = FrameWait(self.model.cameras, 0.0 if sim_time else p.frame_wait_s)
         self.frame_waits = 0
         self.was_stale = True
         self.pub_action = self.create_lifecycle_publisher(Float32MultiArray, "~/action", COMMAND)
@@ -309,9 +311,10 @@ class PolicyNode(LifecycleNode):
         if self.watchdog.update(camera, self._stamp_s(msg.header.stamp), self._now_s()):
             self.latest[camera] = (image, msg.header.stamp)
             self.warnings.pop(camera, None)
-            if camera == self.model.cameras[0]:
-                self.phase.arrived(time.monotonic())
-                if self._wait_timer is not None:  # the frame a tick was waiting for
+            self.frame_wait.arrived(camera, time.monotonic())
+            if self._wait_timer is not None:
+                self._awaited.discard(camera)
+                if not self._awaited:  # the last frame a waiting tick needed
                     self._end_wait()
                     self._act()
         else:
@@ -380,17 +383,18 @@ class PolicyNode(LifecycleNode):
         self.tick_times.append(t0)
         if self._wait_timer is not None:  # the previous wait outlived a period: act now
             self._end_wait()
-        wait = self.phase.wait_s(time.monotonic())
-        if wait > 0:
-            # The first camera's next frame is due within frame_wait_s: act on it when it
-            # arrives, or when the wait (a little beyond its due time) runs out.
-            timeout = min(self.phase.max_wait_s, wait + 0.003)
+        cameras, timeout = self.frame_wait.plan(time.monotonic())
+        if cameras:
+            # Frames due within frame_wait_s: act when the last of them arrives, or when the
+            # wait (a little beyond the latest due time) runs out.
+            self._awaited = set(cameras)
             self._wait_timer = self.create_timer(timeout, self._on_wait_timeout)
             self.frame_waits += 1
             return
         self._act()
 
     def _end_wait(self) -> None:
+        self._awaited.clear()
         if self._wait_timer is not None:
             self.destroy_timer(self._wait_timer)
             self._wait_timer = None

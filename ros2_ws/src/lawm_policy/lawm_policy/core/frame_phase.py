@@ -1,12 +1,15 @@
-"""When to run a control tick relative to the camera's frames.
+"""When to run a control tick relative to the cameras' frames.
 
-A timer-driven policy acts on the newest frame, which is up to one camera period old when the
-tick fires (0-33 ms with a 30 Hz camera): that age is most of the end-to-end latency. When the
-next frame is due within ``max_wait_s``, the tick is better spent waiting for it: the command
-then reflects an image a few milliseconds old instead of a whole period. ``FramePhase`` learns
-the camera's period from arrival times (steady clock, seconds) and answers, at each tick, how
-long to wait (0: act now). A camera that is irregular, late or not yet seen never makes a tick
-wait, and a wait never exceeds ``max_wait_s``.
+A timer-driven policy acts on the newest frames, which are up to one camera period old when the
+tick fires (0-33 ms with a 30 Hz camera): that age is most of the end-to-end latency. When a
+camera's next frame is due within ``max_wait_s``, the tick is better spent waiting for it: the
+command then reflects images a few milliseconds old instead of a whole period. ``FramePhase``
+learns one camera's period from arrival times (steady clock, seconds) and answers, at each
+tick, how long to wait for it (0: act now). ``FrameWait`` applies the rule to every camera of a
+policy: a tick waits for each camera whose frame is about to arrive, so that a pair of cameras
+triggered together is used as a pair, not as one fresh frame and one a period old. A camera that
+is irregular, late or not yet seen never makes a tick wait, and a wait never exceeds
+``max_wait_s`` (plus a small grace for the frame's delivery).
 """
 
 from __future__ import annotations
@@ -63,3 +66,38 @@ class FramePhase:
     def reset(self) -> None:
         self.period_s = self.last_s = None
         self.arrivals = 0
+
+
+class FrameWait:
+    """The wait rule over several cameras.
+
+    Args:
+        cameras: camera names.
+        max_wait_s: longest a tick may be deferred (0 disables waiting).
+        grace_s: how long past the latest due time a wait lasts before the tick acts anyway
+            (still capped at ``max_wait_s``).
+    """
+
+    def __init__(self, cameras, max_wait_s: float, grace_s: float = 0.003) -> None:
+        self.phases = {name: FramePhase(max_wait_s) for name in cameras}
+        if not self.phases:
+            raise ValueError("FrameWait needs at least one camera")
+        self.max_wait_s = float(max_wait_s)
+        self.grace_s = float(grace_s)
+
+    def arrived(self, camera: str, t: float) -> None:
+        """A frame of ``camera`` arrived at steady time ``t`` (seconds)."""
+        self.phases[camera].arrived(t)
+
+    def plan(self, t: float) -> tuple[frozenset[str], float]:
+        """At a tick at steady time ``t``: the cameras to wait for and the longest wait in
+        seconds (no cameras and 0.0: act now)."""
+        waits = {name: phase.wait_s(t) for name, phase in self.phases.items()}
+        due = frozenset(name for name, w in waits.items() if w > 0)
+        if not due:
+            return due, 0.0
+        return due, min(self.max_wait_s, max(waits[name] for name in due) + self.grace_s)
+
+    def reset(self) -> None:
+        for phase in self.phases.values():
+            phase.reset()
