@@ -211,7 +211,9 @@ def bench_node(
 
         run(3.0)  # warm-up
         wait_until(node, lambda: bool(diags), 10, "diagnostics", [proc])
-        missed0 = _missed(diags)
+        missed0 = _diag_int(diags, "missed_ticks")
+        waits0 = _diag_int(diags, "frame_waits")
+        timeouts0 = _diag_int(diags, "frame_wait_timeouts")
         counting[0] = True
         t0 = time.monotonic()
         run(seconds)
@@ -219,7 +221,9 @@ def bench_node(
         counting[0] = False
         diags.clear()
         run(1.5)  # one more diagnostics message with the final count
-        missed = _missed(diags) - missed0 if diags else None
+        missed = _diag_int(diags, "missed_ticks") - missed0 if diags else None
+        waits = _diag_int(diags, "frame_waits") - waits0 if diags else None
+        timeouts = _diag_int(diags, "frame_wait_timeouts") - timeouts0 if diags else None
     finally:
         proc.stop()
         node.destroy_node()
@@ -235,13 +239,16 @@ def bench_node(
         "node_e2e_ms_p99": percentile(latencies, 99) if latencies else None,
         "node_missed_ticks": missed,
         "node_stale_commands": stale[0],
+        "node_frame_waits": waits,
+        "node_frame_wait_timeouts": timeouts,
     }
 
 
-def _missed(diags) -> int:
+def _diag_int(diags, key: str) -> int:
+    """An integer value of the newest /diagnostics message (0 if absent)."""
     for status in diags[-1].status:
         for kv in status.values:
-            if kv.key == "missed_ticks":
+            if kv.key == key:
                 return int(kv.value)
     return 0
 
@@ -353,6 +360,8 @@ def main() -> int:
             f"  e2e p50 {results['node_e2e_ms_p50']:.1f} ms, p99 {results['node_e2e_ms_p99']:.1f}"
             f" ms, missed ticks {results['node_missed_ticks']}"
             f", zero twists for missing input {results['node_stale_commands']}"
+            f", frame waits {results['node_frame_waits']}"
+            f" ({results['node_frame_wait_timeouts']} ran out)"
         )
     say("training throughput ...")
     results.update(bench_training(["small", "paper"], 2 if quick else 4))

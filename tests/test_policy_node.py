@@ -359,7 +359,11 @@ def test_ticks_wait_for_a_frame_about_to_arrive(ros_node, start_node, model_dir)
     assert np.percentile(ages, 50) < 0.06, np.round(ages, 3)
     rig.stream(1.2, hz=10.0)
     last = {kv.key: kv.value for kv in rig.diags[-1].status[0].values}
-    assert int(last["frame_waits"]) > 0 or np.percentile(ages, 90) < 0.01
+    waits, timeouts = int(last["frame_waits"]), int(last["frame_wait_timeouts"])
+    assert waits > 0 or np.percentile(ages, 90) < 0.01
+    # A wait that ran out acted on a frame a whole period old: a few ms of publishing jitter
+    # must not cause that (a wait that gave up 3 ms after the due time: 3-24 of 86 waits).
+    assert timeouts <= 2, (timeouts, waits)
 
 
 def test_a_tick_waits_for_both_frames_of_a_camera_pair(ros_node, start_node, model_dir):

@@ -783,29 +783,26 @@ def test_frame_wait_waits_for_every_camera_about_to_deliver():
     from lawm_policy.core.frame_phase import FrameWait
 
     wait = FrameWait(["agentview", "wrist"], max_wait_s=0.012)
-    assert wait.plan(0.0) == (frozenset(), 0.0)  # nothing seen yet
+    assert wait.due(0.0) == frozenset()  # nothing seen yet
     for i in range(10):  # both at 30 Hz; the wrist camera 5 ms behind the agentview one
         wait.arrived("agentview", i / 30)
         wait.arrived("wrist", i / 30 + 0.005)
     last = 9 / 30
     # Just after both frames: act now on them.
-    assert wait.plan(last + 0.006) == (frozenset(), 0.0)
+    assert wait.due(last + 0.006) == frozenset()
     # 25 ms after the agentview frame: it is due in ~8 ms, the wrist one in ~13 ms (beyond
-    # the 12 ms limit): wait for the agentview frame only, a little past its due time.
-    cams, timeout = wait.plan(last + 0.025)
-    assert cams == {"agentview"}
-    assert timeout == pytest.approx(1 / 30 - 0.025 + 0.003, abs=0.002)
-    # 27 ms after: both due within the limit (in ~6 and ~11 ms); the wait covers the later
-    # one, capped at 12 ms.
-    cams, timeout = wait.plan(last + 0.027)
-    assert cams == {"agentview", "wrist"}
-    assert timeout == pytest.approx(0.012)
+    # the 12 ms limit): wait for the agentview frame only.
+    assert wait.due(last + 0.025) == {"agentview"}
+    # 27 ms after: both due within the limit (in ~6 and ~11 ms).
+    assert wait.due(last + 0.027) == {"agentview", "wrist"}
+    # 36 ms after: the agentview frame is overdue (never waited for), the wrist one due.
+    assert wait.due(last + 0.036) == {"wrist"}
     wait.reset()
-    assert wait.plan(last + 0.030) == (frozenset(), 0.0)
+    assert wait.due(last + 0.027) == frozenset()
     off = FrameWait(["agentview"], max_wait_s=0.0)
     for i in range(10):
         off.arrived("agentview", i / 30)
-    assert off.plan(9 / 30 + 0.03) == (frozenset(), 0.0)
+    assert off.due(9 / 30 + 0.03) == frozenset()
     with pytest.raises(ValueError, match="camera"):
         FrameWait([], max_wait_s=0.012)
 

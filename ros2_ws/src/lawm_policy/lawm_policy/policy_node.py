@@ -210,6 +210,7 @@ class PolicyNode(LifecycleNode):
         # In lock-step simulation frames follow actions: there is no camera phase to lock to.
         self.frame_wait = FrameWait(self.model.cameras, 0.0 if sim_time else p.frame_wait_s)
         self.frame_waits = 0
+        self.frame_wait_timeouts = 0  # waits that ended without every awaited frame
         self.was_stale = True
         self.pub_action = self.create_lifecycle_publisher(Float32MultiArray, "~/action", COMMAND)
         self.pub_twist = self.create_lifecycle_publisher(TwistStamped, "~/cmd_twist", COMMAND)
@@ -383,12 +384,12 @@ class PolicyNode(LifecycleNode):
         self.tick_times.append(t0)
         if self._wait_timer is not None:  # the previous wait outlived a period: act now
             self._end_wait()
-        cameras, timeout = self.frame_wait.plan(time.monotonic())
+        cameras = self.frame_wait.due(time.monotonic())
         if cameras:
-            # Frames due within frame_wait_s: act when the last of them arrives, or when the
-            # wait (a little beyond the latest due time) runs out.
+            # Frames due within frame_wait_s: act when the last of them arrives, or when
+            # frame_wait_s runs out (a late or dropped frame).
             self._awaited = set(cameras)
-            self._wait_timer = self.create_timer(timeout, self._on_wait_timeout)
+            self._wait_timer = self.create_timer(self.frame_wait.max_wait_s, self._on_wait_timeout)
             self.frame_waits += 1
             return
         self._act()
@@ -400,6 +401,7 @@ class PolicyNode(LifecycleNode):
             self._wait_timer = None
 
     def _on_wait_timeout(self) -> None:
+        self.frame_wait_timeouts += 1
         self._end_wait()
         self._act()
 
@@ -481,6 +483,7 @@ class PolicyNode(LifecycleNode):
             "ticks": str(self.ticks),
             "missed_ticks": str(self.missed_ticks),
             "frame_waits": str(self.frame_waits),
+            "frame_wait_timeouts": str(self.frame_wait_timeouts),
             "instruction": self.instruction_text,
         }
         for name, age in self.watchdog.ages(now_s).items():

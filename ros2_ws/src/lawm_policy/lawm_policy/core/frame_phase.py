@@ -9,7 +9,9 @@ tick, how long to wait for it (0: act now). ``FrameWait`` applies the rule to ev
 policy: a tick waits for each camera whose frame is about to arrive, so that a pair of cameras
 triggered together is used as a pair, not as one fresh frame and one a period old. A camera that
 is irregular, late or not yet seen never makes a tick wait, and a wait never exceeds
-``max_wait_s`` (plus a small grace for the frame's delivery).
+``max_wait_s``. A wait may use all of ``max_wait_s`` even when the frame is due sooner: frames
+arrive with a few ms of jitter (camera, driver, DDS, a loaded host), and a wait that gave up at
+the due time would act on the previous frame, a whole period old.
 """
 
 from __future__ import annotations
@@ -74,29 +76,23 @@ class FrameWait:
     Args:
         cameras: camera names.
         max_wait_s: longest a tick may be deferred (0 disables waiting).
-        grace_s: how long past the latest due time a wait lasts before the tick acts anyway
-            (still capped at ``max_wait_s``).
     """
 
-    def __init__(self, cameras, max_wait_s: float, grace_s: float = 0.003) -> None:
+    def __init__(self, cameras, max_wait_s: float) -> None:
         self.phases = {name: FramePhase(max_wait_s) for name in cameras}
         if not self.phases:
             raise ValueError("FrameWait needs at least one camera")
         self.max_wait_s = float(max_wait_s)
-        self.grace_s = float(grace_s)
 
     def arrived(self, camera: str, t: float) -> None:
         """A frame of ``camera`` arrived at steady time ``t`` (seconds)."""
         self.phases[camera].arrived(t)
 
-    def plan(self, t: float) -> tuple[frozenset[str], float]:
-        """At a tick at steady time ``t``: the cameras to wait for and the longest wait in
-        seconds (no cameras and 0.0: act now)."""
-        waits = {name: phase.wait_s(t) for name, phase in self.phases.items()}
-        due = frozenset(name for name, w in waits.items() if w > 0)
-        if not due:
-            return due, 0.0
-        return due, min(self.max_wait_s, max(waits[name] for name in due) + self.grace_s)
+    def due(self, t: float) -> frozenset[str]:
+        """At a tick at steady time ``t``: the cameras whose next frame is due within
+        ``max_wait_s``, to wait for (empty: act now). The wait ends when the last of them
+        arrives, or after ``max_wait_s``."""
+        return frozenset(name for name, phase in self.phases.items() if phase.wait_s(t) > 0)
 
     def reset(self) -> None:
         for phase in self.phases.values():
