@@ -382,7 +382,7 @@ class PolicyNode(LifecycleNode):
         if self.tick_times and t0 - self.tick_times[-1] > 1.5 / self.rate_hz:
             self.missed_ticks += int((t0 - self.tick_times[-1]) * self.rate_hz - 0.5)
         self.tick_times.append(t0)
-        if self._wait_timer is not None:  # the previous wait outlived a period: act now
+        if self._wait_timer is not None:  # a stalled wait outlived its period: this tick decides
             self._end_wait()
         cameras = self.frame_wait.due(time.monotonic())
         if cameras:
