@@ -211,9 +211,7 @@ def bench_node(
 
         run(3.0)  # warm-up
         wait_until(node, lambda: bool(diags), 10, "diagnostics", [proc])
-        missed0 = _diag_int(diags, "missed_ticks")
-        waits0 = _diag_int(diags, "frame_waits")
-        timeouts0 = _diag_int(diags, "frame_wait_timeouts")
+        before = {key: _diag_int(diags, key) for key in NODE_COUNTS}
         counting[0] = True
         t0 = time.monotonic()
         run(seconds)
@@ -221,9 +219,9 @@ def bench_node(
         counting[0] = False
         diags.clear()
         run(1.5)  # one more diagnostics message with the final count
-        missed = _diag_int(diags, "missed_ticks") - missed0 if diags else None
-        waits = _diag_int(diags, "frame_waits") - waits0 if diags else None
-        timeouts = _diag_int(diags, "frame_wait_timeouts") - timeouts0 if diags else None
+        counts = {
+            key: _diag_int(diags, key) - before[key] if diags else None for key in NODE_COUNTS
+        }
     finally:
         proc.stop()
         node.destroy_node()
@@ -237,11 +235,13 @@ def bench_node(
         "node_command_rate_hz": len(latencies) / elapsed,
         "node_e2e_ms_p50": percentile(latencies, 50) if latencies else None,
         "node_e2e_ms_p99": percentile(latencies, 99) if latencies else None,
-        "node_missed_ticks": missed,
         "node_stale_commands": stale[0],
-        "node_frame_waits": waits,
-        "node_frame_wait_timeouts": timeouts,
+        **{f"node_{key}": value for key, value in counts.items()},
     }
+
+
+# Counters of the policy node's /diagnostics reported for the measured interval.
+NODE_COUNTS = ("missed_ticks", "frame_waits", "frame_wait_timeouts")
 
 
 def _diag_int(diags, key: str) -> int:

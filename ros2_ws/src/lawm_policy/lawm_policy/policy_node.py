@@ -136,8 +136,8 @@ class PolicyNode(LifecycleNode):
         self._subs: list = []
         self._timer = None
         self._diag_timer = None
-        self._wait_timer = None
-        self._awaited: set[str] = set()  # cameras the current wait still needs a frame from
+        self._wait_timer = None  # a wait's timeout: reset when a tick waits, cancelled at its end
+        self._awaited: set[str] = set()  # cameras the current wait still needs (empty: none)
         self._pubs_ready = False
 
     # -- parameters -----------------------------------------------------------------------
@@ -182,7 +182,8 @@ class PolicyNode(LifecycleNode):
             )
             self.safety = SafetyFilter(limits)
             self.mapper = ActionMapper(p.linear_scale, p.angular_scale, p.gripper_threshold)
-            period = 1.0 / (p.control_rate_hz or model.control_rate_hz)
+            rate_hz = p.control_rate_hz or model.control_rate_hz
+            period = 1.0 / rate_hz
             if not 0 <= p.frame_wait_s < period:
                 raise ValueError(
                     f"frame_wait_s must be in [0, one control period {period:.3f} s), "
@@ -193,7 +194,7 @@ class PolicyNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.params, self.model = p, model
         self.text_encoder = self._load_text_encoder(Path(p.model_dir))
-        self.rate_hz = p.control_rate_hz or model.control_rate_hz
+        self.rate_hz = rate_hz
         self.aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
         required = [*model.cameras] + ([PROPRIO] if p.proprio_topic else [])
         self.watchdog = StalenessWatchdog(p.stale_timeout_s, required)
@@ -257,8 +258,12 @@ class PolicyNode(LifecycleNode):
         )
         self.aggregator.reset()
         self.safety.reset()
+        self.frame_wait.reset()  # new subscriptions: learn the cameras' phases afresh
         self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
         self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
+        if self.frame_wait.max_wait_s > 0:
+            self._wait_timer = self.create_timer(self.frame_wait.max_wait_s, self._on_wait_timeout)
+            self._wait_timer.cancel()
         self.get_logger().info("active")
         return super().on_activate(state)
 
@@ -284,11 +289,11 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_io(self) -> None:
-        self._end_wait()
-        for timer in (self._timer, self._diag_timer):
+        self._awaited.clear()
+        for timer in (self._timer, self._diag_timer, self._wait_timer):
             if timer is not None:
                 self.destroy_timer(timer)
-        self._timer = self._diag_timer = None
+        self._timer = self._diag_timer = self._wait_timer = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -313,7 +318,7 @@ class PolicyNode(LifecycleNode):
             self.latest[camera] = (image, msg.header.stamp)
             self.warnings.pop(camera, None)
             self.frame_wait.arrived(camera, time.monotonic())
-            if self._wait_timer is not None:
+            if camera in self._awaited:
                 self._awaited.discard(camera)
                 if not self._awaited:  # the last frame a waiting tick needed
                     self._end_wait()
@@ -382,25 +387,26 @@ class PolicyNode(LifecycleNode):
         if self.tick_times and t0 - self.tick_times[-1] > 1.5 / self.rate_hz:
             self.missed_ticks += int((t0 - self.tick_times[-1]) * self.rate_hz - 0.5)
         self.tick_times.append(t0)
-        if self._wait_timer is not None:  # a stalled wait outlived its period: this tick decides
+        if self._awaited:  # a stalled wait outlived its period: this tick decides
             self._end_wait()
         cameras = self.frame_wait.due(time.monotonic())
         if cameras:
             # Frames due within frame_wait_s: act when the last of them arrives, or when
             # frame_wait_s runs out (a late or dropped frame).
             self._awaited = set(cameras)
-            self._wait_timer = self.create_timer(self.frame_wait.max_wait_s, self._on_wait_timeout)
+            self._wait_timer.reset()
             self.frame_waits += 1
             return
         self._act()
 
     def _end_wait(self) -> None:
         self._awaited.clear()
-        if self._wait_timer is not None:
-            self.destroy_timer(self._wait_timer)
-            self._wait_timer = None
+        self._wait_timer.cancel()
 
     def _on_wait_timeout(self) -> None:
+        if not self._awaited:  # ended by the last frame while this call was already due
+            self._wait_timer.cancel()
+            return
         self.frame_wait_timeouts += 1
         self._end_wait()
         self._act()
