@@ -11,7 +11,7 @@ Parts:
   latency from image stamp to command receipt (commands carrying a published frame's stamp),
   the node's missed control ticks, and zero twists sent for a missing input;
 - training: samples/s of pretraining and fine-tuning steps at the small and paper presets;
-- learning (not with --quick): the demo's pipeline (``lawm.demo``, LIBERO-Object): CCA of the
+- learning (not with --quick): the demo's pipeline (``lawm_apps.demo``, LIBERO-Object): CCA of the
   latent actions, and closed-loop success of LAWM vs scratch at equal labelled data. It shares
   runs/demo with ``make demo``: cached data and finished training runs are reused, export and
   the closed loop run again.
@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
 
 
 # A variant counts as usable when its normalised actions (range [-1, 1]) stay within this of
@@ -141,7 +140,12 @@ def bench_node(
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
-    from lawm.rosproc import NodeProcess, wait_for_publishers, wait_for_subscribers, wait_until
+    from lawm_apps.harness import (
+        NodeProcess,
+        wait_for_publishers,
+        wait_for_subscribers,
+        wait_until,
+    )
     from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
@@ -302,7 +306,7 @@ def bench_training(presets: list[str], reps: int) -> dict:
 
 # -- learning -------------------------------------------------------------------------------
 def bench_learning(progress: bool) -> dict:
-    from lawm.demo import DemoConfig, run_demo
+    from lawm_apps.demo import DemoConfig, run_demo
 
     cfg = DemoConfig()
     demo = run_demo(cfg, progress=progress)
@@ -371,7 +375,7 @@ def main() -> int:
         say("learning: the demo pipeline (LIBERO-Object, LAWM vs scratch) ...")
         results.update(bench_learning(progress=not args.json))
     args.out.mkdir(parents=True, exist_ok=True)
-    from lawm.files import atomic_write_text
+    from lawm_core.files import atomic_write_text
 
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
     print(json.dumps(results))

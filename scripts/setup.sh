@@ -2,7 +2,7 @@
 # Bootstrap everything the project needs, idempotently:
 #   1. system packages (apt-get, when root; otherwise name what is missing and stop),
 #   2. the virtual environment .venv with every Python package pinned in requirements/lock.txt,
-#   3. the `lawm` package installed editable,
+#   3. the project's packages installed editable (lawm_core, lawm_sim, lawm, lawm_apps),
 #   4. the ROS 2 workspace built with colcon into ros2_ws/install.
 # Each step records a fingerprint of its inputs; a step whose inputs did not change is skipped,
 # so a second run takes seconds.
@@ -75,23 +75,28 @@ else
   log "Python packages up to date"
 fi
 
-# ---------------------------------------------------------------- 3. the lawm package
-want=$(fingerprint pyproject.toml)
+# ---------------------------------------------------------------- 3. the project's packages
+# Editable installs, one distribution per layer: the contract + runtime core (lawm_core) and the
+# simulation (lawm_sim) are plain Python packages that colcon also builds for the ROS image; the
+# root pyproject holds training (lawm) and the apps (lawm_apps).
+DISTS=(ros2_ws/src/lawm_core ros2_ws/src/lawm_sim .)
+want=$(fingerprint pyproject.toml ros2_ws/src/lawm_core/setup.py ros2_ws/src/lawm_sim/setup.py)
 if [[ "$(cat "$STAMPS/lawm" 2>/dev/null)" != "$want" ]] \
-   || ! "$VENV/bin/python" -c "import lawm" 2>/dev/null; then
+   || ! "$VENV/bin/python" -c "import lawm, lawm_apps, lawm_core, lawm_sim" 2>/dev/null; then
   t=$(date +%s)
-  "${PIP[@]}" install -q --no-deps --no-build-isolation -e . >"$STAMPS/lawm.log" 2>&1 \
-    || { cat "$STAMPS/lawm.log" >&2; exit 1; }
+  for d in "${DISTS[@]}"; do
+    "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$d" >"$STAMPS/lawm.log" 2>&1 \
+      || { cat "$STAMPS/lawm.log" >&2; exit 1; }
+  done
   echo "$want" > "$STAMPS/lawm"
-  log "installed lawm (editable) in $(elapsed "$t")"
+  log "installed lawm_core, lawm_sim, lawm and lawm_apps (editable) in $(elapsed "$t")"
 else
-  log "lawm package up to date"
+  log "project packages up to date"
 fi
-
-# The runtime core (lawm_policy.core: onnxruntime + numpy) is also used off-ROS, e.g. by
-# `train.py eval-sim`: make the package importable in the venv without sourcing the workspace.
+# Checkouts set up before the runtime core became its own distribution carry a path file that
+# put the ROS package on sys.path; it would shadow nothing now, but it hid a layering defect.
 purelib=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-echo "$ROOT/ros2_ws/src/lawm_policy" > "$purelib/lawm_policy_src.pth"
+rm -f "$purelib/lawm_policy_src.pth"
 
 # ---------------------------------------------------------------- 4. the ROS 2 workspace
 # The fingerprint covers the file list and every file colcon copies or reads (package metadata,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from roshelpers import NodeProcess
+from lawm_apps.harness import NodeProcess
 
 
 def _pick_domain_id() -> int:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from geometry_msgs.msg import TwistStamped
 
+from lawm_apps.harness import WS_INSTALL, wait_for_publishers, wait_until
 from lawm_policy.qos import COMMAND
-from roshelpers import WS_INSTALL, wait_for_publishers, wait_until
 
 SHARE = WS_INSTALL / "lawm_bringup" / "share" / "lawm_bringup"
 SRC = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "lawm_bringup"

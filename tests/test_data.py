@@ -27,9 +27,10 @@ from lawm.data import (
 from lawm.data import video as video_mod
 from lawm.data.rosbag import RosbagEpisode
 from lawm.data.synthetic import write_synthetic_hdf5, write_synthetic_videos
-from lawm.data.video import write_video
+from lawm_core import contract
+from lawm_sim.recording import write_video
 
-AV, EYE = keys.AGENTVIEW, keys.EYE_IN_HAND
+AV, EYE = contract.AGENTVIEW, contract.EYE_IN_HAND
 
 
 # -- writers for the fixtures ------------------------------------------------------------------
@@ -65,7 +66,7 @@ def write_libero(
             rec = {}
             for cam in cameras:
                 rec[cam] = rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
-                obs.create_dataset(keys.HDF5_IMAGE_KEYS[cam], data=rec[cam])
+                obs.create_dataset(contract.HDF5_IMAGE_KEYS[cam], data=rec[cam])
             if with_actions:
                 rec["actions"] = rng.uniform(-1, 1, (n, 7))
                 g.create_dataset("actions", data=rec["actions"])
@@ -162,7 +163,9 @@ def _drop(path: Path, key: str) -> None:
         (lambda p: _drop(p, "data/demo_0/actions"), "missing key 'actions'"),
         (lambda p: _drop(p, "data/demo_1/obs/eye_in_hand_rgb"), "missing camera key"),
         (
-            lambda p: [_drop(p, f"data/demo_0/obs/{k}") for k in keys.HDF5_IMAGE_KEYS.values()],
+            lambda p: [
+                _drop(p, f"data/demo_0/obs/{k}") for k in contract.HDF5_IMAGE_KEYS.values()
+            ],
             "missing camera key",
         ),
         (lambda p: _drop(p, "data"), "missing key 'data'"),
@@ -588,7 +591,11 @@ def test_finetune_windows_resize_and_mask_missing_cameras(tmp_path):
     want = cv2.resize(stored["demo_0"][AV][2][:, 4:28], (8, 8), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(s[keys.IMAGES][AV][0].numpy(), want.transpose(2, 0, 1))
     assert not s[keys.IMAGES][EYE].any() and s[CAMERA_MASK].tolist() == [True, False]
-    assert s[keys.ACTIONS].shape == (3, 7) and s[keys.ACTION_MASK].tolist() == [True, True, False]
+    assert s[keys.ACTIONS].shape == (3, 7) and s[keys.ACTION_MASK].tolist() == [
+        True,
+        True,
+        False,
+    ]
     np.testing.assert_allclose(
         s[keys.ACTIONS][2].numpy(), stored["demo_0"]["actions"][3], rtol=1e-6
     )

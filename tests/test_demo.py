@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from lawm.demo import DemoConfig, run_demo
-from roshelpers import ROOT
+from lawm_apps.demo import DemoConfig, run_demo
+from lawm_apps.harness import ROOT
 
 TINY = DemoConfig(
     tasks=(0,),

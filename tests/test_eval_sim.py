@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lawm.sim.eval_sim import evaluate
+from lawm_sim.eval_sim import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

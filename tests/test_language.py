@@ -31,8 +31,9 @@ from lawm.language import (
     find_minilm_dir,
     text_key,
 )
-from lawm_policy.core.errors import ModelLoadError
-from lawm_policy.core.text_encoder import TextEncoderRuntime, sha256_file
+from lawm_core.errors import ModelLoadError
+from lawm_core.files import sha256_file
+from lawm_core.text_encoder import TextEncoderRuntime
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_SRC = REPO / "ros2_ws" / "src" / "lawm_policy"
@@ -237,7 +238,7 @@ def test_runtime_imports_neither_torch_nor_rclpy(exported):
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(RUNTIME_SRC)!r})\n"
-        "from lawm_policy.core.text_encoder import TextEncoderRuntime\n"
+        "from lawm_core.text_encoder import TextEncoderRuntime\n"
         f"v = TextEncoderRuntime({str(exported[0])!r}).embed('open the top drawer')\n"
         "assert v.shape == (384,), v.shape\n"
         "bad = sorted(m for m in ('torch', 'rclpy') if m in sys.modules)\n"

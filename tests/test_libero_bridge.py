@@ -20,8 +20,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
 
+from lawm_apps.harness import WS_INSTALL, wait_for_subscribers, wait_until
 from lawm_policy.qos import COMMAND, SENSOR_LATEST
-from roshelpers import WS_INSTALL, wait_for_subscribers, wait_until
 
 PARAMS_FILE = WS_INSTALL / "lawm_bringup" / "share" / "lawm_bringup" / "config" / "libero_sim.yaml"
 PERIOD = 0.05
@@ -133,7 +133,7 @@ def test_invalid_actions_hold_still_and_valid_ones_step(ros_node, start_node):
     bridge = _start_bridge(start_node, max_steps=2, action_timeout_s=120.0)
     wait_for_subscribers(ros_node, actions, timeout=120, procs=[bridge])
     wait_until(ros_node, lambda: seen.instructions, 30, "the instruction", [bridge])
-    from lawm.sim.libero_env import task_instruction
+    from lawm_sim.libero_env import task_instruction
 
     assert seen.instructions[-1] == task_instruction("libero_object", 0)
     assert "alphabet soup" in seen.instructions[-1]

@@ -17,8 +17,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Float64, String
 from std_srvs.srv import Trigger
 
+from lawm_apps.harness import wait_for_publishers, wait_for_subscribers, wait_until
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
-from roshelpers import wait_for_publishers, wait_for_subscribers, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -118,10 +118,10 @@ def _start(start_node, model_dir, **params):
 
 def _expected_actions(model_dir, size, value):
     """Every value ~/action may take for a constant input: aggregation of 1..K equal chunks."""
-    from lawm_policy.core.aggregation import TemporalAggregator
-    from lawm_policy.core.model import PolicyModel
-    from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
-    from lawm_policy.core.text_encoder import TextEncoderRuntime
+    from lawm_core.aggregation import TemporalAggregator
+    from lawm_core.model import PolicyModel
+    from lawm_core.preprocess import fit_image, image_from_msg_fields
+    from lawm_core.text_encoder import TextEncoderRuntime
 
     model = PolicyModel(model_dir, providers="cpu")
     images = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roshelpers import ROOT, wait_for_publishers, wait_until
+from lawm_apps.harness import ROOT, wait_for_publishers, wait_until
 
 rs = pytest.importorskip("pyrealsense2")
 

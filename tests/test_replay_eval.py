@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from roshelpers import executable, node_env
+from lawm_apps.harness import executable, node_env
 
 pytestmark = pytest.mark.ros
 
@@ -153,10 +153,10 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def expected_offline(model_dir: Path, n: int = N_FRAMES) -> np.ndarray:
     """What the runtime core gives for the bag's frames, computed here directly."""
-    from lawm_policy.core.aggregation import TemporalAggregator
-    from lawm_policy.core.model import PolicyModel
-    from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
-    from lawm_policy.core.text_encoder import TextEncoderRuntime
+    from lawm_core.aggregation import TemporalAggregator
+    from lawm_core.model import PolicyModel
+    from lawm_core.preprocess import fit_image, image_from_msg_fields
+    from lawm_core.text_encoder import TextEncoderRuntime
 
     model = PolicyModel(model_dir, providers="cpu")
     lang = TextEncoderRuntime(model_dir).embed(INSTRUCTION)
@@ -252,7 +252,7 @@ def test_twist_stamped_action_topic_with_a_gripper_topic(tmp_path):
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from lawm_policy.core import replay
+    from lawm_policy import replay
 
     ts = get_typestore(Stores.ROS2_JAZZY)
     T = ts.types
@@ -302,7 +302,7 @@ def test_twist_stamped_action_topic_with_a_gripper_topic(tmp_path):
 def test_live_outputs_are_matched_to_their_frames_and_ticks(bags):
     """Pairing logic on hand-made outputs: stamp -> frame, first answer counts, an action
     belongs to the twist of its own tick only."""
-    from lawm_policy.core import replay
+    from lawm_policy import replay
 
     index = replay.open_bag(bags["sqlite3"], image_topics=CAMS, action_topic=ACTION)
     clock, wrist = CAMS["agentview"], CAMS["eye_in_hand"]

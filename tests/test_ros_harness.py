@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from std_msgs.msg import String
 
-from roshelpers import wait_for_publishers, wait_for_subscribers, wait_until
+from lawm_apps.harness import wait_for_publishers, wait_for_subscribers, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -70,7 +70,7 @@ def test_late_subscriber_gets_only_the_latest_instruction(ros_node, start_node):
 
 
 def test_missing_executable_names_the_fix(tmp_path):
-    from roshelpers import NodeProcess
+    from lawm_apps.harness import NodeProcess
 
     with pytest.raises(FileNotFoundError, match="make setup"):
         NodeProcess("lawm_policy", "no_such_node", log_dir=tmp_path)

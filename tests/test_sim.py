@@ -13,13 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
-from lawm import keys
 from lawm.cli import main
 from lawm.data import open_sources
-from lawm.sim import experts, libero_env
-from lawm.sim.experts import make_expert
-from lawm.sim.generate import GenerateError, generate, parse_ids, rollout
-from lawm.sim.libero_env import LiberoEnv
+from lawm_core import contract
+from lawm_sim import experts, libero_env
+from lawm_sim.experts import make_expert
+from lawm_sim.generate import GenerateError, generate, parse_ids, rollout
+from lawm_sim.libero_env import LiberoEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 ROSBAG_KW = {
@@ -48,7 +48,7 @@ def test_images_are_upright_flips_of_the_raw_render(render_env):
         raw = render_env.sim.render(camera_name=name, width=64, height=64)
         np.testing.assert_array_equal(img, raw[::-1])
         assert not np.array_equal(img, raw)  # the raw render really is upside down
-    assert set(obs["images"]) == set(keys.CAMERAS)
+    assert set(obs["images"]) == set(contract.CAMERAS)
 
 
 def test_observation_layout(render_env):
@@ -73,7 +73,7 @@ def test_step_validates_actions_and_counts_steps(render_env):
     assert render_env.steps == 0  # nothing was stepped
     obs, success, info = render_env.step(np.zeros(7))
     assert success is False and info == {"steps": 1, "truncated": False}
-    assert obs["images"][keys.AGENTVIEW].shape == (64, 64, 3)
+    assert obs["images"][contract.AGENTVIEW].shape == (64, 64, 3)
 
 
 def test_bad_suite_task_and_init_state_list_the_valid_values():
@@ -125,7 +125,7 @@ def test_rendering_does_not_change_the_physics(render_env):
         plain.close()
     np.testing.assert_array_equal(runs[0].actions, runs[1].actions)
     np.testing.assert_array_equal(runs[0].states, runs[1].states)
-    assert runs[0].images[keys.AGENTVIEW].shape == (25, 64, 64, 3) and not runs[1].images
+    assert runs[0].images[contract.AGENTVIEW].shape == (25, 64, 64, 3) and not runs[1].images
 
 
 # -- experts -----------------------------------------------------------------------------------
@@ -210,13 +210,13 @@ def test_generated_hdf5_reads_back(generated):
     instruction = "pick up the bbq sauce and place it in the basket"
     for ep, rec in zip(eps, seen):
         assert ep.instruction == instruction and ep.success is True
-        assert ep.cameras == keys.CAMERAS and ep.length == rec.length
+        assert ep.cameras == contract.CAMERAS and ep.length == rec.length
         r = ep.read(0, ep.length)
-        for cam in keys.CAMERAS:
+        for cam in contract.CAMERAS:
             assert r["images"][cam].shape == (ep.length, 64, 64, 3)
             np.testing.assert_array_equal(r["images"][cam], rec.images[cam])  # upright as sent
         np.testing.assert_allclose(r["actions"], rec.actions, atol=1e-6)
-        assert r["proprio"].shape == (ep.length, keys.PROPRIO_DIM)
+        assert r["proprio"].shape == (ep.length, contract.PROPRIO_DIM)
     with h5py.File(root / "demos.hdf5") as f:
         data = f["data"]
         info = json.loads(data.attrs["problem_info"])
@@ -244,8 +244,8 @@ def test_generated_mp4_and_rosbag_read_back(generated):
     ]
     for clip, rec in zip(clips, seen):
         assert clip.instruction == rec.instruction and clip.length == rec.length
-        frames = clip.read(0, 4)["images"][keys.AGENTVIEW]
-        err = np.abs(frames.astype(int) - rec.images[keys.AGENTVIEW][:4].astype(int)).mean()
+        frames = clip.read(0, 4)["images"][contract.AGENTVIEW]
+        err = np.abs(frames.astype(int) - rec.images[contract.AGENTVIEW][:4].astype(int)).mean()
         assert err < 4.0  # near-lossless encode of the upright frames
     bags = open_sources(root / "bags", fmt="rosbag", **ROSBAG_KW)
     assert len(bags) == 2
@@ -255,7 +255,7 @@ def test_generated_mp4_and_rosbag_read_back(generated):
         np.testing.assert_allclose(r["actions"], rec.actions, atol=1e-6)
         proprio = np.concatenate([rec.obs["ee_pos"], rec.obs["gripper_states"]], axis=1)
         np.testing.assert_allclose(r["proprio"], proprio, atol=1e-5)
-        for cam in keys.CAMERAS:
+        for cam in contract.CAMERAS:
             np.testing.assert_array_equal(r["images"][cam], rec.images[cam])
         # Stamps: simulator time at 20 Hz.
         assert np.allclose(np.diff(bag.frame_times), 50_000_000, atol=1_000)
@@ -272,7 +272,7 @@ def test_cli_failed_episodes_are_kept_and_flagged(tmp_path, capsys):
         assert open_sources(out) == []  # the loaders skip failures by default
     (ep,) = open_sources(out, successful_only=False)
     assert ep.success is False and ep.length == 6
-    assert ep.read(0, 6)["images"][keys.EYE_IN_HAND].shape == (6, 32, 32, 3)
+    assert ep.read(0, 6)["images"][contract.EYE_IN_HAND].shape == (6, 32, 32, 3)
 
 
 def test_cli_no_render_writes_state_only(tmp_path, capsys):

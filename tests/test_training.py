@@ -20,6 +20,7 @@ from lawm.data import WindowDataset, collate, open_sources
 from lawm.data.synthetic import write_synthetic_hdf5
 from lawm.objectives import PretrainObjective
 from lawm.trainer import LangTable, train
+from lawm_core import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,7 +226,8 @@ def test_export_parity_and_sidecar(synthetic, lang_cache, tmp_path):
     import onnxruntime as ort
 
     from lawm.checkpoint import load_policy
-    from lawm.export import check_parity, export_policy, sha256_file
+    from lawm.export import check_parity, export_policy
+    from lawm_core.files import sha256_file
 
     cfg = _cfg(steps=2)
     demos = open_sources(synthetic / "demos.hdf5", labelled=True)
@@ -249,7 +251,7 @@ def test_export_parity_and_sidecar(synthetic, lang_cache, tmp_path):
         "run",
     ):
         assert key in on_disk, key
-    assert on_disk["cameras"] == list(keys.CAMERAS)
+    assert on_disk["cameras"] == list(contract.CAMERAS)
     assert on_disk["control_rate_hz"] == 20.0
     policy, _, _ = load_policy(tmp_path / "run" / "policy")
     assert check_parity(policy.eval(), onnx_path, seed=123, batch=3) <= 1e-4

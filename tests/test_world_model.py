@@ -12,7 +12,6 @@ import dataclasses
 import pytest
 import torch
 
-from lawm import keys
 from lawm.config import WorldModelConfig, preset
 from lawm.models.world_model import (
     RSSM,
@@ -24,8 +23,9 @@ from lawm.models.world_model import (
     kl_balance,
     unimix_logits,
 )
+from lawm_core import contract
 
-CAM = keys.CAMERAS[0]
+CAM = contract.CAMERAS[0]
 
 
 def _debug_cfg(**changes) -> WorldModelConfig:
@@ -249,10 +249,10 @@ def test_padded_frames_change_nothing():
 
 def test_multiple_cameras_and_proprio():
     # Beyond the paper (its stated future work): every camera plus proprio, enabled by config.
-    cfg = _debug_cfg(cameras=keys.CAMERAS, use_proprio=True)
+    cfg = _debug_cfg(cameras=contract.CAMERAS, use_proprio=True)
     torch.manual_seed(0)
     wm = WorldModel(cfg)
-    assert set(wm.encoders) == set(keys.CAMERAS) == set(wm.decoders)
+    assert set(wm.encoders) == set(contract.CAMERAS) == set(wm.decoders)
     assert wm.embed_dim == 2 * wm.encoders[CAM].embed_dim + cfg.hidden
     b, t = 2, 4
     images, actions, is_first, proprio = _batch(cfg, b, t)
@@ -260,14 +260,16 @@ def test_multiple_cameras_and_proprio():
     loss, metrics = wm.loss(images, actions, is_first, proprio=proprio)
     loss.backward()
     assert (actions.grad.abs().sum(-1)[:, 1:] > 0).all()
-    assert {"proprio", f"recon_{keys.CAMERAS[0]}", f"recon_{keys.CAMERAS[1]}"} <= set(metrics)
+    assert {"proprio", f"recon_{contract.CAMERAS[0]}", f"recon_{contract.CAMERAS[1]}"} <= set(
+        metrics
+    )
     assert metrics["recon"] == pytest.approx(
-        metrics[f"recon_{keys.CAMERAS[0]}"] + metrics[f"recon_{keys.CAMERAS[1]}"], rel=1e-5
+        metrics[f"recon_{contract.CAMERAS[0]}"] + metrics[f"recon_{contract.CAMERAS[1]}"], rel=1e-5
     )
     with pytest.raises(ValueError, match="proprio"):
         wm.loss(images, actions, is_first)
     pred = wm.predict(images, actions.detach(), n_context=2, proprio=proprio)
-    assert set(pred) == {*keys.CAMERAS, "proprio"}
+    assert set(pred) == {*contract.CAMERAS, "proprio"}
     assert pred["proprio"].shape == (b, t, cfg.proprio_dim)
 
 
@@ -296,7 +298,7 @@ def _moving_square(
     Returns uint8 images (n, t, 3, size, size) and actions (n, t, 7) in [-1, 1].
     """
     g = torch.Generator().manual_seed(seed)
-    actions = torch.rand(n, t, keys.ACTION_DIM, generator=g) * 2 - 1
+    actions = torch.rand(n, t, contract.ACTION_DIM, generator=g) * 2 - 1
     pos = torch.rand(n, 2, generator=g) * (size - square)
     images = torch.zeros(n, t, 3, size, size, dtype=torch.uint8)
     for i in range(t):

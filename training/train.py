@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
-"""LAWM training CLI: pretrain, finetune, export, cca, describe, smoke (see --help)."""
+"""LAWM command line: pretrain, finetune, export, cca, describe, smoke, generate, eval-sim, demo.
+
+``python training/train.py --help`` lists them; with no command it prints that help.
+"""
 
 import sys
-from pathlib import Path
 
-# Runnable from a checkout without `pip install -e .` as well.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lawm.cli import main  # noqa: E402
+from lawm_apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lawm.config import ConfigError, LawmConfig
-from lawm.files import atomic_path, atomic_write_text  # noqa: F401 - atomic_write_text re-exported
+from lawm_core.files import atomic_path, atomic_write_text
 
 
 class CheckpointError(RuntimeError):

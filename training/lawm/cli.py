@@ -7,49 +7,28 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from lawm.checkpoint import CheckpointError
 from lawm.config import PRESETS, WORLD_MODEL_SIZES, AugmentConfig, ConfigError, LawmConfig, preset
+from lawm.data import DataError, open_sources
+from lawm.evaluate import latent_action_cca
+from lawm.export import export_policy
+from lawm.models.policy import Policy
+from lawm.models.world_model import WorldModel
+from lawm.smoke import run_smoke
+from lawm.trainer import train
+from lawm_core.cliargs import UsageError, existing_path, positive_float, positive_int
+from lawm_sim import commands as sim_commands
 
 DEFAULT_LANG_CACHE = Path(".cache") / "lang_embeddings.safetensors"
-
-
-class UsageError(ValueError):
-    """A flag or input is invalid; printed without a traceback, exit code 2."""
-
-
-# -- argument helpers -----------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _existing_path(text: str) -> Path:
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"no such file or directory: {text!r}")
-    return path
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--data",
-        type=_existing_path,
+        type=existing_path,
         action="append",
         required=required,
         help="dataset file or folder (repeatable): LIBERO/robomimic HDF5, video "
@@ -86,15 +65,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="model and optimisation preset (default: small)",
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--steps", type=_positive_int, help="optimisation steps (preset default)")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
-    p.add_argument("--grad-accum", type=_positive_int, help="gradient accumulation steps")
-    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument("--steps", type=positive_int, help="optimisation steps (preset default)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size")
+    p.add_argument("--grad-accum", type=positive_int, help="gradient accumulation steps")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--workers", type=int, help="data-loader worker processes")
-    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--log-every", type=_positive_int, help="steps between metrics.jsonl lines")
+    p.add_argument("--log-every", type=positive_int, help="steps between metrics.jsonl lines")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
         "--no-resume",
@@ -155,8 +134,6 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
 
 
 def open_data(args: argparse.Namespace, labelled: bool) -> list:
-    from lawm.data import open_sources
-
     kwargs = {}
     if args.image_topic:
         topics = {}
@@ -185,8 +162,6 @@ def open_data(args: argparse.Namespace, labelled: bool) -> list:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, stage: str) -> int:
-    from lawm.trainer import train
-
     cfg = build_config(args, stage)
     # Pretraining reads images only (labelled=False): the loaders never hand it an action.
     sources = open_data(args, labelled=(stage == "finetune"))
@@ -219,8 +194,6 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lawm.export import export_policy
-
     sidecar = export_policy(
         args.policy, args.out, opset=args.opset, text_encoder=not args.no_text_encoder
     )
@@ -238,9 +211,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     import torch
-
-    from lawm.models.policy import Policy
-    from lawm.models.world_model import WorldModel
 
     cfg = build_config(args, "pretrain")
     with torch.device("meta"):
@@ -280,8 +250,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_cca(args: argparse.Namespace) -> int:
-    from lawm.evaluate import latent_action_cca
-
     sources = open_data(args, labelled=True)
     result = latent_action_cca(
         args.policy, sources, lang_cache=args.lang_cache, max_windows=args.max_windows
@@ -298,8 +266,6 @@ def cmd_cca(args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    from lawm.smoke import run_smoke
-
     t0 = time.perf_counter()
     result = run_smoke(Path(args.out), preset_name=args.preset, progress=not args.quiet)
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -307,89 +273,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from lawm.demo import DemoConfig, run_demo
-
-    # Every DemoConfig field has a flag of the same name (tasks: an id list, parsed below).
-    changes = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(DemoConfig)
-        if f.name != "tasks" and getattr(args, f.name, None) is not None
-    }
-    if args.tasks is not None:
-        from lawm.sim.generate import GenerateError, parse_ids
-
-        try:
-            changes["tasks"] = tuple(parse_ids(args.tasks, range(10), "task"))
-        except GenerateError as err:
-            raise UsageError(str(err)) from None
-    try:
-        cfg = DemoConfig(**changes)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    from lawm.sim.generate import GenerateError
-
-    try:
-        run_demo(
-            cfg,
-            args.out,
-            args.cache,
-            evaluate=not args.skip_eval,
-            fresh=args.fresh,
-            progress=not args.quiet,
-        )
-    except GenerateError as err:  # e.g. a task without a scripted expert
-        raise UsageError(str(err)) from None
-    return 0
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from lawm.demo import DEFAULT_CACHE, DEFAULT_OUT, DemoConfig
-
-    d = DemoConfig()
-    p = sub.add_parser(
-        "demo",
-        help="the end-to-end demo: LIBERO-Object data, pretrain, finetune (LAWM vs scratch), "
-        "export, closed loop through ROS 2",
-        description="Scripted-expert LIBERO-Object data (cached), LAWM pretraining on unlabeled "
-        "clips, fine-tuning from the pretrained policy and from scratch on the same demos, ONNX "
-        "export, latent-action CCA, inference latency, and closed-loop evaluation with the "
-        "libero_bridge and policy_node processes. Results under --out.",
-    )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run directory ({DEFAULT_OUT})")
-    p.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help=f"data cache ({DEFAULT_CACHE})"
-    )
-    p.add_argument("--suite", help=f"LIBERO suite (default {d.suite})")
-    p.add_argument("--tasks", help=f"task ids, e.g. 0-2 (default {','.join(map(str, d.tasks))})")
-    for flag, what in (
-        ("demos-per-task", "labelled demonstrations per task"),
-        ("clips-per-task", "unlabeled clips per task"),
-        ("eval-episodes", "closed-loop episodes per task and model"),
-        ("image-size", "rendered image size"),
-        ("pretrain-steps", "pretraining steps"),
-        ("finetune-steps", "fine-tuning steps (each model)"),
-        ("max-steps", "closed-loop horizon in steps"),
-        ("workers", "simulator processes for data generation"),
-    ):
-        field = flag.replace("-", "_")
-        p.add_argument(
-            f"--{flag}", type=_positive_int, help=f"{what} (default {getattr(d, field)})"
-        )
-    p.add_argument(
-        "--eval-init-state",
-        type=int,
-        help=f"first init state of the closed-loop episodes (default {d.eval_init_state})",
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), help=f"model preset (default {d.preset})")
-    p.add_argument("--skip-eval", action="store_true", help="stop after export, CCA, latency")
-    p.add_argument("--fresh", action="store_true", help="discard --out's earlier training runs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
-
-
-# -- parser ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    extra: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The training CLI; ``extra(subparsers)`` adds the commands of a layer above (the demo)."""
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="LAWM: pretrain a policy on unlabeled video through a world model, "
@@ -432,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument(
         "--init",
-        type=_existing_path,
+        type=existing_path,
         help="pretrained policy directory or checkpoint (default: from scratch)",
     )
     p.add_argument(
@@ -450,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a policy to ONNX + sidecar (+ text encoder)")
     p.add_argument(
-        "--policy", type=_existing_path, required=True, help="policy directory (run_dir/policy)"
+        "--policy", type=existing_path, required=True, help="policy directory (run_dir/policy)"
     )
     p.add_argument("--out", type=Path, required=True, help="export directory")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -463,11 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cca", help="canonical correlations of latent vs ground-truth actions")
     p.add_argument(
-        "--policy", type=_existing_path, required=True, help="pretrained policy directory"
+        "--policy", type=existing_path, required=True, help="pretrained policy directory"
     )
     _add_data_args(p)
     p.add_argument(
-        "--max-windows", type=_positive_int, default=5000, help="at most this many samples"
+        "--max-windows", type=positive_int, default=5000, help="at most this many samples"
     )
     p.add_argument("--lang-cache", type=Path, default=DEFAULT_LANG_CACHE)
     p.add_argument("--json", action="store_true", help="also print one JSON line")
@@ -485,28 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_smoke)
-    _add_demo(sub)
     # Simulation commands (generate, eval-sim) live beside the simulator code.
-    from lawm.sim import commands as sim_commands
-
     sim_commands.register(sub)
+    if extra is not None:
+        extra(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; bad input exits 2 with one line."""
     args = parser.parse_args(argv)
     if args.command is None:
-        # No arguments: the demo's training part (data, pretrain, finetune, export).
-        print(
-            "no command given: running the demo's training part "
-            "(`train.py demo --skip-eval`; `train.py --help` lists the commands)",
-            flush=True,
-        )
-        args = parser.parse_args(["demo", "--skip-eval"])
-    from lawm.checkpoint import CheckpointError
-    from lawm.data import DataError
-
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except (UsageError, ConfigError, DataError, CheckpointError) as err:
@@ -515,3 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lawm import keys
+from lawm_core import contract
 
 # World-model sizes (DreamerV3 naming): deterministic GRU state per size. The paper's default is
 # "50m"; its ablation: 25m -> 93 %, 50m -> 96 % LIBERO success.
@@ -47,10 +47,10 @@ def _positive(name: str, value: Any) -> None:
 class PolicyConfig:
     """BAKU-style policy: FiLM ResNet-18 trunk (to layer2) per camera, GPT trunk, chunk head."""
 
-    cameras: tuple[str, ...] = keys.CAMERAS
+    cameras: tuple[str, ...] = contract.CAMERAS
     image_size: int = 128
-    proprio_dim: int = keys.PROPRIO_DIM
-    action_dim: int = keys.ACTION_DIM
+    proprio_dim: int = contract.PROPRIO_DIM
+    action_dim: int = contract.ACTION_DIM
     chunk_size: int = 10
     lang_dim: int = 384
     hidden_dim: int = 256
@@ -110,7 +110,7 @@ class WorldModelConfig:
     unimix: float = 0.01
     cnn_depth: int = 32
     image_size: int = 128
-    action_dim: int = keys.ACTION_DIM
+    action_dim: int = contract.ACTION_DIM
     kl_dyn: float = 0.5
     kl_rep: float = 0.1
     free_bits: float = 1.0
@@ -119,9 +119,9 @@ class WorldModelConfig:
     gru: str = "dense"
     gru_blocks: int = 8
     # Beyond the paper (its stated future work): world model over every camera + proprio.
-    cameras: tuple[str, ...] = (keys.CAMERAS[0],)
+    cameras: tuple[str, ...] = (contract.CAMERAS[0],)
     use_proprio: bool = False
-    proprio_dim: int = keys.PROPRIO_DIM
+    proprio_dim: int = contract.PROPRIO_DIM
 
     def __post_init__(self) -> None:
         _check(

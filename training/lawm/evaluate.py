@@ -11,6 +11,7 @@ import torch
 from lawm import keys
 from lawm.checkpoint import load_policy
 from lawm.metrics import canonical_correlations, heldout_canonical_correlations
+from lawm_core import contract
 
 
 @torch.no_grad()
@@ -71,7 +72,7 @@ def latent_action_cca(
     return {
         **result,
         "correlations": [float(c) for c in corr],
-        "action_dims": [keys.ACTION_LAYOUT[i] for i in varying],
+        "action_dims": [contract.ACTION_LAYOUT[i] for i in varying],
         "mean": float(corr.mean()),
         "n_samples": int(len(z)),
         "policy": str(policy_dir),

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lawm import keys
 from lawm.checkpoint import load_policy
-from lawm.files import atomic_path, atomic_write_text, sha256_file  # noqa: F401 - sha256_file re-exported
 from lawm.models.policy import Policy
+from lawm_core import contract
+from lawm_core.files import atomic_path, atomic_write_text, sha256_file
 
 SIDECAR_VERSION = 1
 PARITY_TOLERANCE = 1e-4
@@ -55,19 +55,19 @@ def example_inputs(policy: Policy, batch: int = 1, seed: int = 0) -> dict[str, n
     rng = np.random.default_rng(seed)
     s = cfg.image_size
     out = {
-        keys.onnx_image_input(c): rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
+        contract.onnx_image_input(c): rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
         for c in cfg.cameras
     }
-    out[keys.ONNX_PROPRIO_INPUT] = rng.normal(size=(batch, cfg.proprio_dim)).astype(np.float32)
+    out[contract.ONNX_PROPRIO_INPUT] = rng.normal(size=(batch, cfg.proprio_dim)).astype(np.float32)
     lang = rng.normal(size=(batch, cfg.lang_dim)).astype(np.float32)
-    out[keys.ONNX_LANG_INPUT] = lang / np.linalg.norm(lang, axis=1, keepdims=True)
+    out[contract.ONNX_LANG_INPUT] = lang / np.linalg.norm(lang, axis=1, keepdims=True)
     return out
 
 
 def input_names(policy: Policy) -> list[str]:
-    return [keys.onnx_image_input(c) for c in policy.cfg.cameras] + [
-        keys.ONNX_PROPRIO_INPUT,
-        keys.ONNX_LANG_INPUT,
+    return [contract.onnx_image_input(c) for c in policy.cfg.cameras] + [
+        contract.ONNX_PROPRIO_INPUT,
+        contract.ONNX_LANG_INPUT,
     ]
 
 
@@ -81,7 +81,7 @@ def check_parity(policy: Policy, onnx_path: Path, seed: int = 0, batch: int = 2)
     with torch.no_grad():
         ref = wrapper(*[torch.from_numpy(inputs[n]) for n in names]).numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run([keys.ONNX_ACTION_OUTPUT], inputs)[0]
+    got = sess.run([contract.ONNX_ACTION_OUTPUT], inputs)[0]
     return float(np.abs(ref - got).max())
 
 
@@ -102,7 +102,7 @@ def export_policy(
     names = input_names(policy)
     example = example_inputs(policy, batch=1)
     dynamic = {n: {0: "batch"} for n in names}
-    dynamic[keys.ONNX_ACTION_OUTPUT] = {0: "batch"}
+    dynamic[contract.ONNX_ACTION_OUTPUT] = {0: "batch"}
     onnx_path = out_dir / "policy.onnx"
     with atomic_path(onnx_path) as tmp, torch.no_grad():
         torch.onnx.export(
@@ -110,7 +110,7 @@ def export_policy(
             tuple(torch.from_numpy(example[n]) for n in names),
             str(tmp),
             input_names=names,
-            output_names=[keys.ONNX_ACTION_OUTPUT],
+            output_names=[contract.ONNX_ACTION_OUTPUT],
             dynamic_axes=dynamic,
             opset_version=opset,
             dynamo=False,
@@ -129,7 +129,7 @@ def export_policy(
         "opset": opset,
         "chunk_size": pc.chunk_size,
         "action_dim": pc.action_dim,
-        "action_layout": list(keys.ACTION_LAYOUT),
+        "action_layout": list(contract.ACTION_LAYOUT),
         "action_space": "normalized [-1, 1]; raw = (a + 1) / 2 * (max - min) + min",
         "control_rate_hz": float(control_rate_hz or pc.control_rate_hz),
         "cameras": list(pc.cameras),
@@ -140,19 +140,27 @@ def export_policy(
         "lang_dim": pc.lang_dim,
         "inputs": [
             *[
-                {"name": keys.onnx_image_input(c), "shape": ["batch", s, s, 3], "dtype": "uint8"}
+                {
+                    "name": contract.onnx_image_input(c),
+                    "shape": ["batch", s, s, 3],
+                    "dtype": "uint8",
+                }
                 for c in pc.cameras
             ],
             {
-                "name": keys.ONNX_PROPRIO_INPUT,
+                "name": contract.ONNX_PROPRIO_INPUT,
                 "shape": ["batch", pc.proprio_dim],
                 "dtype": "float32",
             },
-            {"name": keys.ONNX_LANG_INPUT, "shape": ["batch", pc.lang_dim], "dtype": "float32"},
+            {
+                "name": contract.ONNX_LANG_INPUT,
+                "shape": ["batch", pc.lang_dim],
+                "dtype": "float32",
+            },
         ],
         "outputs": [
             {
-                "name": keys.ONNX_ACTION_OUTPUT,
+                "name": contract.ONNX_ACTION_OUTPUT,
                 "shape": ["batch", pc.chunk_size, pc.action_dim],
                 "dtype": "float32",
             }

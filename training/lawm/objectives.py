@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lawm import keys
 from lawm.config import AugmentConfig, LawmConfig
 from lawm.models.policy import Policy, policy_inputs
+from lawm_core import contract
 
 ACTION_STD = 0.1  # BAKU's head: TruncatedNormal with this std
 
@@ -78,7 +79,7 @@ class FinetuneObjective(nn.Module):
         per_sample = sq.sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)).clamp_min(1.0) * pred.shape[-1])
         mse = per_sample.mean()
         loss = mse / (2 * ACTION_STD**2)
-        gripper = keys.GRIPPER_INDEX
+        gripper = contract.GRIPPER_INDEX
         agree = ((pred[..., gripper] > 0) == (target[..., gripper] > 0)).to(pred.dtype)
         grip_acc = (agree * mask[..., 0]).sum() / mask.sum().clamp_min(1.0)
         return loss, {

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lawm.checkpoint import atomic_write_text
 from lawm.config import preset
+from lawm_core.files import atomic_write_text
 
 
 def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
-from lawm.files import atomic_path, atomic_write_text  # noqa: F401 - re-exported to the formats
+from lawm_core import contract
 
 FORMATS: tuple[str, ...] = ("hdf5", "video", "ssv2", "bridge", "rosbag")
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -108,7 +107,7 @@ class EpisodeSource(ABC):
         name: where it comes from, e.g. ``"/data/x.hdf5:demo_3"``.
         length: number of frames (>= 1).
         instruction: the task's language instruction ("" when unknown).
-        cameras: which of ``keys.CAMERAS`` it has, in ``keys.CAMERAS`` order.
+        cameras: which of ``contract.CAMERAS`` it has, in ``contract.CAMERAS`` order.
         has_actions: whether ``read`` returns actions (False for video and for sources opened
             with ``labelled=False``).
         has_proprio: whether ``read`` returns robot state.
@@ -145,9 +144,9 @@ class EpisodeSource(ABC):
         if cameras is None:
             wanted = self.cameras
         else:
-            unknown = [c for c in cameras if c not in keys.CAMERAS]
+            unknown = [c for c in cameras if c not in contract.CAMERAS]
             if unknown:
-                raise ValueError(f"unknown cameras {unknown}; known: {keys.CAMERAS}")
+                raise ValueError(f"unknown cameras {unknown}; known: {contract.CAMERAS}")
             wanted = tuple(c for c in self.cameras if c in cameras)
         out = self._read(
             start, stop, wanted, actions and self.has_actions, proprio and self.has_proprio
@@ -187,8 +186,8 @@ class EpisodeSource(ABC):
                     f"expected uint8 ({n}, H, W, 3)"
                 )
         for key, want, dim in (
-            ("actions", actions and self.has_actions, keys.ACTION_DIM),
-            ("proprio", proprio and self.has_proprio, keys.PROPRIO_DIM),
+            ("actions", actions and self.has_actions, contract.ACTION_DIM),
+            ("proprio", proprio and self.has_proprio, contract.PROPRIO_DIM),
         ):
             arr = out.get(key)
             if not want:

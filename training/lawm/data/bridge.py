@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
 from lawm.data.base import DataError, EpisodeSource, first_line, natural_key
+from lawm_core import contract
 
 _FRAME = re.compile(r"^im_(\d+)\.jpe?g$", re.IGNORECASE)
 
@@ -76,7 +76,7 @@ class BridgeEpisode(EpisodeSource):
         self._names = None if canonical else [name for _, name in frames]
         self.length = len(frames)
         self.instruction = instruction
-        self.cameras = (keys.AGENTVIEW,)
+        self.cameras = (contract.AGENTVIEW,)
         self.has_actions = False
         self.has_proprio = False
         self.success = None
@@ -100,7 +100,7 @@ class BridgeEpisode(EpisodeSource):
         shapes = {f.shape for f in frames}
         if len(shapes) > 1:
             raise DataError(f"{self.name}: frames differ in size: {sorted(shapes)}")
-        out["images"][keys.AGENTVIEW] = np.stack(frames)
+        out["images"][contract.AGENTVIEW] = np.stack(frames)
         return out
 
 

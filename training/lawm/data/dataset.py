@@ -15,6 +15,7 @@ import torch
 
 from lawm import keys
 from lawm.data.base import DataError, EpisodeSource
+from lawm_core import contract
 
 MODES = ("pretrain", "finetune")
 # Sample keys without a constant in lawm.keys (the models read them with .get()).
@@ -79,10 +80,10 @@ class WindowDataset(torch.utils.data.Dataset):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         cameras = tuple(cameras)
-        unknown = [c for c in cameras if c not in keys.CAMERAS]
+        unknown = [c for c in cameras if c not in contract.CAMERAS]
         if not cameras or unknown:
             raise ValueError(
-                f"cameras must be a non-empty subset of {keys.CAMERAS}, got {cameras}"
+                f"cameras must be a non-empty subset of {contract.CAMERAS}, got {cameras}"
             )
         if image_size <= 0 or chunk_size <= 0:
             raise ValueError(
@@ -155,7 +156,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if data["proprio"] is not None:
             proprio = torch.from_numpy(_pad_last(data["proprio"], n_frames))
         else:
-            proprio = torch.zeros(n_frames, keys.PROPRIO_DIM, dtype=torch.float32)
+            proprio = torch.zeros(n_frames, contract.PROPRIO_DIM, dtype=torch.float32)
         sample: dict[str, Any] = {
             keys.IMAGES: images,
             CAMERA_MASK: torch.tensor([c in src.cameras for c in self.cameras]),

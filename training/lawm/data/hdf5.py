@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
 from lawm.data.base import (
     HDF5_SUFFIXES,
     DataError,
@@ -35,6 +34,7 @@ from lawm.data.base import (
     HandleCache,
     natural_key,
 )
+from lawm_core import contract
 
 
 def _open_h5(path: str):
@@ -100,7 +100,7 @@ class Hdf5Episode(EpisodeSource):
             obs = group["obs"]
             images = {}
             for cam in cameras:
-                frames = obs[keys.HDF5_IMAGE_KEYS[cam]][start:stop]
+                frames = obs[contract.HDF5_IMAGE_KEYS[cam]][start:stop]
                 if self._flip:
                     frames = np.ascontiguousarray(frames[:, ::-1])
                 images[cam] = frames
@@ -108,7 +108,7 @@ class Hdf5Episode(EpisodeSource):
             if actions:
                 out["actions"] = np.asarray(group["actions"][start:stop], dtype=np.float32)
             if proprio:
-                pos = obs[self._proprio_key][start:stop, : keys.EE_POS_DIM]
+                pos = obs[self._proprio_key][start:stop, : contract.EE_POS_DIM]
                 grip = obs["gripper_states"][start:stop]
                 out["proprio"] = np.concatenate([pos, grip], axis=1).astype(np.float32)
         except (OSError, KeyError, ValueError) as err:
@@ -139,16 +139,16 @@ def _episode(
     if "obs" not in group:
         raise DataError(f"{where}: missing key 'obs'")
     obs = group["obs"]
-    cameras = tuple(c for c in keys.CAMERAS if keys.HDF5_IMAGE_KEYS[c] in obs)
+    cameras = tuple(c for c in contract.CAMERAS if contract.HDF5_IMAGE_KEYS[c] in obs)
     if not cameras:
-        expected = [f"obs/{k}" for k in keys.HDF5_IMAGE_KEYS.values()]
+        expected = [f"obs/{k}" for k in contract.HDF5_IMAGE_KEYS.values()]
         raise DataError(
             f"{where}: missing camera key: none of {expected} present "
             f"(obs has {sorted(obs.keys())})"
         )
     length = None
     for cam in cameras:
-        key = keys.HDF5_IMAGE_KEYS[cam]
+        key = contract.HDF5_IMAGE_KEYS[cam]
         ds = obs[key]
         if ds.dtype != np.uint8:
             raise DataError(f"{where}/obs/{key}: dtype {ds.dtype}, expected uint8")
@@ -160,17 +160,20 @@ def _episode(
     if labelled:
         if "actions" not in group:
             raise DataError(f"{where}: missing key 'actions' (open with labelled=False for video)")
-        _check_shape(f"{where}/actions", group["actions"], length, (keys.ACTION_DIM,))
+        _check_shape(f"{where}/actions", group["actions"], length, (contract.ACTION_DIM,))
         has_actions = True
     proprio_key = None
     pos_key = "ee_pos" if "ee_pos" in obs else ("ee_states" if "ee_states" in obs else None)
     if pos_key is not None and "gripper_states" in obs:
         pos = obs[pos_key]
-        if pos.ndim != 2 or pos.shape[1] < keys.EE_POS_DIM:
+        if pos.ndim != 2 or pos.shape[1] < contract.EE_POS_DIM:
             raise DataError(f"{where}/obs/{pos_key}: shape {pos.shape}, expected (T, >=3)")
         _check_shape(f"{where}/obs/{pos_key}", pos, length, (pos.shape[1],))
         _check_shape(
-            f"{where}/obs/gripper_states", obs["gripper_states"], length, (keys.GRIPPER_STATE_DIM,)
+            f"{where}/obs/gripper_states",
+            obs["gripper_states"],
+            length,
+            (contract.GRIPPER_STATE_DIM,),
         )
         proprio_key = pos_key
     instruction = file_instruction
@@ -224,7 +227,7 @@ def open_hdf5_file(
     for e in episodes:
         missing = sorted(all_cams - set(e.cameras))
         if missing:
-            keys_missing = [f"obs/{keys.HDF5_IMAGE_KEYS[c]}" for c in missing]
+            keys_missing = [f"obs/{contract.HDF5_IMAGE_KEYS[c]}" for c in missing]
             raise DataError(f"{e.name}: missing camera key {keys_missing} present in other demos")
     if successful_only:
         episodes = [e for e in episodes if e.success is not False]

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
 from lawm.data.base import ROSBAG_SUFFIXES, DataError, EpisodeSource, HandleCache, natural_key
+from lawm_core import contract
+from lawm_core.bags import typestore
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -40,18 +41,6 @@ STRING = "std_msgs/msg/String"
 # Types whose first field is std_msgs/Header: their stamp is parsed straight from the CDR bytes.
 _HEADER_TYPES = (*IMAGE_TYPES, TWIST_STAMPED)
 _ENCODING_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1}
-
-_TYPESTORE = None
-
-
-def typestore():
-    """The ROS 2 Jazzy type store (built once per process)."""
-    global _TYPESTORE
-    if _TYPESTORE is None:
-        from rosbags.typesys import Stores, get_typestore
-
-        _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-    return _TYPESTORE
 
 
 def _open_reader(path: str):
@@ -163,7 +152,7 @@ class RosbagEpisode(EpisodeSource):
 
     Args:
         path: bag folder (with metadata.yaml) or a bare ``.mcap`` / ``.db3`` file.
-        image_topics: camera (one of ``keys.CAMERAS``) -> topic; the first is the frame clock.
+        image_topics: camera (one of ``contract.CAMERAS``) -> topic; the first is the frame clock.
             None: the bag's image topics, when that is unambiguous (one topic -> agentview; two
             with one named like a wrist/hand camera -> that one is eye_in_hand).
         action_topic: the command topic; None: the one topic named ``*action*``, if exactly one.
@@ -235,9 +224,9 @@ class RosbagEpisode(EpisodeSource):
             image_topics = self._guess_cameras(types, listing)
         if not image_topics:
             raise DataError(f"{self.path}: image_topics is empty; the bag has: {listing}")
-        unknown = [c for c in image_topics if c not in keys.CAMERAS]
+        unknown = [c for c in image_topics if c not in contract.CAMERAS]
         if unknown:
-            raise DataError(f"{self.path}: unknown cameras {unknown}; known: {keys.CAMERAS}")
+            raise DataError(f"{self.path}: unknown cameras {unknown}; known: {contract.CAMERAS}")
         if labelled and action_topic is None:
             action_topic = named("action", ACTION_TYPES)
         if not labelled:
@@ -312,7 +301,7 @@ class RosbagEpisode(EpisodeSource):
                 [np.asarray(s.logtimes, np.int64)[idx], np.asarray(s.occurrences, np.int64)[idx]],
                 axis=1,
             )
-        self.cameras = tuple(c for c in keys.CAMERAS if c in image_topics)
+        self.cameras = tuple(c for c in contract.CAMERAS if c in image_topics)
 
         self._actions = None
         if action_topic is not None:
@@ -323,12 +312,12 @@ class RosbagEpisode(EpisodeSource):
                 else:
                     grip = [0.0] * len(vals)
                 vals = [np.append(v, g) for v, g in zip(vals, grip)]
-            self._actions = self._matrix(vals, keys.ACTION_DIM, "action", action_topic)
+            self._actions = self._matrix(vals, contract.ACTION_DIM, "action", action_topic)
         self.has_actions = self._actions is not None
         self._proprio = None
         if proprio_topic is not None:
             vals = [streams[proprio_topic].values[i] for i in picks[proprio_topic]]
-            self._proprio = self._matrix(vals, keys.PROPRIO_DIM, "proprio", proprio_topic)
+            self._proprio = self._matrix(vals, contract.PROPRIO_DIM, "proprio", proprio_topic)
         self.has_proprio = self._proprio is not None
         if instruction is None:
             instruction = text or ""
@@ -353,15 +342,15 @@ class RosbagEpisode(EpisodeSource):
     def _guess_cameras(self, types: dict[str, str], listing: str) -> dict[str, str]:
         images = sorted(t for t, m in types.items() if m in IMAGE_TYPES)
         if len(images) == 1:
-            return {keys.AGENTVIEW: images[0]}
+            return {contract.AGENTVIEW: images[0]}
         if len(images) == 2:
             wrist = [t for t in images if any(w in t.lower() for w in ("wrist", "hand", "eye"))]
             if len(wrist) == 1:
                 other = next(t for t in images if t != wrist[0])
-                return {keys.AGENTVIEW: other, keys.EYE_IN_HAND: wrist[0]}
+                return {contract.AGENTVIEW: other, contract.EYE_IN_HAND: wrist[0]}
         raise DataError(
             f"{self.path}: cannot tell which image topics are which cameras; pass image_topics "
-            f"(camera -> topic, cameras {keys.CAMERAS}); the bag has: {listing}"
+            f"(camera -> topic, cameras {contract.CAMERAS}); the bag has: {listing}"
         )
 
     # -- reading --------------------------------------------------------------------------------

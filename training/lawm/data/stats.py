@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lawm import keys
 from lawm.data.base import EpisodeSource
+from lawm_core import contract
 
 STD_FLOOR = 1e-6
 
@@ -47,10 +47,10 @@ def compute_stats(
     (5,) (std floored at 1e-6), and bool 0-d arrays ``has_action_stats`` /
     ``has_proprio_stats``; without data the defaults are -1 / 1 and 0 / 1.
     """
-    a_min = np.full(keys.ACTION_DIM, np.inf)
-    a_max = np.full(keys.ACTION_DIM, -np.inf)
+    a_min = np.full(contract.ACTION_DIM, np.inf)
+    a_max = np.full(contract.ACTION_DIM, -np.inf)
     a_frames = 0
-    moments = _Moments(keys.PROPRIO_DIM)
+    moments = _Moments(contract.PROPRIO_DIM)
     cap = float("inf") if max_frames is None else int(max_frames)
     for src in sources:
         need_a = src.has_actions and a_frames < cap
@@ -69,13 +69,13 @@ def compute_stats(
     has_actions = a_frames > 0
     has_proprio = moments.n > 0
     return {
-        "action_min": (a_min if has_actions else -np.ones(keys.ACTION_DIM)).astype(np.float32),
-        "action_max": (a_max if has_actions else np.ones(keys.ACTION_DIM)).astype(np.float32),
-        "proprio_mean": (moments.mean if has_proprio else np.zeros(keys.PROPRIO_DIM)).astype(
+        "action_min": (a_min if has_actions else -np.ones(contract.ACTION_DIM)).astype(np.float32),
+        "action_max": (a_max if has_actions else np.ones(contract.ACTION_DIM)).astype(np.float32),
+        "proprio_mean": (moments.mean if has_proprio else np.zeros(contract.PROPRIO_DIM)).astype(
             np.float32
         ),
         "proprio_std": (
-            np.maximum(moments.std(), STD_FLOOR) if has_proprio else np.ones(keys.PROPRIO_DIM)
+            np.maximum(moments.std(), STD_FLOOR) if has_proprio else np.ones(contract.PROPRIO_DIM)
         ).astype(np.float32),
         "has_action_stats": np.array(has_actions),
         "has_proprio_stats": np.array(has_proprio),

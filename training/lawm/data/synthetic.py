@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
-from lawm.data.base import atomic_path, atomic_write_text
+from lawm_core import contract
+from lawm_core.files import atomic_path, atomic_write_text
 
 DEFAULT_INSTRUCTIONS: tuple[str, ...] = (
     "push the block to the top left corner and lift it",
@@ -105,8 +105,8 @@ class _Renderer:
         patch += cover * color
         wrist = pos + _WRIST_OFFSET
         return {
-            keys.AGENTVIEW: self._view(canvas, np.zeros(2), np.ones(2)),
-            keys.EYE_IN_HAND: self._view(canvas, wrist - _WRIST_HALF, wrist + _WRIST_HALF),
+            contract.AGENTVIEW: self._view(canvas, np.zeros(2), np.ones(2)),
+            contract.EYE_IN_HAND: self._view(canvas, wrist - _WRIST_HALF, wrist + _WRIST_HALF),
         }
 
 
@@ -132,7 +132,7 @@ def simulate_episode(
     color = PALETTE[rng.integers(len(PALETTE))]
     render = _Renderer(image_size, _texture(rng, _SUPER * image_size * 2))
     lift, gripper = 0.0, -1.0
-    frames: dict[str, list[np.ndarray]] = {c: [] for c in keys.CAMERAS}
+    frames: dict[str, list[np.ndarray]] = {c: [] for c in contract.CAMERAS}
     actions, ee_pos, grip_states = [], [], []
     for _ in range(length):
         shade = color * (CLOSED_SHADE if gripper > 0 else 1.0)
@@ -140,19 +140,19 @@ def simulate_episode(
             frames[cam].append(img)
         ee_pos.append([pos[0], pos[1], lift])
         grip_states.append([0.04, -0.04] if gripper < 0 else [0.01, -0.01])
-        action = np.zeros(keys.ACTION_DIM)
-        action[keys.GRIPPER_INDEX] = gripper
+        action = np.zeros(contract.ACTION_DIM)
+        action[contract.GRIPPER_INDEX] = gripper
         err = target - pos
         if gripper < 0 and np.linalg.norm(err) > REACHED:  # reach
             action[:2] = np.clip(0.5 * err / STEP + rng.normal(0, 0.2, 2), -1, 1)
         elif gripper < 0:  # grasp
-            action[keys.GRIPPER_INDEX] = 1.0
+            action[contract.GRIPPER_INDEX] = 1.0
         elif lift < 1.0:  # lift
             action[2] = 1.0
         actions.append(action)
         pos = np.clip(pos + STEP * action[:2], 0.05, 0.95)
         lift = float(np.clip(lift + LIFT_STEP * action[2], 0.0, 1.0))
-        gripper = action[keys.GRIPPER_INDEX]
+        gripper = action[contract.GRIPPER_INDEX]
     return {
         "images": {c: np.stack(v) for c, v in frames.items()},
         "actions": np.asarray(actions, dtype=np.float32),
@@ -209,7 +209,7 @@ def write_synthetic_hdf5(
             demo.create_dataset("rewards", data=rewards)
             demo.create_dataset("dones", data=(np.arange(length) == length - 1).astype(np.uint8))
             obs = demo.create_group("obs")
-            for cam, key in keys.HDF5_IMAGE_KEYS.items():
+            for cam, key in contract.HDF5_IMAGE_KEYS.items():
                 # One chunk per frame: windows read a few frames at a time.
                 frames = ep["images"][cam]
                 obs.create_dataset(key, data=frames, chunks=(1, *frames.shape[1:]))
@@ -235,7 +235,7 @@ def write_synthetic_videos(
     fmt: mp4 (libx264, else mpeg4), webm (VP9, else VP8), avi (mpeg4) or mkv. Returns the video
     paths.
     """
-    from lawm.data.video import write_video
+    from lawm_sim.recording import write_video
 
     _check(clips, length, image_size, instruction_set)
     folder = Path(folder)
@@ -246,7 +246,7 @@ def write_synthetic_videos(
     for i in range(clips):
         ep = simulate_episode(rng, i % n_tasks, n_tasks, length, image_size)
         video = folder / f"clip_{i:03d}.{fmt.lstrip('.')}"
-        write_video(video, ep["images"][keys.AGENTVIEW], fps=fps)
+        write_video(video, ep["images"][contract.AGENTVIEW], fps=fps)
         atomic_write_text(video.with_suffix(".txt"), instruction_set[i % n_tasks] + "\n")
         paths.append(video)
     return paths

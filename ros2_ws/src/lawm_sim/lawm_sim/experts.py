@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
+from lawm_core import contract
 
 POS_SCALE = 0.05  # metres per unit of position action (robosuite OSC_POSE output limit)
 ROT_SCALE = 0.5  # radians per unit of rotation action
@@ -279,11 +279,11 @@ def servo(
 ) -> np.ndarray:
     """Action moving the hand towards ``target`` with the fingers at ``yaw``."""
     pos, rot, _ = hand_state(obs)
-    action = np.zeros(keys.ACTION_DIM)
+    action = np.zeros(contract.ACTION_DIM)
     action[:3] = np.clip(gain * (target - pos) / POS_SCALE, -speed, speed)
     err = mat_to_axis_angle(rot_z(yaw) @ R_DOWN @ rot.T)
     action[3:6] = np.clip(1.5 * err / ROT_SCALE, -1.0, 1.0)
-    action[keys.GRIPPER_INDEX] = grip
+    action[contract.GRIPPER_INDEX] = grip
     return action
 
 

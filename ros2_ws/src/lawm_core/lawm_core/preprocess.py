@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lawm_policy.core.errors import InputError
+from lawm_core.errors import InputError
 
 # encoding -> (channels, cv2 conversion to RGB or None)
 ENCODINGS: dict[str, tuple[int, int | None]] = {

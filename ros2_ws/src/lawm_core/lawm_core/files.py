@@ -1,11 +1,12 @@
-"""Files the training side writes: atomically (readers never see half a file) and readable.
+"""Files: written atomically (readers never see half a file) and readable; hashed and verified.
 
 Every artefact (datasets, checkpoints, exported models, reports) goes through ``atomic_path``:
 a temporary file beside the target (same folder, hence same filesystem; same suffix, so writers
 that go by the extension still work), made world-readable (a robot's service user reads what
 training wrote; ``mkstemp`` would leave it private), synced and renamed onto the target. An
 exception, or a crash, leaves the old file or none, and at most a hidden ``.<stem>.*`` temporary.
-The runtime core has its own hashing (``lawm_policy.core.hashing``): it may not import ``lawm``.
+``sha256_file`` / ``verify_file``: the hash an exported model's sidecar records and the check
+the runtime makes before loading it. One helper for training, export, recording and the robot.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from lawm_core.errors import ModelLoadError
 
 FILE_MODE = 0o644
 
@@ -50,3 +53,16 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_file(path: str | Path, expected_sha256: str) -> None:
+    """ModelLoadError naming ``path`` if it is missing or its sha256 is not the expected one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: file missing (expected sha256 {expected_sha256})")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelLoadError(
+            f"{path}: sha256 mismatch, expected {expected_sha256}, actual {actual} "
+            "(the file changed after export; export again)"
+        )

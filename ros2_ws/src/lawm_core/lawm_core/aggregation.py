@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from lawm_policy.core.errors import InputError
+from lawm_core.errors import InputError
 
 
 class TemporalAggregator:

@@ -95,7 +95,7 @@ def _say(text: str) -> None:
 
 # -- stages ---------------------------------------------------------------------------------
 def make_data(cfg: DemoConfig, cache: Path, progress: bool) -> dict[str, Path]:
-    from lawm.sim.generate import generate
+    from lawm_sim.generate import generate
 
     files = {}
     for kind, (path, states) in cfg.data_files(cache).items():
@@ -194,7 +194,7 @@ def latent_cca(cfg_l, demos: list, out: Path, lang_cache: Path) -> dict[str, flo
 
 def inference_latency(model_dir: Path, n: int = 300) -> dict[str, Any]:
     """Runtime core (onnxruntime, one thread, batch 1) on the exported model."""
-    from lawm_policy.core.model import PolicyModel
+    from lawm_core.model import PolicyModel
 
     model = PolicyModel(model_dir, providers="cpu", threads=1)
     model.warmup(10)
@@ -256,7 +256,7 @@ class _Lane:
         }
 
     def _start_next(self) -> None:
-        from lawm.rosproc import WS_INSTALL, NodeProcess
+        from lawm_apps.harness import WS_INSTALL, NodeProcess
 
         self.task = self.queue.pop(0)
         params_file = WS_INSTALL / "lawm_bringup" / "share" / "lawm_bringup" / "config"
@@ -341,7 +341,7 @@ def evaluate_ros(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from lawm.rosproc import executable
+    from lawm_apps.harness import executable
 
     executable("lawm_policy", "libero_bridge")  # a clear error if the workspace is not built
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -512,7 +512,7 @@ def run_demo(
     fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from lawm.files import atomic_write_text
+    from lawm_core.files import atomic_write_text
 
     cfg = cfg or DemoConfig()
     out, cache = Path(out), Path(cache)

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lawm.cli import _positive_int
+from lawm_core.cliargs import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval_sim(sub: argparse._SubParsersAction) -> None:
-    from lawm.sim.eval_sim import add_parser
+    from lawm_sim.eval_sim import add_parser
 
     add_parser(sub)
 
@@ -48,10 +48,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--no-render", action="store_true", help="no camera images (fast; actions and state)"
     )
     p.add_argument(
-        "--image-size", type=_positive_int, default=128, help="square image size (default 128)"
+        "--image-size", type=positive_int, default=128, help="square image size (default 128)"
     )
     p.add_argument(
-        "--workers", type=_positive_int, default=1, help="episode worker processes (default 1)"
+        "--workers", type=positive_int, default=1, help="episode worker processes (default 1)"
     )
     p.add_argument(
         "--mp4-dir",
@@ -66,7 +66,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-steps",
-        type=_positive_int,
+        type=positive_int,
         help="cap episodes at this many steps (default: the suite's limit, 300 or 520)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -74,9 +74,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lawm.cli import UsageError
-    from lawm.sim import libero_env
-    from lawm.sim.generate import GenerateError, generate, parse_ids
+    from lawm_core.cliargs import UsageError
+    from lawm_sim import libero_env
+    from lawm_sim.generate import GenerateError, generate, parse_ids
 
     try:
         n = libero_env.n_tasks(args.suite)

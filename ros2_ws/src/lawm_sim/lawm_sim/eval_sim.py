@@ -19,10 +19,10 @@ import numpy as np
 def _runtime():
     # Imported here: the runtime core lives in the ROS package (importable through the venv's
     # lawm_policy_src.pth that `make setup` writes).
-    from lawm_policy.core.aggregation import TemporalAggregator
-    from lawm_policy.core.model import PolicyModel
-    from lawm_policy.core.preprocess import fit_image
-    from lawm_policy.core.text_encoder import TextEncoderRuntime
+    from lawm_core.aggregation import TemporalAggregator
+    from lawm_core.model import PolicyModel
+    from lawm_core.preprocess import fit_image
+    from lawm_core.text_encoder import TextEncoderRuntime
 
     return PolicyModel, TemporalAggregator, fit_image, TextEncoderRuntime
 
@@ -67,7 +67,7 @@ def evaluate(
     """Evaluate ``model_dir`` on ``tasks`` of ``suite``; returns the report dict."""
     from tqdm import tqdm
 
-    from lawm.sim.libero_env import LiberoEnv
+    from lawm_sim.libero_env import LiberoEnv
 
     PolicyModel, TemporalAggregator, fit_image, TextEncoderRuntime = _runtime()
     model = PolicyModel(model_dir, providers=providers)
@@ -111,7 +111,7 @@ def evaluate(
                     }
                 )
                 if record and frames:
-                    from lawm.data.video import write_video
+                    from lawm_sim.recording import write_video
 
                     videos.mkdir(parents=True, exist_ok=True)
                     tag = "success" if success else "fail"
@@ -141,7 +141,7 @@ def evaluate(
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
-    from lawm.checkpoint import atomic_write_text
+    from lawm_core.files import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(report, indent=2))
 
@@ -170,9 +170,9 @@ def add_parser(sub) -> None:
 
 
 def _cmd(args) -> int:
-    from lawm.cli import UsageError
-    from lawm.sim import libero_env
-    from lawm.sim.generate import parse_ids
+    from lawm_core.cliargs import UsageError
+    from lawm_sim import libero_env
+    from lawm_sim.generate import parse_ids
 
     try:
         if args.suite not in libero_env.SUITES:
@@ -190,7 +190,7 @@ def _cmd(args) -> int:
             raise ValueError(f"--model {str(args.model)!r} has no policy.json")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    from lawm_policy.core.errors import ModelLoadError
+    from lawm_core.errors import ModelLoadError
 
     try:
         report = evaluate(

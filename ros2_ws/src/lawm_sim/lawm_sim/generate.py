@@ -1,7 +1,7 @@
 """Scripted LIBERO demonstrations in the official LIBERO/robomimic HDF5 layout.
 
 ``python training/train.py generate --suite libero_object --tasks 0-9 --init-states 0-49
---out demos.hdf5`` runs the scripted expert (lawm.sim.experts) from each chosen init state and
+--out demos.hdf5`` runs the scripted expert (lawm_sim.experts) from each chosen init state and
 writes one ``data/demo_N`` per episode, in (task, init state) order::
 
     data                      attrs: problem_info (JSON, language_instruction of the first
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from lawm import keys
+from lawm_core import contract
 
 # Topics of the LIBERO ROS bridge (and of the rosbags written here).
 ROSBAG_TOPICS = {
@@ -180,7 +180,7 @@ def rollout(env: Any, expert: Any, max_steps: int | None = None) -> Episode:
         init_state=env.init_state,
         instruction=env.instruction,
         success=bool(success),
-        actions=np.asarray(actions, dtype=np.float64).reshape(n, keys.ACTION_DIM),
+        actions=np.asarray(actions, dtype=np.float64).reshape(n, contract.ACTION_DIM),
         obs=out,
         images={c: np.asarray(v, dtype=np.uint8) for c, v in images.items()},
         states=np.asarray(states, dtype=np.float64).reshape(n, -1) if n else None,
@@ -199,8 +199,8 @@ Job = tuple[str, int, int, int, bool, "int | None"]  # suite, task, init, size, 
 
 def _run_one(job: Job) -> Episode:
     """Run one episode, re-using this process's env while the task stays the same."""
-    from lawm.sim.experts import make_expert
-    from lawm.sim.libero_env import LiberoEnv
+    from lawm_sim.experts import make_expert
+    from lawm_sim.libero_env import LiberoEnv
 
     suite, task_id, init_state, image_size, render, max_steps = job
     key = (suite, task_id, image_size, render)
@@ -242,7 +242,7 @@ def run_episodes(jobs: Sequence[Job], workers: int = 1) -> Iterator[Episode]:
 
 # -- writers ------------------------------------------------------------------------------------
 def _task_meta(suite: str, task_id: int) -> dict[str, Any]:
-    from lawm.sim import libero_env
+    from lawm_sim import libero_env
 
     path = libero_env.bddl_path(suite, task_id)
     return {
@@ -322,7 +322,7 @@ class Hdf5Writer:
         obs = demo.create_group("obs")
         for cam, frames in ep.images.items():
             obs.create_dataset(
-                keys.HDF5_IMAGE_KEYS[cam],
+                contract.HDF5_IMAGE_KEYS[cam],
                 data=frames,
                 chunks=(1, *frames.shape[1:]),
                 **IMAGE_COMPRESSION,
@@ -349,10 +349,10 @@ class Hdf5Writer:
 
 def write_mp4(folder: Path, ep: Episode, fps: int = 20) -> Path:
     """The episode's agentview as ``<stem>.mp4`` + ``<stem>.txt`` (its instruction)."""
-    from lawm.data.base import atomic_write_text
-    from lawm.data.video import write_video
+    from lawm_core.files import atomic_write_text
+    from lawm_sim.recording import write_video
 
-    frames = ep.images[keys.AGENTVIEW]
+    frames = ep.images[contract.AGENTVIEW]
     path = Path(folder) / f"{ep.stem}.mp4"
     write_video(path, frames, fps=fps)
     atomic_write_text(path.with_suffix(".txt"), ep.instruction + "\n")
@@ -365,7 +365,7 @@ def write_rosbag(folder: Path, ep: Episode) -> Path:
     the instruction (std_msgs/String). Stamps are the simulator time (20 Hz)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from lawm.data.rosbag import typestore
+    from lawm_core.bags import typestore
 
     ts = typestore()
     T = ts.types
@@ -452,7 +452,7 @@ def generate(
     Raises GenerateError for unknown suites/tasks/init states, unsupported tasks, or output
     options that need rendering.
     """
-    from lawm.sim import experts, libero_env
+    from lawm_sim import experts, libero_env
 
     if suite not in libero_env.SUITES:
         valid = ", ".join(libero_env.SUITES)
@@ -500,12 +500,14 @@ def generate(
         "suite": suite,
         "controller": "OSC_POSE",
         "control_freq": libero_env.CONTROL_FREQ,
-        "camera_names": [libero_env.ROBOSUITE_CAMERAS[c] for c in keys.CAMERAS] if render else [],
+        "camera_names": [libero_env.ROBOSUITE_CAMERAS[c] for c in contract.CAMERAS]
+        if render
+        else [],
         "camera_heights": image_size,
         "camera_widths": image_size,
         "settle_steps": libero_env.SETTLE_STEPS,
         "msaa": False,
-        "expert": "lawm.sim.experts",
+        "expert": "lawm_sim.experts",
     }
     writer = Hdf5Writer(out, suite, tasks, env_args)
     per_task: dict[int, list[int]] = {t: [0, 0] for t in tasks}

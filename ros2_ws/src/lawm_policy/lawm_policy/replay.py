@@ -566,10 +566,10 @@ def run_offline(
     A frame with a missing or malformed input is skipped and the aggregation restarts, as the
     node does on stale input. Latency is the time of those steps (the inference time).
     """
-    from lawm_policy.core.aggregation import TemporalAggregator
-    from lawm_policy.core.errors import InputError, ModelLoadError
-    from lawm_policy.core.model import PolicyModel
-    from lawm_policy.core.preprocess import fit_image, image_from_msg_fields
+    from lawm_core.aggregation import TemporalAggregator
+    from lawm_core.errors import InputError, ModelLoadError
+    from lawm_core.model import PolicyModel
+    from lawm_core.preprocess import fit_image, image_from_msg_fields
 
     try:
         model = PolicyModel(model_dir, providers=providers, threads=threads)
@@ -592,7 +592,7 @@ def run_offline(
             f"{model_dir}: no text encoder (text_encoder.json) to embed the instruction; "
             "export the model with its text encoder"
         )
-    from lawm_policy.core.text_encoder import TextEncoderRuntime
+    from lawm_core.text_encoder import TextEncoderRuntime
 
     try:
         lang = TextEncoderRuntime(Path(model_dir)).embed(instruction).astype(np.float32)

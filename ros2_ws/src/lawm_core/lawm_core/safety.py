@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lawm_policy.core.command import Command
-from lawm_policy.core.errors import InputError
+from lawm_core.command import Command
+from lawm_core.errors import InputError
 
 NON_FINITE = "non-finite"
 INVALID_DT = "invalid dt"

@@ -1,0 +1,52 @@
+"""The vocabulary shared by training, export, recording, replay and the robot, spelled once.
+
+Camera names, the proprio and action layouts, the exported model's file and tensor names, and
+the LIBERO/robomimic HDF5 observation keys. Pure Python (no numpy, torch or rclpy), so every
+layer can import it. The exported-model sidecar built from these names is ``lawm_core.sidecar``.
+"""
+
+from __future__ import annotations
+
+# Cameras, in model input order. Names follow the LIBERO/robomimic observation keys without the
+# `_rgb` suffix.
+AGENTVIEW = "agentview"
+EYE_IN_HAND = "eye_in_hand"
+CAMERAS: tuple[str, ...] = (AGENTVIEW, EYE_IN_HAND)
+
+# Proprioception: end-effector position (3) + the two gripper finger positions (2).
+PROPRIO_LAYOUT: tuple[str, ...] = ("ee_x", "ee_y", "ee_z", "gripper_left", "gripper_right")
+EE_POS_DIM = 3
+GRIPPER_STATE_DIM = 2
+PROPRIO_DIM = len(PROPRIO_LAYOUT)
+
+# Actions: 7-D delta end-effector command, normalised to [-1, 1].
+ACTION_LAYOUT: tuple[str, ...] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+ACTION_DIM = len(ACTION_LAYOUT)
+GRIPPER_INDEX = 6  # -1 open, +1 closed
+GRIPPER_CLOSE = 1.0
+GRIPPER_OPEN = -1.0
+
+# HDF5 (LIBERO / robomimic) observation keys.
+HDF5_IMAGE_KEYS = {AGENTVIEW: "agentview_rgb", EYE_IN_HAND: "eye_in_hand_rgb"}
+
+# The exported model folder.
+SIDECAR_FILE = "policy.json"
+ONNX_FILE = "policy.onnx"
+TEXT_ENCODER_ONNX = "text_encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+# Exported ONNX input/output names.
+ONNX_IMAGE_PREFIX = "image_"  # + camera: uint8 (B, H, W, 3), RGB, upright
+ONNX_PROPRIO_INPUT = "proprio"  # float32 (B, PROPRIO_DIM), raw units (normalised in-graph)
+ONNX_LANG_INPUT = "lang"  # float32 (B, lang_dim)
+ONNX_ACTION_OUTPUT = "actions"  # float32 (B, K, ACTION_DIM), clamped to [-1, 1]
+
+
+def onnx_image_input(camera: str) -> str:
+    """The ONNX input name of a camera's image."""
+    return f"{ONNX_IMAGE_PREFIX}{camera}"
+
+
+def onnx_input_names(cameras: tuple[str, ...] | list[str]) -> list[str]:
+    """The policy graph's inputs in order: one image per camera, proprio, language."""
+    return [onnx_image_input(c) for c in cameras] + [ONNX_PROPRIO_INPUT, ONNX_LANG_INPUT]
