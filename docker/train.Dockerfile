@@ -1,4 +1,5 @@
-# LAWM training on NVIDIA GPUs: the `lawm` package (training/) with its training requirements on
+# LAWM training on NVIDIA GPUs: the `lawm` package (training/), the runtime core and simulation
+# packages it imports, with its training requirements on
 # the official PyTorch image. Build from the repository root:
 #
 #   docker build -f docker/train.Dockerfile -t lawm-train .
@@ -46,11 +47,17 @@ RUN grep -vE '^(torch|torchvision)==' requirements/lock.txt > /tmp/constraints.t
 assert v.startswith('2.13.0') and torch.version.cuda, v"
 
 # The project itself, editable (as `make setup` installs it), so training/train.py and the
-# package are the same files.
+# packages are the same files: the contract + runtime core and the simulation package (both plain
+# Python packages that colcon also builds for the ROS image), then training and the apps.
 COPY pyproject.toml README.md ./
+COPY ros2_ws/src/lawm_core/ ros2_ws/src/lawm_core/
+COPY ros2_ws/src/lawm_sim/ ros2_ws/src/lawm_sim/
 COPY training/ training/
-RUN pip install --no-deps --no-build-isolation -e . \
- && python -c "import lawm"
+COPY apps/ apps/
+RUN for d in ros2_ws/src/lawm_core ros2_ws/src/lawm_sim .; do \
+      pip install --no-deps --no-build-isolation -e "$d" || exit 1; \
+    done \
+ && python -c "import lawm, lawm_core, lawm_sim, lawm_apps"
 
 # Mount datasets and a run directory, e.g. -v /data:/data -v $PWD/runs:/opt/lawm/runs, then:
 #   torchrun --nproc_per_node N training/train.py pretrain --data /data/... --out runs/pretrain

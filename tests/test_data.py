@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -14,10 +16,13 @@ import pytest
 import torch
 
 from lawm import keys
+from lawm.cli import open_data
 from lawm.data import (
     CAMERA_MASK,
     FRAME_MASK,
     DataError,
+    Hdf5Options,
+    RosbagOptions,
     WindowDataset,
     collate,
     compute_stats,
@@ -25,9 +30,10 @@ from lawm.data import (
     open_sources,
 )
 from lawm.data import video as video_mod
-from lawm.data.rosbag import RosbagEpisode
+from lawm.data.formats import FORMATS, REGISTRY
 from lawm.data.synthetic import write_synthetic_hdf5, write_synthetic_videos
 from lawm_core import contract
+from lawm_core.cliargs import UsageError
 from lawm_sim.recording import write_video
 
 AV, EYE = contract.AGENTVIEW, contract.EYE_IN_HAND
@@ -148,7 +154,10 @@ def test_hdf5_success_filter_folder_and_unlabelled(tmp_path):
     videos = open_sources(tmp_path, labelled=False)
     assert len(videos) == 3 and not any(s.has_actions for s in videos)
     assert all(s.read(0, 2)["actions"] is None for s in videos)
-    assert len(open_sources(tmp_path, labelled=False, successful_only=False)) == 4
+    assert (
+        len(open_sources(tmp_path, labelled=False, options=Hdf5Options(successful_only=False)))
+        == 4
+    )
     assert [s.success for s in open_sources(tmp_path / "a.hdf5")] == [True, True]
 
 
@@ -219,14 +228,88 @@ def test_unknown_format_lists_the_valid_ones(tmp_path):
     with pytest.raises(DataError, match="unknown data format") as err:
         open_sources(notes)
     msg = str(err.value)
-    assert "notes.txt" in msg and all(f in msg for f in ("hdf5", "ssv2", "bridge", "rosbag"))
-    with pytest.raises(DataError, match="valid formats: auto, hdf5, video"):
-        open_sources(notes, fmt="parquet")
+    assert "notes.txt" in msg and all(f in msg for f in ("hdf5", "ssv2", "bridgedata", "rosbag"))
+    with pytest.raises(
+        DataError, match="valid formats: auto, hdf5, ssv2, video, rosbag, bridgedata$"
+    ):
+        open_sources(notes, format="parquet")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty.*unknown data format"):
         open_sources(tmp_path / "empty")
     with pytest.raises(DataError, match="no such file"):
         open_sources(tmp_path / "missing.hdf5")
+
+
+def _sample(name: str, root: Path) -> Path:
+    """A small dataset of the registered format ``name`` under ``root``."""
+    if name == "hdf5":
+        write_libero(root / "demos.hdf5", lengths=(3,))
+        return root / "demos.hdf5"
+    if name == "video":
+        return write_video(root / "clips" / "wave.mp4", frames_with_index(3)).parent
+    if name == "ssv2":
+        videos = root / "ssv2" / "videos"
+        write_video(videos / "7.webm", frames_with_index(3))
+        (root / "ssv2" / "labels").mkdir()
+        (root / "ssv2" / "labels" / "train.json").write_text(
+            json.dumps([{"id": "7", "template": "Pushing [something]"}])
+        )
+        return videos
+    if name == "rosbag":
+        write_bag(root / "bag", "mcap")
+        return root / "bag"
+    if name == "bridgedata":
+        _bridgedata_traj(root / "raw" / "traj0", 3, "wipe the table", 0)
+        return root / "raw"
+    raise AssertionError(f"no sample data for the registered format {name!r}")
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_registered_format_is_detected_and_opens_with_its_options(tmp_path, name):
+    path = _sample(name, tmp_path)
+    assert detect_format(path) == name
+    (fmt,) = [f for f in REGISTRY if f.name == name]
+    options = fmt.options() if fmt.options is not None else None
+    sources = open_sources(path, options=options)
+    assert len(sources) == 1 and sources[0].read(0, 3)["images"][AV].shape[0] == 3
+    assert len(open_sources(path, format=name, options=options)) == 1
+
+
+def test_a_format_given_another_formats_options_names_both(tmp_path):
+    demos = _sample("hdf5", tmp_path)
+    bag = _sample("rosbag", tmp_path)
+    clips = _sample("video", tmp_path)
+    with pytest.raises(
+        DataError,
+        match=r"demos\.hdf5: detected as format 'hdf5', which takes Hdf5Options; "
+        r"got RosbagOptions \(options of format 'rosbag'\)",
+    ):
+        open_sources(demos, options=RosbagOptions(action_topic=ACTION))
+    with pytest.raises(
+        DataError,
+        match=r"opened as format 'rosbag', which takes RosbagOptions; "
+        r"got Hdf5Options \(options of format 'hdf5'\)",
+    ):
+        open_sources(bag, format="rosbag", options=Hdf5Options(successful_only=False))
+    with pytest.raises(DataError, match="format 'video', which takes no options; got Hdf5"):
+        open_sources(clips, options=Hdf5Options())
+    with pytest.raises(DataError, match="takes Hdf5Options; got dict"):
+        open_sources(demos, options={"successful_only": False})
+    # The command line hands each path its own format's options, and refuses rosbag2 topics
+    # when no --data is a rosbag2 (they would otherwise be ignored without a word).
+    args = argparse.Namespace(
+        data=[demos, bag],
+        format="auto",
+        image_topic=[f"{AV}={FRONT}"],
+        action_topic=ACTION,
+        proprio_topic=None,
+        instruction=None,
+        include_failed=True,
+    )
+    sources = open_data(args, labelled=True)
+    assert len(sources) == 2 and sources[1].topics["images"] == {AV: FRONT}
+    with pytest.raises(UsageError, match="apply to rosbag2 data.*hdf5"):
+        open_data(argparse.Namespace(**{**vars(args), "data": [demos]}), labelled=True)
 
 
 # -- video ------------------------------------------------------------------------------------
@@ -299,7 +382,7 @@ def test_empty_and_corrupt_video_raise_naming_the_file(tmp_path):
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "readme.md").write_text("no clips")
     with pytest.raises(DataError, match="empty video folder") as err:
-        open_sources(tmp_path / "nothing", fmt="video")
+        open_sources(tmp_path / "nothing", format="video")
     assert "nothing" in str(err.value)
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -307,11 +390,11 @@ def test_empty_and_corrupt_video_raise_naming_the_file(tmp_path):
     with pytest.raises(DataError, match=r"broken\.mp4"):
         open_sources(bad)
     with pytest.raises(DataError, match="no .*labels JSON"):
-        open_sources(bad, fmt="ssv2")
+        open_sources(bad, format="ssv2")
 
 
 # -- BridgeData v2 ----------------------------------------------------------------------------
-def _bridge_traj(folder: Path, n: int, lang: str | None, seed: int) -> np.ndarray:
+def _bridgedata_traj(folder: Path, n: int, lang: str | None, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     frames = np.zeros((n, 24, 32, 3), np.uint8)
     (folder / "images0").mkdir(parents=True)
@@ -330,7 +413,7 @@ def _bridge_traj(folder: Path, n: int, lang: str | None, seed: int) -> np.ndarra
     return frames
 
 
-def test_bridge_frames_and_language_without_touching_pickles(tmp_path, monkeypatch):
+def test_bridgedata_frames_and_language_without_touching_pickles(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a .pkl file was unpickled")
 
@@ -338,14 +421,14 @@ def test_bridge_frames_and_language_without_touching_pickles(tmp_path, monkeypat
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     group = tmp_path / "bridge" / "toykitchen1" / "put_pot_in_sink" / "2023-01-01" / "raw"
-    a = _bridge_traj(
+    a = _bridgedata_traj(
         group / "traj_group0" / "traj0", 12, "put the pot in the sink\nconfidence: 1\n", 0
     )
-    b = _bridge_traj(group / "traj_group0" / "traj1", 3, None, 1)
-    c = _bridge_traj(group / "traj_group1" / "traj0", 2, None, 2)
+    b = _bridgedata_traj(group / "traj_group0" / "traj1", 3, None, 1)
+    c = _bridgedata_traj(group / "traj_group1" / "traj0", 2, None, 2)
     (group / "traj_group1" / "lang.txt").write_text("\n\nwipe the table\n")
     root = tmp_path / "bridge"
-    assert detect_format(root) == "bridge"
+    assert detect_format(root) == "bridgedata"
     with pytest.warns(UserWarning, match="1 of 3 trajectories have no lang.txt"):
         sources = open_sources(root)
     assert [s.length for s in sources] == [12, 3, 2]
@@ -430,11 +513,9 @@ def write_bag(path: Path, storage: str) -> None:
             writer.write(conns[topic], logtime, ts.serialize_cdr(msg, msgtype))
 
 
-TOPICS = {
-    "image_topics": {AV: FRONT, EYE: WRIST},
-    "action_topic": ACTION,
-    "proprio_topic": PROPRIO,
-}
+TOPICS = RosbagOptions(
+    image_topics={AV: FRONT, EYE: WRIST}, action_topic=ACTION, proprio_topic=PROPRIO
+)
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
@@ -442,7 +523,7 @@ def test_rosbag_alignment_and_round_trip(tmp_path, storage):
     bag = tmp_path / f"episode_{storage}"
     write_bag(bag, storage)
     assert detect_format(bag) == "rosbag"
-    (src,) = open_sources(bag, **TOPICS)
+    (src,) = open_sources(bag, options=TOPICS)
     # Frames 0 and 1 come before the first action (150 ms) and are dropped.
     assert src.length == 8 and src.cameras == (AV, EYE)
     assert src.instruction == "stack the cups" and src.has_actions and src.has_proprio
@@ -463,11 +544,13 @@ def test_rosbag_alignment_and_round_trip(tmp_path, storage):
         part["images"][EYE], np.stack([_wrist_image(2), _wrist_image(3)])
     )
     # The same bag as unlabeled video never reads an action; a given instruction wins.
-    (video,) = open_sources(bag, labelled=False, instruction="stack them", **TOPICS)
+    (video,) = open_sources(
+        bag, labelled=False, options=dataclasses.replace(TOPICS, instruction="stack them")
+    )
     assert not video.has_actions and video.read(0, 2)["actions"] is None
     assert video.instruction == "stack them"
     if storage == "mcap":  # a bare storage file opens too
-        (bare,) = open_sources(next(bag.glob("*.mcap")), **TOPICS)
+        (bare,) = open_sources(next(bag.glob("*.mcap")), options=TOPICS)
         np.testing.assert_array_equal(bare.read(7, 8)["images"][AV][0], _front_image(9))
 
 
@@ -511,7 +594,9 @@ def test_rosbag_twist_actions_with_gripper_and_bgr_images(tmp_path):
             )
             w.write(cam, t + MS, ts.serialize_cdr(img, "sensor_msgs/msg/Image"))
     # Zero header stamps fall back to log times; the single image topic is the agentview.
-    (src,) = open_sources(bag, action_topic="/cmd_twist", gripper_topic="/gripper")
+    (src,) = open_sources(
+        bag, options=RosbagOptions(action_topic="/cmd_twist", gripper_topic="/gripper")
+    )
     assert src.length == 4 and src.cameras == (AV,) and not src.has_proprio
     out = src.read(0, 4)
     np.testing.assert_array_equal(out["images"][AV], np.stack(rgb))
@@ -523,7 +608,7 @@ def test_rosbag_missing_topics_and_truncated_files(tmp_path):
     bag = tmp_path / "bag"
     write_bag(bag, "mcap")
     with pytest.raises(DataError, match=r"missing topics \['/arm/cmd'\]") as err:
-        open_sources(bag, image_topics={AV: FRONT}, action_topic="/arm/cmd")
+        open_sources(bag, options=RosbagOptions(image_topics={AV: FRONT}, action_topic="/arm/cmd"))
     assert str(bag) in str(err.value) and FRONT in str(err.value) and ACTION in str(err.value)
     # Without topic arguments: the camera named like a wrist camera is eye_in_hand, and the
     # topics named *action* / *proprio* / *instruction* are used.
@@ -536,7 +621,7 @@ def test_rosbag_missing_topics_and_truncated_files(tmp_path):
         "instruction": TEXT,
     }
     with pytest.raises(DataError, match="has type sensor_msgs/msg/Image, expected"):
-        open_sources(bag, image_topics={AV: FRONT}, action_topic=FRONT)
+        open_sources(bag, options=RosbagOptions(image_topics={AV: FRONT}, action_topic=FRONT))
     for storage in ("mcap", "sqlite3"):
         cut = tmp_path / f"cut_{storage}"
         write_bag(cut, storage)
@@ -544,7 +629,7 @@ def test_rosbag_missing_topics_and_truncated_files(tmp_path):
         blob = file.read_bytes()
         file.write_bytes(blob[: len(blob) // 2])
         with pytest.raises(DataError, match="corrupt or truncated") as err:
-            RosbagEpisode(cut, **TOPICS).read(0, 1)
+            open_sources(cut, options=TOPICS)[0].read(0, 1)
         assert str(cut) in str(err.value)
 
 
@@ -620,7 +705,7 @@ def test_dataloader_workers_match_in_process_reads(tmp_path):
     write_libero(path, lengths=(5, 4), size=(16, 16))
     bag = tmp_path / "bag"
     write_bag(bag, "sqlite3")
-    sources = open_sources(path) + open_sources(bag, **TOPICS)
+    sources = open_sources(path) + open_sources(bag, options=TOPICS)
     # Spawned workers receive the sources pickled: they must hold no open handle.
     assert len(pickle.dumps(sources)) < 100_000
     assert copy.deepcopy(sources)[2].read(0, 1)["images"][AV].shape == (1, 12, 16, 3)

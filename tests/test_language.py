@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from lawm.export import export_text_encoder
 from lawm.language import (
     EMBEDDING_DIM,
     MAX_LENGTH,
@@ -27,12 +28,12 @@ from lawm.language import (
     MiniLM,
     MiniLMTokenizer,
     TextEmbedder,
-    export_text_encoder,
     find_minilm_dir,
     text_key,
 )
 from lawm_core.errors import ModelLoadError
 from lawm_core.files import sha256_file
+from lawm_core.sidecar import TextEncoderSidecar
 from lawm_core.text_encoder import TextEncoderRuntime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def _embed(model: MiniLM, tokenizer: MiniLMTokenizer, texts: list[str]) -> np.nd
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, dict]:
+def exported(tmp_path_factory) -> tuple[Path, TextEncoderSidecar]:
     out = tmp_path_factory.mktemp("text_encoder")
     sidecar = export_text_encoder(out)
     return out, sidecar
@@ -200,13 +201,14 @@ def test_export_writes_files_and_sidecar(exported):
         "tokenizer.json",
     ]
     on_disk = json.loads((out / "text_encoder.json").read_text())
-    assert on_disk == sidecar
-    assert sidecar["onnx_sha256"] == sha256_file(out / "text_encoder.onnx")
-    assert sidecar["tokenizer_sha256"] == sha256_file(out / "tokenizer.json")
-    assert sidecar["embedding_dim"] == EMBEDDING_DIM and sidecar["max_length"] == MAX_LENGTH
-    assert sidecar["input_names"] == ["input_ids", "attention_mask"]
-    assert sidecar["output_names"] == ["embedding"] and sidecar["opset"] == 17
-    assert sidecar["parity_max_abs_error"] <= 1e-4
+    assert on_disk == sidecar.to_dict()
+    assert TextEncoderSidecar.read(out) == sidecar
+    assert sidecar.onnx_sha256 == sha256_file(out / "text_encoder.onnx")
+    assert sidecar.tokenizer_sha256 == sha256_file(out / "tokenizer.json")
+    assert sidecar.embedding_dim == EMBEDDING_DIM and sidecar.max_length == MAX_LENGTH
+    assert on_disk["input_names"] == ["input_ids", "attention_mask"]
+    assert on_disk["output_names"] == ["embedding"] and sidecar.opset == 17
+    assert sidecar.parity_max_abs_error <= 1e-4
     # Readable by the robot's service user, not just the exporting one (mkstemp gives 0600).
     assert all((p.stat().st_mode & 0o044) == 0o044 for p in out.iterdir())
 
@@ -266,7 +268,7 @@ def test_tampered_onnx_is_refused(exported, tmp_path):
     with pytest.raises(ModelLoadError, match="sha256") as info:
         TextEncoderRuntime(out)
     assert "text_encoder.onnx" in str(info.value)
-    assert exported[1]["onnx_sha256"] in str(info.value)
+    assert exported[1].onnx_sha256 in str(info.value)
 
 
 def test_missing_tokenizer_is_refused(exported, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lawm.cli import main
-from lawm.data import open_sources
+from lawm.data import Hdf5Options, RosbagOptions, open_sources
 from lawm_core import contract
 from lawm_sim import experts, libero_env
 from lawm_sim.experts import make_expert
@@ -237,7 +237,7 @@ def test_generated_hdf5_reads_back(generated):
 @pytest.mark.slow
 def test_generated_mp4_and_rosbag_read_back(generated):
     root, _, seen = generated
-    clips = open_sources(root / "mp4", fmt="video")
+    clips = open_sources(root / "mp4", format="video")
     assert [Path(c.path).name for c in clips] == [
         "libero_object_task3_init0.mp4",
         "libero_object_task3_init1.mp4",
@@ -247,7 +247,7 @@ def test_generated_mp4_and_rosbag_read_back(generated):
         frames = clip.read(0, 4)["images"][contract.AGENTVIEW]
         err = np.abs(frames.astype(int) - rec.images[contract.AGENTVIEW][:4].astype(int)).mean()
         assert err < 4.0  # near-lossless encode of the upright frames
-    bags = open_sources(root / "bags", fmt="rosbag", **ROSBAG_KW)
+    bags = open_sources(root / "bags", format="rosbag", options=RosbagOptions(**ROSBAG_KW))
     assert len(bags) == 2
     for bag, rec in zip(bags, seen):
         assert bag.instruction == rec.instruction and bag.length == rec.length
@@ -270,7 +270,7 @@ def test_cli_failed_episodes_are_kept_and_flagged(tmp_path, capsys):
     assert summary["successful"] == 0 and summary["frames"] == 6
     with pytest.warns(UserWarning, match="unsuccessful"):
         assert open_sources(out) == []  # the loaders skip failures by default
-    (ep,) = open_sources(out, successful_only=False)
+    (ep,) = open_sources(out, options=Hdf5Options(successful_only=False))
     assert ep.success is False and ep.length == 6
     assert ep.read(0, 6)["images"][contract.EYE_IN_HAND].shape == (6, 32, 32, 3)
 

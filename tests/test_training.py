@@ -236,7 +236,7 @@ def test_export_parity_and_sidecar(synthetic, lang_cache, tmp_path):
     onnx_path = tmp_path / "export" / "policy.onnx"
     onnx.checker.check_model(str(onnx_path))
     on_disk = json.loads((tmp_path / "export" / "policy.json").read_text())
-    assert on_disk["onnx_sha256"] == sha256_file(onnx_path) == side["onnx_sha256"]
+    assert on_disk["onnx_sha256"] == sha256_file(onnx_path) == side.onnx_sha256
     for key in (
         "chunk_size",
         "action_dim",

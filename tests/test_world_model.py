@@ -15,8 +15,8 @@ import torch
 from lawm.config import WorldModelConfig, preset
 from lawm.models.world_model import (
     RSSM,
-    ImageDecoder,
-    ImageEncoder,
+    FrameDecoder,
+    FrameEncoder,
     WorldModel,
     count_parameters,
     describe,
@@ -56,13 +56,13 @@ def test_shapes(image_size):
     d, s, c = cfg.deter_size, cfg.stoch, cfg.classes
     images, actions, is_first, _ = _batch(cfg, b, t)
 
-    enc = ImageEncoder(image_size, cfg.cnn_depth)
+    enc = FrameEncoder(image_size, cfg.cnn_depth)
     stages = {32: 3, 64: 4}[image_size]
     assert enc.embed_dim == 4 * 4 * cfg.cnn_depth * 2 ** (stages - 1)
     emb = enc(images[CAM])
     assert emb.shape == (b, t, enc.embed_dim)
     assert enc(images[CAM][:, 0]).shape == (b, enc.embed_dim)  # any leading dims
-    dec = ImageDecoder(d + s * c, image_size, cfg.cnn_depth)
+    dec = FrameDecoder(d + s * c, image_size, cfg.cnn_depth)
     assert dec(torch.randn(b, t, d + s * c)).shape == (b, t, 3, image_size, image_size)
 
     posts, priors = wm.rssm.observe(wm.embed(images), actions, is_first)

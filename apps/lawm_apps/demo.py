@@ -31,6 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
+from lawm.config import preset
+from lawm.data import open_sources
+from lawm.eval_latents import latent_action_cca, untrained_cca
+from lawm.export import export_policy
+from lawm.trainer import train
+from lawm_apps.harness import WS_INSTALL, NodeProcess, executable
+from lawm_core.files import atomic_write_text
+from lawm_core.model import PolicyModel
+from lawm_sim.generate import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "runs" / "demo"
@@ -95,7 +106,6 @@ def _say(text: str) -> None:
 
 # -- stages ---------------------------------------------------------------------------------
 def make_data(cfg: DemoConfig, cache: Path, progress: bool) -> dict[str, Path]:
-    from lawm_sim.generate import generate
 
     files = {}
     for kind, (path, states) in cfg.data_files(cache).items():
@@ -119,9 +129,6 @@ def make_data(cfg: DemoConfig, cache: Path, progress: bool) -> dict[str, Path]:
 
 
 def train_models(cfg: DemoConfig, data: dict[str, Path], out: Path, progress: bool) -> dict:
-    from lawm.config import preset
-    from lawm.data import open_sources
-    from lawm.trainer import train
 
     lcfg = preset(cfg.preset)
     lcfg = lcfg.replace(
@@ -167,21 +174,19 @@ def train_models(cfg: DemoConfig, data: dict[str, Path], out: Path, progress: bo
 
 
 def export_models(out: Path) -> dict[str, Any]:
-    from lawm.export import export_policy
 
     info = {}
     for name in MODELS:
         sidecar = export_policy(out / f"finetune_{name}" / "policy", out / f"export_{name}")
         info[name] = {
             "dir": str(out / f"export_{name}"),
-            "onnx_sha256": sidecar["onnx_sha256"],
-            "parity_max_abs_error": sidecar["parity_max_abs_error"],
+            "onnx_sha256": sidecar.onnx_sha256,
+            "parity_max_abs_error": sidecar.parity_max_abs_error,
         }
     return info
 
 
 def latent_cca(cfg_l, demos: list, out: Path, lang_cache: Path) -> dict[str, float]:
-    from lawm.evaluate import latent_action_cca, untrained_cca
 
     trained = latent_action_cca(out / "pretrain" / "policy", demos, lang_cache=lang_cache)
     untrained = untrained_cca(cfg_l, demos, out / "untrained" / "policy", lang_cache=lang_cache)
@@ -194,7 +199,6 @@ def latent_cca(cfg_l, demos: list, out: Path, lang_cache: Path) -> dict[str, flo
 
 def inference_latency(model_dir: Path, n: int = 300) -> dict[str, Any]:
     """Runtime core (onnxruntime, one thread, batch 1) on the exported model."""
-    from lawm_core.model import PolicyModel
 
     model = PolicyModel(model_dir, providers="cpu", threads=1)
     model.warmup(10)
@@ -256,7 +260,6 @@ class _Lane:
         }
 
     def _start_next(self) -> None:
-        from lawm_apps.harness import WS_INSTALL, NodeProcess
 
         self.task = self.queue.pop(0)
         params_file = WS_INSTALL / "lawm_bringup" / "share" / "lawm_bringup" / "config"
@@ -339,9 +342,6 @@ class _Lane:
 def evaluate_ros(
     cfg: DemoConfig, models: dict[str, Path], log_dir: Path, progress: bool
 ) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from lawm_apps.harness import executable
 
     executable("lawm_policy", "libero_bridge")  # a clear error if the workspace is not built
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -512,7 +512,6 @@ def run_demo(
     fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from lawm_core.files import atomic_write_text
 
     cfg = cfg or DemoConfig()
     out, cache = Path(out), Path(cache)

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lawm.config import ConfigError, LawmConfig
+from lawm.models.policy import Policy
 from lawm_core.files import atomic_path, atomic_write_text
 
 
@@ -184,7 +185,6 @@ def load_policy_config(policy_dir: Path) -> tuple[LawmConfig, dict]:
 
 def load_policy(policy_dir: Path, expect: LawmConfig | None = None):
     """Rebuild the policy from its own config and load its weights strictly."""
-    from lawm.models.policy import Policy
 
     cfg, info = load_policy_config(policy_dir)
     if expect is not None and expect.policy != cfg.policy:

@@ -10,10 +10,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from lawm.checkpoint import CheckpointError
 from lawm.config import PRESETS, WORLD_MODEL_SIZES, AugmentConfig, ConfigError, LawmConfig, preset
-from lawm.data import DataError, open_sources
-from lawm.evaluate import latent_action_cca
+from lawm.data import (
+    FORMATS,
+    DataError,
+    Hdf5Options,
+    RosbagOptions,
+    detect_format,
+    open_sources,
+)
+from lawm.eval_latents import latent_action_cca
 from lawm.export import export_policy
 from lawm.models.policy import Policy
 from lawm.models.world_model import WorldModel
@@ -37,7 +46,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--format",
         default="auto",
-        choices=["auto", "hdf5", "video", "ssv2", "bridge", "rosbag"],
+        choices=["auto", *FORMATS],
         help="data format (default: detect from the path)",
     )
     p.add_argument(
@@ -134,27 +143,31 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
 
 
 def open_data(args: argparse.Namespace, labelled: bool) -> list:
-    kwargs = {}
-    if args.image_topic:
-        topics = {}
-        for item in args.image_topic:
-            if "=" not in item:
-                raise UsageError(f"--image-topic expects CAMERA=TOPIC, got {item!r}")
-            cam, topic = item.split("=", 1)
-            topics[cam] = topic
-        kwargs["image_topics"] = topics
-    for flag in ("action_topic", "proprio_topic", "instruction"):
-        if getattr(args, flag, None):
-            kwargs[flag] = getattr(args, flag)
-    sources = []
-    for path in args.data:
-        sources += open_sources(
-            path,
-            fmt=args.format,
-            labelled=labelled,
-            successful_only=not args.include_failed,
-            **kwargs,
+    topics = {}
+    for item in args.image_topic:
+        if "=" not in item:
+            raise UsageError(f"--image-topic expects CAMERA=TOPIC, got {item!r}")
+        cam, topic = item.split("=", 1)
+        topics[cam] = topic
+    rosbag_options = RosbagOptions(
+        image_topics=topics or None,
+        action_topic=args.action_topic or None,
+        proprio_topic=args.proprio_topic or None,
+        instruction=args.instruction or None,
+    )
+    options = {
+        "hdf5": Hdf5Options(successful_only=not args.include_failed),
+        "rosbag": rosbag_options,
+    }
+    formats = [detect_format(p) if args.format == "auto" else args.format for p in args.data]
+    if rosbag_options != RosbagOptions() and "rosbag" not in formats:
+        raise UsageError(
+            "--image-topic/--action-topic/--proprio-topic/--instruction apply to rosbag2 data, "
+            f"and none of {[str(p) for p in args.data]} is a rosbag2 ({', '.join(formats)})"
         )
+    sources = []
+    for path, fmt in zip(args.data, formats):
+        sources += open_sources(path, fmt, labelled=labelled, options=options.get(fmt))
     if not sources:
         raise UsageError(f"no episodes found in {[str(p) for p in args.data]}")
     return sources
@@ -201,8 +214,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "out": str(args.out),
-                "onnx_sha256": sidecar["onnx_sha256"],
-                "parity_max_abs_error": sidecar["parity_max_abs_error"],
+                "onnx_sha256": sidecar.onnx_sha256,
+                "parity_max_abs_error": sidecar.parity_max_abs_error,
             }
         )
     )
@@ -210,7 +223,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    import torch
 
     cfg = build_config(args, "pretrain")
     with torch.device("meta"):

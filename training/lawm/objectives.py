@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lawm import keys
 from lawm.config import AugmentConfig, LawmConfig
 from lawm.models.policy import Policy, policy_inputs
+from lawm.models.world_model import WorldModel
 from lawm_core import contract
 
 ACTION_STD = 0.1  # BAKU's head: TruncatedNormal with this std
@@ -94,7 +95,6 @@ class PretrainObjective(nn.Module):
 
     def __init__(self, cfg: LawmConfig, policy: Policy | None = None, world_model=None) -> None:
         super().__init__()
-        from lawm.models.world_model import WorldModel
 
         self.cfg = cfg
         self.policy = policy if policy is not None else Policy(cfg.policy)

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from lawm.config import preset
+from lawm.data import open_sources
+from lawm.data.synthetic import write_synthetic_hdf5
+from lawm.eval_latents import latent_action_cca, untrained_cca
+from lawm.export import export_policy
+from lawm.trainer import train
 from lawm_core.files import atomic_write_text
 
 
 def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> dict[str, Any]:
-    from lawm.data import open_sources
-    from lawm.data.synthetic import write_synthetic_hdf5
-    from lawm.evaluate import latent_action_cca, untrained_cca
-    from lawm.export import export_policy
-    from lawm.trainer import train
 
     out = Path(out)
     cfg = preset(preset_name)
@@ -69,8 +69,8 @@ def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> d
         "cca_heldout_mean": round(cca.get("heldout_mean", float("nan")), 4),
         "cca_heldout_mean_untrained": round(cca0.get("heldout_mean", float("nan")), 4),
         "export": str(out / "export"),
-        "onnx_sha256": sidecar["onnx_sha256"],
-        "parity_max_abs_error": sidecar["parity_max_abs_error"],
+        "onnx_sha256": sidecar.onnx_sha256,
+        "parity_max_abs_error": sidecar.parity_max_abs_error,
     }
     atomic_write_text(out / "smoke.json", json.dumps(result, indent=2))
     return result

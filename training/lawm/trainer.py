@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from lawm import keys
 from lawm.checkpoint import (
     CheckpointError,
+    atomic_save_tensors,
     latest_checkpoint,
     load_checkpoint,
     load_state_strict,
@@ -39,6 +41,9 @@ from lawm.checkpoint import (
     save_policy,
 )
 from lawm.config import LawmConfig, OptimConfig
+from lawm.data import WindowDataset, collate, compute_stats
+from lawm.language import TextEmbedder
+from lawm.objectives import FinetuneObjective, PretrainObjective
 
 STAGES = ("pretrain", "finetune")
 
@@ -165,7 +170,6 @@ class LangTable:
     """Instruction -> embedding, computed once (and cached on disk) before training."""
 
     def __init__(self, instructions: list[str], cache_path: Path | None, lang_dim: int):
-        from lawm.language import TextEmbedder
 
         unique = sorted({" ".join(s.split()) for s in instructions})
         self.table: dict[str, np.ndarray] = {}
@@ -185,7 +189,6 @@ class LangTable:
 
 
 def build_objective(stage: str, cfg: LawmConfig) -> nn.Module:
-    from lawm.objectives import FinetuneObjective, PretrainObjective
 
     return PretrainObjective(cfg) if stage == "pretrain" else FinetuneObjective(cfg)
 
@@ -242,7 +245,6 @@ def train(
     (the policy alone: what fine-tuning starts from and export reads). ``stop_at`` ends the
     run early at that step (with a checkpoint), as an interruption would; rerunning resumes.
     """
-    from lawm.data import WindowDataset, collate, compute_stats
 
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -324,8 +326,6 @@ def train(
 
     bar = None
     if progress and d.main:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=start, desc=stage, unit="step", dynamic_ncols=True)
     history: list[dict[str, float]] = []
     objective.train()
@@ -384,8 +384,6 @@ def train(
         info = {"stage": stage, "steps": step, "init_from": init_from, "run_dir": str(run_dir)}
         save_policy(run_dir / "policy", objective.policy, cfg, info)
         if stage == "pretrain":
-            from lawm.checkpoint import atomic_save_tensors
-
             atomic_save_tensors(
                 run_dir / "world_model.safetensors", objective.world_model.state_dict()
             )

@@ -1,12 +1,16 @@
 """Streaming data layer: episode sources for every supported format, training windows, stats.
 
-Formats: LIBERO/robomimic HDF5, unlabeled video (plain folders, Something-Something v2),
-BridgeData v2 raw, rosbag2 (sqlite3 or mcap), and synthetic data for tests and smoke runs.
+Formats (registered in lawm.data.formats): LIBERO/robomimic HDF5, unlabeled video (plain
+folders, Something-Something v2), BridgeData v2 raw, rosbag2 (sqlite3 or mcap); plus synthetic
+data for tests and smoke runs.
 Everything is read lazily per window; nothing loads a whole dataset into memory.
 """
 
-from lawm.data.base import FORMATS, DataError, EpisodeSource, detect_format, open_sources
+from lawm.data.base import DataError, EpisodeSource
 from lawm.data.dataset import CAMERA_MASK, FRAME_MASK, WindowDataset, collate
+from lawm.data.formats import FORMATS, detect_format, open_sources
+from lawm.data.hdf5 import Hdf5Options
+from lawm.data.rosbag import RosbagOptions
 from lawm.data.stats import compute_stats
 
 __all__ = [
@@ -15,6 +19,8 @@ __all__ = [
     "FRAME_MASK",
     "DataError",
     "EpisodeSource",
+    "Hdf5Options",
+    "RosbagOptions",
     "WindowDataset",
     "collate",
     "compute_stats",

@@ -1,4 +1,4 @@
-"""Episode sources: the lazily read unit of every dataset format, and format detection.
+"""Episode sources: the lazily read unit of every dataset format, and what the formats share.
 
 An :class:`EpisodeSource` describes one episode (its length, cameras, instruction, whether it
 carries actions and robot state) and reads any frame range on demand. Sources hold paths and
@@ -14,25 +14,15 @@ import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lawm_core import contract
 
-FORMATS: tuple[str, ...] = ("hdf5", "video", "ssv2", "bridge", "rosbag")
 HDF5_SUFFIXES = (".hdf5", ".h5")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 ROSBAG_SUFFIXES = (".mcap", ".db3")
-
-_FORMAT_HELP = (
-    "hdf5 (a LIBERO/robomimic .hdf5/.h5 file or a folder of them), "
-    "video (a video file or a folder of mp4/webm/avi), "
-    "ssv2 (a folder of <id>.webm with a Something-Something v2 labels JSON), "
-    "bridge (BridgeData v2 raw: traj*/images0/im_*.jpg), "
-    "rosbag (a rosbag2 folder with metadata.yaml, a .mcap/.db3 file, or a folder of bags)"
-)
 
 
 class DataError(ValueError):
@@ -213,118 +203,3 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
-
-
-def _has_file(folder: Path, suffixes: tuple[str, ...]) -> bool:
-    # scandir stops at the first hit: SSv2 folders hold ~220k files.
-    with os.scandir(folder) as it:
-        # Hidden files are skipped: an interrupted atomic write leaves a '.<name>.<suffix>'.
-        return any(
-            e.name[0] != "." and e.is_file() and e.name.lower().endswith(suffixes) for e in it
-        )
-
-
-def _child_bags(folder: Path) -> list[Path]:
-    bags = []
-    with os.scandir(folder) as it:
-        for entry in it:
-            p = Path(entry.path)
-            if entry.is_dir() and (p / "metadata.yaml").is_file():
-                bags.append(p)
-            elif entry.is_file() and entry.name.lower().endswith(ROSBAG_SUFFIXES):
-                bags.append(p)
-    return sorted(bags, key=lambda p: natural_key(p.name))
-
-
-def detect_format(path: str | Path) -> str:
-    """Guess the format of ``path``; raises DataError listing the known formats."""
-    from lawm.data import bridge, video
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in HDF5_SUFFIXES:
-            return "hdf5"
-        if suffix in ROSBAG_SUFFIXES or path.name == "metadata.yaml":
-            return "rosbag"
-        if suffix in VIDEO_SUFFIXES:
-            return "video"
-        raise DataError(f"{path}: unknown data format; expected one of: {_FORMAT_HELP}")
-    if (path / "metadata.yaml").is_file():
-        return "rosbag"
-    if _has_file(path, HDF5_SUFFIXES):
-        return "hdf5"
-    if _has_file(path, (".webm",)) and video.find_ssv2_labels(path):
-        return "ssv2"
-    if _has_file(path, VIDEO_SUFFIXES):
-        return "video"
-    if _child_bags(path):
-        return "rosbag"
-    if bridge.find_trajectories(path, first_only=True):
-        return "bridge"
-    raise DataError(
-        f"{path}: unknown data format (no recognised files in the folder); expected one of: "
-        f"{_FORMAT_HELP}"
-    )
-
-
-def open_sources(
-    path: str | Path,
-    fmt: str = "auto",
-    labelled: bool = True,
-    successful_only: bool = True,
-    *,
-    image_topics: dict[str, str] | None = None,
-    action_topic: str | None = None,
-    proprio_topic: str | None = None,
-    gripper_topic: str | None = None,
-    instruction: str | None = None,
-    instruction_topic: str | None = None,
-) -> list[EpisodeSource]:
-    """Open every episode under ``path`` (a file or a folder).
-
-    fmt: "auto" (detect) or one of ``FORMATS``. labelled=False opens the data as unlabeled
-    video: sources report ``has_actions=False`` and never read an action. successful_only skips
-    episodes recorded as failures (HDF5 ``success`` attribute). The keyword-only arguments
-    configure rosbag2 input (see :class:`lawm.data.rosbag.RosbagEpisode`) and are ignored by
-    the other formats.
-    """
-    path = Path(path)
-    if fmt not in ("auto", *FORMATS):
-        raise DataError(
-            f"{path}: unknown format {fmt!r}; valid formats: auto, {', '.join(FORMATS)}"
-        )
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt == "hdf5":
-        from lawm.data.hdf5 import open_hdf5
-
-        return open_hdf5(path, labelled=labelled, successful_only=successful_only)
-    if fmt == "video":
-        from lawm.data.video import open_video
-
-        return open_video(path)
-    if fmt == "ssv2":
-        from lawm.data.video import open_ssv2
-
-        return open_ssv2(path)
-    if fmt == "bridge":
-        from lawm.data.bridge import open_bridge
-
-        return open_bridge(path)
-    from lawm.data.rosbag import open_rosbags
-
-    return open_rosbags(
-        path,
-        labelled=labelled,
-        image_topics=image_topics,
-        action_topic=action_topic,
-        proprio_topic=proprio_topic,
-        gripper_topic=gripper_topic,
-        instruction=instruction,
-        instruction_topic=instruction_topic,
-    )

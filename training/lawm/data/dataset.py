@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -25,8 +26,6 @@ FRAME_MASK = "frame_mask"  # bool (T,): False for frames repeated past the episo
 
 def square_resize(frames: np.ndarray, size: int) -> np.ndarray:
     """uint8 (n, H, W, 3) -> uint8 (n, 3, size, size): centre crop to square, INTER_AREA."""
-    import cv2
-
     n, h, w, _ = frames.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2

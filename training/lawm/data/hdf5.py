@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from lawm.data.base import (
@@ -37,9 +39,18 @@ from lawm.data.base import (
 from lawm_core import contract
 
 
-def _open_h5(path: str):
-    import h5py
+@dataclass(frozen=True)
+class Hdf5Options:
+    """How HDF5 demonstrations are opened.
 
+    successful_only: skip demos whose ``success`` attribute is false (demos without one are
+        kept).
+    """
+
+    successful_only: bool = True
+
+
+def _open_h5(path: str):
     return h5py.File(path, "r")
 
 
@@ -189,8 +200,6 @@ def open_hdf5_file(
     path: str | Path, labelled: bool = True, successful_only: bool = True
 ) -> list[Hdf5Episode]:
     """Every demo of one file, in natural order (demo_2 before demo_10)."""
-    import h5py
-
     path = str(Path(path).resolve())
     try:
         with h5py.File(path, "r") as f:
@@ -235,9 +244,10 @@ def open_hdf5_file(
 
 
 def open_hdf5(
-    path: str | Path, labelled: bool = True, successful_only: bool = True
+    path: str | Path, labelled: bool = True, options: Hdf5Options | None = None
 ) -> list[Hdf5Episode]:
     """A file, or every .hdf5/.h5 file in a folder (natural order)."""
+    options = Hdf5Options() if options is None else options
     path = Path(path)
     if path.is_dir():
         files = sorted(
@@ -254,7 +264,7 @@ def open_hdf5(
         files = [path]
     episodes: list[Hdf5Episode] = []
     for file in files:
-        found = open_hdf5_file(file, labelled=labelled, successful_only=successful_only)
+        found = open_hdf5_file(file, labelled=labelled, successful_only=options.successful_only)
         if not found:
             warnings.warn(f"{file}: every demo is marked unsuccessful; none used", stacklevel=2)
         episodes += found

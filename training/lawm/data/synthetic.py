@@ -22,10 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+import h5py
 import numpy as np
 
 from lawm_core import contract
 from lawm_core.files import atomic_path, atomic_write_text
+from lawm_sim.recording import write_video
 
 DEFAULT_INSTRUCTIONS: tuple[str, ...] = (
     "push the block to the top left corner and lift it",
@@ -54,8 +57,6 @@ def targets(n: int) -> np.ndarray:
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    import cv2
-
     noise = rng.random((6, 6, 3)).astype(np.float32)
     tex = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
     tex = 70 + 80 * np.clip(tex, 0, 1)
@@ -78,8 +79,6 @@ class _Renderer:
         return int(round((v - _WORLD_LO) * self.unit))
 
     def _view(self, canvas: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        import cv2
-
         x0, y0 = self._px(lo[0]), self._px(lo[1])
         x1, y1 = self._px(hi[0]), self._px(hi[1])
         crop = canvas[y0:y1, x0:x1]
@@ -183,8 +182,6 @@ def write_synthetic_hdf5(
     convention). Episode i follows ``instruction_set[i % len(instruction_set)]``, recorded in
     the demo's ``language_instruction`` attribute (the file's ``problem_info`` names the
     first). Returns the path."""
-    import h5py
-
     _check(episodes, length, image_size, instruction_set)
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -235,8 +232,6 @@ def write_synthetic_videos(
     fmt: mp4 (libx264, else mpeg4), webm (VP9, else VP8), avi (mpeg4) or mkv. Returns the video
     paths.
     """
-    from lawm_sim.recording import write_video
-
     _check(clips, length, image_size, instruction_set)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

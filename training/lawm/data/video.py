@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from lawm.data.base import (
@@ -68,8 +69,6 @@ def _probe_av(path: str) -> tuple[int, np.ndarray | None]:
 
 
 def _probe_cv2(path: str) -> tuple[int, None]:
-    import cv2
-
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
@@ -151,8 +150,6 @@ def _read_av(path: str, start: int, stop: int, pts: np.ndarray | None) -> list[n
 
 
 def _read_cv2(path: str, start: int, stop: int) -> list[np.ndarray | None]:
-    import cv2
-
     out: list[np.ndarray | None] = [None] * (stop - start)
     cap = cv2.VideoCapture(path)
     prev = None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lawm import keys
 from lawm.config import PolicyConfig
 
 # Image normalisation (ImageNet statistics, as ResNet trunks conventionally use).
@@ -258,7 +259,6 @@ class Policy(nn.Module):
 
 def policy_inputs(batch: dict, t: int = 0) -> dict:
     """Pick frame ``t`` of a dataset batch as the policy's inputs (keyword arguments)."""
-    from lawm import keys
 
     return {
         "images": {c: v[:, t] for c, v in batch[keys.IMAGES].items()},

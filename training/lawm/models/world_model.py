@@ -103,7 +103,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 # -- images -------------------------------------------------------------------------------------
-class ImageEncoder(nn.Module):
+class FrameEncoder(nn.Module):
     """DreamerV3-style CNN: stride-2 4x4 convs, channel LayerNorm + SiLU, until 4x4 pixels.
 
     (B, T, 3, H, W) uint8 or float in [0, 1] -> (B, T, E); any number of leading dims works.
@@ -137,7 +137,7 @@ class ImageEncoder(nn.Module):
         return x.reshape(*lead, self.embed_dim)
 
 
-class ImageDecoder(nn.Module):
+class FrameDecoder(nn.Module):
     """Feature (..., F) -> image (..., 3, H, W) in the centred space x/255 - 0.5.
 
     One Linear to a 4x4 x C grid (the bulk of the decoder's weights), then transposed 4x4/2 convs
@@ -453,7 +453,7 @@ class WorldModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoders = nn.ModuleDict(
-            {c: ImageEncoder(cfg.image_size, cfg.cnn_depth) for c in cfg.cameras}
+            {c: FrameEncoder(cfg.image_size, cfg.cnn_depth) for c in cfg.cameras}
         )
         embed_dim = sum(e.embed_dim for e in self.encoders.values())
         self.proprio_encoder: nn.Module | None = None
@@ -467,7 +467,7 @@ class WorldModel(nn.Module):
         self.rssm = RSSM(cfg, embed_dim)
         feat = self.rssm.feat_dim
         self.decoders = nn.ModuleDict(
-            {c: ImageDecoder(feat, cfg.image_size, cfg.cnn_depth) for c in cfg.cameras}
+            {c: FrameDecoder(feat, cfg.image_size, cfg.cnn_depth) for c in cfg.cameras}
         )
         if cfg.use_proprio:
             self.proprio_decoder = nn.Sequential(

@@ -2,21 +2,22 @@
 
 The folder comes from ``lawm.export.export_policy``::
 
-    policy.json   sidecar: format_version, onnx_sha256, cameras, image_size, chunk_size,
-                  action_dim, control_rate_hz, normalization, inputs, outputs, ...
+    policy.json   sidecar (``lawm_core.sidecar.PolicySidecar``): format_version, onnx_sha256,
+                  cameras, image_size, chunk_size, action_dim, control_rate_hz, normalization,
+                  inputs, outputs, ...
     policy.onnx   image_<camera> uint8 (B, S, S, 3) RGB, proprio float32 (B, P) raw units,
                   lang float32 (B, 384) -> actions float32 (B, K, A) normalised to [-1, 1]
 
 Loading refuses (``ModelLoadError`` naming the file and the reason) a missing folder or file,
-a sidecar that is not JSON, lacks a field or has another format version, a ``policy.onnx``
-whose sha256 is not the sidecar's, and a graph whose input/output names, dtypes or shapes
-differ from the sidecar. ``predict`` takes one observation and refuses malformed input with
-``InputError``; it never resizes or converts (``preprocess`` does that).
+a sidecar that ``PolicySidecar.read`` refuses (not JSON, a missing, unknown or malformed field,
+another format version), a ``policy.onnx`` whose sha256 is not the sidecar's, and a graph whose
+input/output names, dtypes or shapes differ from the sidecar. ``predict`` takes one observation
+and refuses malformed input with ``InputError``; it never resizes or converts (``preprocess``
+does that).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,31 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from lawm_core import contract
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.files import verify_file
+from lawm_core.sidecar import PolicySidecar, TensorSpec
 
 log = logging.getLogger(__name__)
-
-SIDECAR_FILE = "policy.json"
-ONNX_FILE = "policy.onnx"
-SUPPORTED_FORMAT_VERSION = 1
-REQUIRED_KEYS = (
-    "format_version",
-    "onnx_sha256",
-    "cameras",
-    "image_size",
-    "chunk_size",
-    "action_dim",
-    "control_rate_hz",
-    "normalization",
-    "inputs",
-    "outputs",
-)
-NORMALIZATION_KEYS = ("action_min", "action_max", "proprio_mean", "proprio_std")
-PROPRIO_INPUT = "proprio"
-LANG_INPUT = "lang"
-ACTION_OUTPUT = "actions"
-IMAGE_INPUT_PREFIX = "image_"
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -65,10 +47,6 @@ PROVIDER_ALIASES = {
 }
 # Short names expand to the provider plus the ones it falls back on for unsupported nodes.
 _ALIAS_CHAIN = {TENSORRT: (TENSORRT, CUDA, CPU), CUDA: (CUDA, CPU), CPU: (CPU,)}
-
-
-def image_input_name(camera: str) -> str:
-    return f"{IMAGE_INPUT_PREFIX}{camera}"
 
 
 def resolve_providers(
@@ -124,43 +102,10 @@ def _valid_names(available: Sequence[str]) -> str:
     return f"valid: 'auto', {aliases}, or full names such as {list(available)}"
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: file missing (the exported policy's sidecar)")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path}: not a readable JSON sidecar ({err})") from err
-    if not isinstance(sidecar, dict):
-        raise ModelLoadError(f"{path}: sidecar is a JSON {type(sidecar).__name__}, not an object")
-    missing = [k for k in REQUIRED_KEYS if k not in sidecar]
-    if missing:
-        raise ModelLoadError(f"{path}: sidecar lacks required keys {missing}")
-    version = sidecar["format_version"]
-    if version != SUPPORTED_FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{path}: format_version {version!r}, this runtime reads {SUPPORTED_FORMAT_VERSION}"
-        )
-    return sidecar
-
-
-def _positive_int(path: Path, sidecar: Mapping[str, Any], key: str) -> int:
-    value = sidecar.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ModelLoadError(f"{path}: {key} must be a positive integer, got {value!r}")
-    return value
-
-
-def _vector(path: Path, norm: Mapping[str, Any], key: str, dim: int) -> np.ndarray:
-    try:
-        arr = np.asarray(norm[key], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelLoadError(f"{path}: normalization.{key} missing or not numbers") from err
-    if arr.shape != (dim,) or not np.all(np.isfinite(arr)):
-        raise ModelLoadError(
-            f"{path}: normalization.{key} must be {dim} finite numbers, got {norm[key]!r}"
-        )
-    return arr
+def _onnx_type(spec: TensorSpec) -> str:
+    """onnxruntime's name of a spec's element type: float32 -> tensor(float), uint8 ->
+    tensor(uint8)."""
+    return f"tensor({'float' if spec.dtype == 'float32' else spec.dtype})"
 
 
 def _dims_match(graph_shape: Sequence[Any], sidecar_shape: Sequence[Any]) -> bool:
@@ -185,10 +130,11 @@ class PolicyModel:
             ``resolve_providers``. ``provider`` is the one onnxruntime actually made active.
         threads: intra-op threads for the CPU provider; 0 = onnxruntime's default.
 
-    Attributes: ``sidecar`` (the parsed JSON), ``cameras`` (tuple, input order),
-    ``image_size``, ``chunk_size``, ``action_dim``, ``control_rate_hz``, ``lang_dim``,
-    ``proprio_dim``, ``provider``, ``providers`` (all active), ``action_min``/``action_max``
-    (float64 (A,)), ``model_dir``, ``onnx_path``, ``has_text_encoder``.
+    Attributes: ``spec`` (the checked ``PolicySidecar``), ``sidecar`` (the same as a JSON
+    object, for reports), ``cameras`` (tuple, input order), ``image_size``, ``chunk_size``,
+    ``action_dim``, ``control_rate_hz``, ``lang_dim``, ``proprio_dim``, ``provider``,
+    ``providers`` (all active), ``action_min``/``action_max`` (float64 (A,)), ``model_dir``,
+    ``onnx_path``, ``has_text_encoder``.
 
     ``predict`` is safe to call from several threads (onnxruntime sessions are).
     """
@@ -201,67 +147,26 @@ class PolicyModel:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelLoadError(f"{self.model_dir}: model directory missing")
-        sidecar_path = self.model_dir / SIDECAR_FILE
-        self.sidecar = sc = _read_sidecar(sidecar_path)
+        sidecar_path = self.model_dir / contract.SIDECAR_FILE
+        self.spec = spec = PolicySidecar.read(sidecar_path)
+        self.sidecar: dict[str, Any] = spec.to_dict()
 
         # Fixed file name: the sidecar is not trusted to point outside the folder.
-        onnx_name = sc.get("onnx_file", ONNX_FILE)
-        if onnx_name != ONNX_FILE:
-            raise ModelLoadError(
-                f"{sidecar_path}: onnx_file is {onnx_name!r}, this runtime loads {ONNX_FILE!r}"
-            )
-        self.onnx_path = self.model_dir / ONNX_FILE
+        self.onnx_path = self.model_dir / contract.ONNX_FILE
         if not self.onnx_path.is_file():
             raise ModelLoadError(f"{self.onnx_path}: file missing (named by {sidecar_path})")
-        if not isinstance(sc["onnx_sha256"], str):
-            raise ModelLoadError(f"{sidecar_path}: onnx_sha256 must be a hex string")
-        verify_file(self.onnx_path, sc["onnx_sha256"])
+        verify_file(self.onnx_path, spec.onnx_sha256)
 
-        cams = sc["cameras"]
-        if (
-            not isinstance(cams, list)
-            or not cams
-            or not all(isinstance(c, str) and c for c in cams)
-            or len(set(cams)) != len(cams)
-        ):
-            raise ModelLoadError(
-                f"{sidecar_path}: cameras must be a non-empty list of distinct names, got {cams!r}"
-            )
-        self.cameras: tuple[str, ...] = tuple(cams)
-        self.image_size = _positive_int(sidecar_path, sc, "image_size")
-        self.chunk_size = _positive_int(sidecar_path, sc, "chunk_size")
-        self.action_dim = _positive_int(sidecar_path, sc, "action_dim")
-        rate = sc["control_rate_hz"]
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise ModelLoadError(f"{sidecar_path}: control_rate_hz must be > 0, got {rate!r}")
-        if not math.isfinite(rate):
-            raise ModelLoadError(f"{sidecar_path}: control_rate_hz must be finite, got {rate!r}")
-        self.control_rate_hz = float(rate)
-
-        self._spec_in = self._io_specs(sidecar_path, sc["inputs"], "inputs")
-        self._spec_out = self._io_specs(sidecar_path, sc["outputs"], "outputs")
-        self._image_inputs = {c: image_input_name(c) for c in self.cameras}
-        self._check_sidecar_consistency(sidecar_path)
-        self.proprio_dim = int(self._spec_in[PROPRIO_INPUT]["shape"][1])
-        self.lang_dim = int(self._spec_in[LANG_INPUT]["shape"][1])
-        for key, dim in (("proprio_dim", self.proprio_dim), ("lang_dim", self.lang_dim)):
-            if key in sc and sc[key] != dim:
-                raise ModelLoadError(
-                    f"{sidecar_path}: {key} {sc[key]!r} but its input shape says {dim}"
-                )
-
-        norm = sc["normalization"]
-        if not isinstance(norm, dict):
-            raise ModelLoadError(f"{sidecar_path}: normalization must be an object")
-        self.action_min = _vector(sidecar_path, norm, "action_min", self.action_dim)
-        self.action_max = _vector(sidecar_path, norm, "action_max", self.action_dim)
-        if not np.all(self.action_max >= self.action_min):
-            raise ModelLoadError(
-                f"{sidecar_path}: normalization.action_max < action_min somewhere "
-                f"({self.action_max.tolist()} vs {self.action_min.tolist()})"
-            )
-        _vector(sidecar_path, norm, "proprio_mean", self.proprio_dim)
-        _vector(sidecar_path, norm, "proprio_std", self.proprio_dim)
+        self.cameras: tuple[str, ...] = spec.cameras
+        self.image_size = spec.image_size
+        self.chunk_size = spec.chunk_size
+        self.action_dim = spec.action_dim
+        self.control_rate_hz = spec.control_rate_hz
+        self.proprio_dim = spec.proprio_dim
+        self.lang_dim = spec.lang_dim
+        self.action_min = np.asarray(spec.normalization.action_min, np.float64)
+        self.action_max = np.asarray(spec.normalization.action_max, np.float64)
+        self._image_inputs = {c: contract.onnx_image_input(c) for c in self.cameras}
 
         self.requested_providers = resolve_providers(providers)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
@@ -286,11 +191,10 @@ class PolicyModel:
                 "asked for %s but onnxruntime runs %s", self.requested_providers, self.provider
             )
         self._check_graph(sidecar_path)
-        self._input_names = [*self._image_inputs.values(), PROPRIO_INPUT, LANG_INPUT]
         log.info(
             "loaded %s (%s, cameras %s, %dx%d, chunk %d, %.1f Hz) on %s",
             self.onnx_path,
-            sc.get("preset", "?"),
+            spec.preset,
             list(self.cameras),
             self.image_size,
             self.image_size,
@@ -300,96 +204,33 @@ class PolicyModel:
         )
 
     # ---------------------------------------------------------------- load-time checks
-    @staticmethod
-    def _io_specs(path: Path, items: Any, field: str) -> dict[str, dict[str, Any]]:
-        if not isinstance(items, list) or not items:
-            raise ModelLoadError(f"{path}: {field} must be a non-empty list")
-        specs: dict[str, dict[str, Any]] = {}
-        for item in items:
-            if (
-                not isinstance(item, dict)
-                or not isinstance(item.get("name"), str)
-                or not isinstance(item.get("shape"), list)
-                or not isinstance(item.get("dtype"), str)
-            ):
-                raise ModelLoadError(
-                    f"{path}: each of {field} needs name, shape (list) and dtype, got {item!r}"
-                )
-            if item["name"] in specs:
-                raise ModelLoadError(f"{path}: {field} names {item['name']!r} twice")
-            specs[item["name"]] = item
-        return specs
-
-    def _check_sidecar_consistency(self, path: Path) -> None:
-        """The sidecar's own fields must agree: cameras vs inputs, sizes vs shapes."""
-        s = self.image_size
-        want = {
-            **{n: (["batch", s, s, 3], "uint8") for n in self._image_inputs.values()},
-            PROPRIO_INPUT: None,
-            LANG_INPUT: None,
-        }
-        if set(self._spec_in) != set(want):
-            raise ModelLoadError(
-                f"{path}: inputs {sorted(self._spec_in)} do not match cameras "
-                f"{list(self.cameras)} (expected {sorted(want)})"
-            )
-        for name, spec in self._spec_in.items():
-            shape, dtype = spec["shape"], spec["dtype"]
-            if want[name] is not None:
-                ok = _dims_match(shape, want[name][0]) and dtype == want[name][1]
-                expect = f"uint8 [batch, {s}, {s}, 3] (image_size {s})"
-            else:
-                ok = (
-                    len(shape) == 2
-                    and isinstance(shape[1], int)
-                    and not isinstance(shape[1], bool)
-                    and shape[1] > 0
-                    and dtype == "float32"
-                )
-                expect = "float32 [batch, N]"
-            if not ok:
-                raise ModelLoadError(f"{path}: input {name} is {dtype} {shape}, expected {expect}")
-        if ACTION_OUTPUT not in self._spec_out:
-            raise ModelLoadError(
-                f"{path}: outputs {sorted(self._spec_out)} lack {ACTION_OUTPUT!r}"
-            )
-        out = self._spec_out[ACTION_OUTPUT]
-        want_out = ["batch", self.chunk_size, self.action_dim]
-        if not _dims_match(out["shape"], want_out) or out["dtype"] != "float32":
-            raise ModelLoadError(
-                f"{path}: output {ACTION_OUTPUT} is {out['dtype']} {out['shape']}, expected "
-                f"float32 {want_out} (chunk_size {self.chunk_size}, action_dim {self.action_dim})"
-            )
-
     def _check_graph(self, sidecar_path: Path) -> None:
         """The ONNX graph's names, dtypes and shapes must be the sidecar's."""
         graph_in = {i.name: i for i in self._session.get_inputs()}
         graph_out = {o.name: o for o in self._session.get_outputs()}
-        if set(graph_in) != set(self._spec_in) or not set(self._spec_out) <= set(graph_out):
+        spec_in = {t.name: t for t in self.spec.inputs}
+        spec_out = {t.name: t for t in self.spec.outputs}
+        if set(graph_in) != set(spec_in) or not set(spec_out) <= set(graph_out):
             raise ModelLoadError(
                 f"{self.onnx_path}: graph inputs {sorted(graph_in)} / outputs "
                 f"{sorted(graph_out)} differ from {sidecar_path} (inputs "
-                f"{sorted(self._spec_in)}, outputs {sorted(self._spec_out)}, cameras "
+                f"{sorted(spec_in)}, outputs {sorted(spec_out)}, cameras "
                 f"{list(self.cameras)})"
             )
-        for kind, graph, specs in (
-            ("input", graph_in, self._spec_in),
-            ("output", graph_out, self._spec_out),
-        ):
+        for kind, graph, specs in (("input", graph_in, spec_in), ("output", graph_out, spec_out)):
             for name, spec in specs.items():
                 node = graph[name]
-                dtype = f"tensor({'float' if spec['dtype'] == 'float32' else spec['dtype']})"
-                if node.type != dtype or not _dims_match(list(node.shape), spec["shape"]):
+                if node.type != _onnx_type(spec) or not _dims_match(list(node.shape), spec.shape):
                     raise ModelLoadError(
                         f"{self.onnx_path}: graph {kind} {name} is {node.type} {node.shape}, "
-                        f"{sidecar_path} says {spec['dtype']} {spec['shape']}"
+                        f"{sidecar_path} says {spec.dtype} {list(spec.shape)}"
                     )
 
     # ---------------------------------------------------------------- inference
     @property
     def has_text_encoder(self) -> bool:
         """The export folder also holds text_encoder.* (``TextEncoderRuntime(model_dir)``)."""
-        return bool(self.sidecar.get("text_encoder"))
+        return self.spec.text_encoder is not None
 
     def _feed(
         self, images: Mapping[str, np.ndarray], proprio: np.ndarray, lang: np.ndarray
@@ -418,8 +259,10 @@ class PolicyModel:
                     "(use preprocess.fit_image)"
                 )
             feed[name] = np.ascontiguousarray(img)[None]
-        feed[PROPRIO_INPUT] = self._vector_input("proprio", proprio, self.proprio_dim)
-        feed[LANG_INPUT] = self._vector_input("lang", lang, self.lang_dim)
+        feed[contract.ONNX_PROPRIO_INPUT] = self._vector_input(
+            "proprio", proprio, self.proprio_dim
+        )
+        feed[contract.ONNX_LANG_INPUT] = self._vector_input("lang", lang, self.lang_dim)
         return feed
 
     @staticmethod
@@ -445,7 +288,7 @@ class PolicyModel:
         non-finite numbers.
         """
         feed = self._feed(images, proprio, lang)
-        out = self._session.run([ACTION_OUTPUT], feed)[0]
+        out = self._session.run([contract.ONNX_ACTION_OUTPUT], feed)[0]
         return np.ascontiguousarray(out[0], dtype=np.float32)
 
     def denormalize(self, actions: np.ndarray) -> np.ndarray:
@@ -460,7 +303,7 @@ class PolicyModel:
         build engines); returns their durations in ms."""
         s = self.image_size
         images = {c: np.full((s, s, 3), 127, np.uint8) for c in self.cameras}
-        proprio = np.asarray(self.sidecar["normalization"]["proprio_mean"], np.float32)
+        proprio = np.asarray(self.spec.normalization.proprio_mean, np.float32)
         lang = np.full(self.lang_dim, 1.0 / math.sqrt(self.lang_dim), np.float32)
         times = []
         for _ in range(max(0, int(n))):

@@ -1,8 +1,9 @@
 """Instruction text -> 384-d sentence embedding on the robot, with onnxruntime (no torch).
 
-Reads the folder written by ``lawm.language.export_text_encoder``::
+Reads the folder written by ``lawm.export.export_text_encoder``::
 
-    text_encoder.json   sidecar: sha256 of the two files below, names, embedding_dim, max_length
+    text_encoder.json   sidecar (``lawm_core.sidecar.TextEncoderSidecar``): sha256 of the two
+                        files below, embedding_dim, max_length
     text_encoder.onnx   input_ids, attention_mask int64 (batch, sequence) -> embedding (batch, D)
     tokenizer.json      WordPiece tokenizer (``tokenizers``)
 
@@ -13,21 +14,15 @@ training: collapse whitespace, tokenize with truncation to ``max_length``, encod
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lawm_core.errors import ModelLoadError
 from lawm_core.files import verify_file
-
-SIDECAR_FILE = "text_encoder.json"
-ONNX_FILE = "text_encoder.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-SUPPORTED_SIDECAR_VERSION = 1
+from lawm_core.sidecar import TextEncoderSidecar
 
 
 def normalize_text(text: str) -> str:
@@ -40,25 +35,6 @@ def normalize_text(text: str) -> str:
     return cleaned
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: file missing (the exported text encoder's sidecar)")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path}: unreadable sidecar ({err})") from err
-    need = ("onnx_sha256", "tokenizer_sha256", "embedding_dim", "max_length")
-    missing = [k for k in need if k not in sidecar] if isinstance(sidecar, dict) else list(need)
-    if missing:
-        raise ModelLoadError(f"{path}: sidecar lacks {missing}")
-    version = sidecar.get("format_version", SUPPORTED_SIDECAR_VERSION)
-    if version != SUPPORTED_SIDECAR_VERSION:
-        raise ModelLoadError(
-            f"{path}: format_version {version}, this runtime reads {SUPPORTED_SIDECAR_VERSION}"
-        )
-    return sidecar
-
-
 class TextEncoderRuntime:
     """``embed(text) -> (D,) float32`` unit vector, D = sidecar ``embedding_dim`` (384).
 
@@ -68,8 +44,9 @@ class TextEncoderRuntime:
             encoder runs once per new instruction, so the CPU is plenty).
         cache_size: how many distinct instructions to remember (least recently used dropped).
 
-    Raises ModelLoadError (naming the file) for a missing/tampered/unreadable file or a model
-    whose inputs/outputs differ from the sidecar. ``embed`` is safe to call from several
+    Raises ModelLoadError (naming the file) for a missing/tampered/unreadable file, a sidecar
+    ``TextEncoderSidecar.read`` refuses, or a model whose inputs/outputs differ from the sidecar.
+    ``spec`` is the checked sidecar. ``embed`` is safe to call from several
     threads.
     """
 
@@ -80,17 +57,17 @@ class TextEncoderRuntime:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
-        self.sidecar = _read_sidecar(self.model_dir / SIDECAR_FILE)
+        self.spec = spec = TextEncoderSidecar.read(self.model_dir)
         # Fixed file names: the sidecar is not trusted to point outside the folder.
-        onnx_path = self.model_dir / ONNX_FILE
-        tokenizer_path = self.model_dir / TOKENIZER_FILE
-        verify_file(onnx_path, self.sidecar["onnx_sha256"])
-        verify_file(tokenizer_path, self.sidecar["tokenizer_sha256"])
+        onnx_path = self.model_dir / spec.ONNX_FILE
+        tokenizer_path = self.model_dir / spec.TOKENIZER_FILE
+        verify_file(onnx_path, spec.onnx_sha256)
+        verify_file(tokenizer_path, spec.tokenizer_sha256)
 
-        self.dim = int(self.sidecar["embedding_dim"])
-        self.max_length = int(self.sidecar["max_length"])
-        self.input_names = list(self.sidecar.get("input_names", ["input_ids", "attention_mask"]))
-        self.output_name = str(self.sidecar.get("output_names", ["embedding"])[0])
+        self.dim = spec.embedding_dim
+        self.max_length = spec.max_length
+        self.input_names = list(spec.input_names)
+        self.output_name = spec.output_name
 
         try:
             tok = Tokenizer.from_file(str(tokenizer_path))
@@ -129,8 +106,8 @@ class TextEncoderRuntime:
     def _encode(self, text: str) -> np.ndarray:
         enc = self._tokenizer.encode(text)
         ids = np.asarray([enc.ids], dtype=np.int64)  # (1, L)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        out = self._session.run([self.output_name], {n: feed[n] for n in self.input_names})[0]
+        feed = dict(zip(self.input_names, (ids, np.ones_like(ids))))  # input_ids, attention_mask
+        out = self._session.run([self.output_name], feed)[0]
         return np.ascontiguousarray(out[0], dtype=np.float32)  # (D,)
 
     def embed(self, text: str) -> np.ndarray:

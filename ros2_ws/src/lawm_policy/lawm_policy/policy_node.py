@@ -1,7 +1,9 @@
 """The LAWM policy as a ROS 2 lifecycle node: camera images in, end-effector commands out.
 
-A thin shell around ``lawm_policy.core``: it owns parameters, QoS, timers and messages; the
-runtime core (onnxruntime + numpy) does the work.
+A thin shell around the runtime core: it owns parameters, QoS, timers and messages, and
+converts them; ``lawm_core.runner.PolicyRunner`` (onnxruntime + numpy) decides each step:
+image fitting, inference, temporal aggregation, denormalisation, and when to restart the
+aggregation (inputs missing or stale, a stalled loop, the clock going back).
 
 - configure: read parameters, load and verify the exported model (sha256), the text encoder.
 - activate: subscribe to cameras / proprio / instruction, start the control timer.
@@ -39,18 +41,16 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Float64, String
 from std_srvs.srv import Trigger
 
-from lawm_core.aggregation import TemporalAggregator
 from lawm_core.command import ActionMapper, Command
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.frame_phase import FrameWait
 from lawm_core.model import PolicyModel
-from lawm_core.preprocess import fit_image, image_from_msg_fields
+from lawm_core.preprocess import image_from_msg_fields
+from lawm_core.runner import INSTRUCTION, PROPRIO, PolicyRunner
 from lawm_core.safety import SafetyFilter, SafetyLimits
+from lawm_core.text_encoder import TextEncoderRuntime
 from lawm_core.watchdog import StalenessWatchdog
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
-
-PROPRIO = "proprio"
-INSTRUCTION = "instruction"
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,8 @@ class PolicyNode(LifecycleNode):
         )
         self.params: PolicyParams | None = None
         self.model: PolicyModel | None = None
-        self.text_encoder = None
+        self.text_encoder: TextEncoderRuntime | None = None
+        self.runner: PolicyRunner | None = None
         self._subs: list = []
         self._timer = None
         self._diag_timer = None
@@ -195,11 +196,13 @@ class PolicyNode(LifecycleNode):
         self.params, self.model = p, model
         self.text_encoder = self._load_text_encoder(Path(p.model_dir))
         self.rate_hz = rate_hz
-        self.aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
+        # A step more than two control periods after the previous one (a stalled loop) or
+        # before it (a restarted simulation's clock) restarts the aggregation.
+        self.runner = PolicyRunner(model, max_gap_s=2.0 / rate_hz)
         required = [*model.cameras] + ([PROPRIO] if p.proprio_topic else [])
         self.watchdog = StalenessWatchdog(p.stale_timeout_s, required)
         self.latest: dict[str, tuple[np.ndarray, object]] = {}  # camera -> (RGB, stamp)
-        self.proprio = np.asarray(model.sidecar["normalization"]["proprio_mean"], np.float32)
+        self.proprio: np.ndarray | None = None  # None: the model gets the training mean
         self.lang: np.ndarray | None = None
         self.instruction_text = ""
         self.warnings: dict[str, str] = {}
@@ -212,7 +215,6 @@ class PolicyNode(LifecycleNode):
         self.frame_wait = FrameWait(self.model.cameras, 0.0 if sim_time else p.frame_wait_s)
         self.frame_waits = 0
         self.frame_wait_timeouts = 0  # waits that ended without every awaited frame
-        self.was_stale = True
         self.pub_action = self.create_lifecycle_publisher(Float32MultiArray, "~/action", COMMAND)
         self.pub_twist = self.create_lifecycle_publisher(TwistStamped, "~/cmd_twist", COMMAND)
         self.pub_gripper = self.create_lifecycle_publisher(Float64, "~/cmd_gripper", COMMAND)
@@ -228,15 +230,13 @@ class PolicyNode(LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
-    def _load_text_encoder(self, model_dir: Path):
+    def _load_text_encoder(self, model_dir: Path) -> TextEncoderRuntime | None:
         if not (model_dir / "text_encoder.json").is_file():
             self.get_logger().warning(
                 f"{model_dir} has no text encoder: instructions cannot be embedded, so the "
                 "policy will not act until the model is exported with one"
             )
             return None
-        from lawm_core.text_encoder import TextEncoderRuntime
-
         return TextEncoderRuntime(model_dir)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -256,7 +256,7 @@ class PolicyNode(LifecycleNode):
         self._subs.append(
             self.create_subscription(String, "~/instruction", self._on_instruction, LATCHED)
         )
-        self.aggregator.reset()
+        self.runner.reset()
         self.safety.reset()
         self.frame_wait.reset()  # new subscriptions: learn the cameras' phases afresh
         self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
@@ -278,6 +278,7 @@ class PolicyNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_io()
         self.model = None
+        self.runner = None
         self.text_encoder = None
         for pub in (self.pub_action, self.pub_twist, self.pub_gripper, self.pub_diag):
             self.destroy_lifecycle_publisher(pub)
@@ -357,11 +358,11 @@ class PolicyNode(LifecycleNode):
             return
         self.lang = lang.astype(np.float32)
         self.instruction_text = " ".join(text.split())
-        self.aggregator.reset()
+        self.runner.reset()
         self.get_logger().info(f"instruction: {self.instruction_text!r}")
 
     def _on_reset(self, request, response):
-        self.aggregator.reset()
+        self.runner.reset()
         self.safety.reset()
         response.success = True
         response.message = "aggregation buffer and rate limiter cleared"
@@ -412,48 +413,43 @@ class PolicyNode(LifecycleNode):
         self._act()
 
     def _act(self) -> None:
-        """Inference on the newest inputs and the command out (or a zero twist if stale)."""
+        """One runner step on the newest inputs and the command out (a zero twist if it did
+        not act: inputs stale or missing, or refused)."""
         now = self.get_clock().now()
         now_s = now.nanoseconds * 1e-9
-        t0 = time.perf_counter()
-        stale = self._missing(now_s)
-        images = {}
-        newest = None
-        if not stale:
-            for cam in self.model.cameras:
-                img, header_stamp = self.latest[cam]
-                images[cam] = fit_image(img, self.model.image_size)
-                stamp = Time.from_msg(header_stamp, clock_type=now.clock_type)
-                newest = stamp if newest is None or stamp > newest else newest
-        if stale:
-            if not self.was_stale:
-                self._warn("inputs", f"stale or missing inputs: {sorted(stale)}; zero twist")
-            self.was_stale = True
-            self.aggregator.reset()  # chunks from before the gap no longer apply
-            self.safety.reset()
+        images = {cam: img for cam, (img, _) in self.latest.items()}
+        result = self.runner.step(
+            images, self.proprio, self.lang, now_s, stale=self.watchdog.stale(now_s)
+        )
+        if not result.acted:
+            if result.missing:
+                if not result.was_missing:
+                    self._warn(
+                        "inputs",
+                        f"stale or missing inputs: {sorted(result.missing)}; zero twist",
+                    )
+                self.safety.reset()
+            else:
+                self._warn("inference", f"inference skipped: {result.error}")
             self._publish_command(Command.zero(), now, gripper=False)
             return
-        if self.was_stale:
+        if result.was_missing:
             self.get_logger().info("inputs back: acting")
             self.warnings.pop("inputs", None)
-        self.was_stale = False
-        try:
-            chunk = self.model.predict(images, self.proprio, self.lang)
-            action = self.aggregator.step(chunk)
-        except InputError as err:
-            self._warn("inference", f"inference skipped: {err}")
-            self._publish_command(Command.zero(), now, gripper=False)
-            return
-        self.infer_ms.append((time.perf_counter() - t0) * 1e3)
-        raw = self.model.denormalize(action)
-        self.pub_action.publish(Float32MultiArray(data=[float(v) for v in raw]))
-        cmd = self.mapper.to_command(action)
-        ee = self.proprio[:3] if self.params.proprio_topic else None
+        self.infer_ms.append(result.seconds * 1e3)
+        self.pub_action.publish(Float32MultiArray(data=[float(v) for v in result.raw]))
+        cmd = self.mapper.to_command(result.action)
+        ee = self.proprio[:3] if self.proprio is not None else None
         cmd, reasons = self.safety.filter(cmd, 1.0 / self.rate_hz, ee_pos=ee)
         if reasons:
             self.warnings["safety"] = ", ".join(reasons)
         else:
             self.warnings.pop("safety", None)
+        # Stamped with the newest image used.
+        newest = max(
+            Time.from_msg(self.latest[cam][1], clock_type=now.clock_type)
+            for cam in self.model.cameras
+        )
         self._publish_command(cmd, newest)
 
     def _publish_command(self, cmd: Command, stamp: Time, gripper: bool = True) -> None:

@@ -1,8 +1,8 @@
 """Command-line registration of the simulation commands (``generate``, ``eval-sim``).
 
 Each command has its own ``_add_<command>`` helper that builds its subparser; ``register``
-calls them all. Heavy imports (robosuite, MuJoCo) happen inside the command functions, so
-``train.py --help`` stays fast.
+calls them all. The simulator modules import robosuite and MuJoCo only when an environment is
+built, so ``train.py --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from lawm_core.cliargs import positive_int
+from lawm_core.cliargs import UsageError, positive_int
+from lawm_sim import libero_env
+from lawm_sim.eval_sim import add_parser as add_eval_sim_parser
+from lawm_sim.generate import GenerateError, generate, parse_ids
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval_sim(sub: argparse._SubParsersAction) -> None:
-    from lawm_sim.eval_sim import add_parser
-
-    add_parser(sub)
+    add_eval_sim_parser(sub)
 
 
 # -- generate -----------------------------------------------------------------------------------
@@ -74,10 +75,6 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lawm_core.cliargs import UsageError
-    from lawm_sim import libero_env
-    from lawm_sim.generate import GenerateError, generate, parse_ids
-
     try:
         n = libero_env.n_tasks(args.suite)
         tasks = parse_ids(args.tasks, range(n), "task")

@@ -1,6 +1,6 @@
 """Closed-loop evaluation of an exported policy in LIBERO, without ROS.
 
-The policy runs through the same runtime core as the ROS node (``lawm_policy.core``:
+The policy runs through the same runtime core as the ROS node (``lawm_core.runner``:
 onnxruntime, preprocessing, temporal aggregation, denormalisation), at the simulator's 20 Hz,
 for the reference horizon of the suite. Per task: success rate over N episodes (init states
 0..N-1 unless given), steps, and a few rollout videos.
@@ -14,38 +14,50 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
+from lawm_core.cliargs import UsageError
+from lawm_core.errors import InputError, ModelLoadError
+from lawm_core.files import atomic_write_text
+from lawm_core.model import PolicyModel
+from lawm_core.runner import PolicyRunner
+from lawm_core.text_encoder import TextEncoderRuntime
+from lawm_sim import libero_env
+from lawm_sim.generate import parse_ids
+from lawm_sim.libero_env import LiberoEnv
+from lawm_sim.recording import write_video
+
+SIM_RATE_HZ = 20.0  # LIBERO's control frequency
 
 
-def _runtime():
-    # Imported here: the runtime core lives in the ROS package (importable through the venv's
-    # lawm_policy_src.pth that `make setup` writes).
-    from lawm_core.aggregation import TemporalAggregator
-    from lawm_core.model import PolicyModel
-    from lawm_core.preprocess import fit_image
-    from lawm_core.text_encoder import TextEncoderRuntime
+def run_episode(
+    env: LiberoEnv,
+    runner: PolicyRunner,
+    lang: np.ndarray,
+    max_steps: int,
+    record: bool = False,
+) -> tuple[bool, int, list[np.ndarray]]:
+    """One closed-loop episode from the env's chosen init state; ``lang`` (lang_dim,) is the
+    instruction's embedding.
 
-    return PolicyModel, TemporalAggregator, fit_image, TextEncoderRuntime
-
-
-def run_episode(env, model, aggregator, lang, fit_image, max_steps: int, record: bool = False):
-    """One closed-loop episode from the env's chosen init state.
-
-    Returns (success, steps, frames) where frames are agentview images when ``record``.
+    Returns (success, steps, frames) where frames are the first model camera's (H, W, 3) uint8
+    images when ``record``. InputError if the policy refuses an observation.
     """
+    cameras = runner.model.cameras
     obs = env.reset()
-    aggregator.reset()
+    runner.reset()
     frames = []
     for step in range(max_steps):
-        images = {c: fit_image(obs["images"][c], model.image_size) for c in model.cameras}
         if record:
-            frames.append(obs["images"][model.cameras[0]])
+            frames.append(obs["images"][cameras[0]])
         proprio = np.concatenate([obs["ee_pos"], obs["gripper_states"]]).astype(np.float32)
-        chunk = model.predict(images, proprio, lang)
-        action = model.denormalize(aggregator.step(chunk))
-        obs, success, _ = env.step(np.clip(action, -1.0, 1.0))
+        result = runner.step(obs["images"], proprio, lang, step / SIM_RATE_HZ)
+        if not result.acted:
+            raise InputError(f"the policy did not act at step {step}: {result.reason}")
+        obs, success, _ = env.step(np.clip(result.raw, -1.0, 1.0))
         if success:
             if record:
-                frames.append(obs["images"][model.cameras[0]])
+                frames.append(obs["images"][cameras[0]])
             return True, step + 1, frames
     return False, max_steps, frames
 
@@ -65,21 +77,16 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` on ``tasks`` of ``suite``; returns the report dict."""
-    from tqdm import tqdm
-
-    from lawm_sim.libero_env import LiberoEnv
-
-    PolicyModel, TemporalAggregator, fit_image, TextEncoderRuntime = _runtime()
     model = PolicyModel(model_dir, providers=providers)
     if not model.has_text_encoder:
         raise ValueError(f"{model_dir} has no text encoder; export with it to evaluate in sim")
     text = TextEncoderRuntime(model_dir)
-    aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
+    runner = PolicyRunner(model, max_gap_s=2.0 / SIM_RATE_HZ)
     report: dict[str, Any] = {
         "model": str(model_dir),
         "onnx_sha256": model.sidecar["onnx_sha256"],
         "suite": suite,
-        "control_rate_hz": 20.0,
+        "control_rate_hz": SIM_RATE_HZ,
         "tasks": [],
     }
     total = len(tasks) * episodes_per_task
@@ -99,9 +106,7 @@ def evaluate(
                 env.set_init_state(state)
                 record = videos is not None and ep < n_videos
                 t0 = time.perf_counter()
-                success, steps, frames = run_episode(
-                    env, model, aggregator, lang, fit_image, horizon, record
-                )
+                success, steps, frames = run_episode(env, runner, lang, horizon, record)
                 results.append(
                     {
                         "init_state": state,
@@ -111,8 +116,6 @@ def evaluate(
                     }
                 )
                 if record and frames:
-                    from lawm_sim.recording import write_video
-
                     videos.mkdir(parents=True, exist_ok=True)
                     tag = "success" if success else "fail"
                     write_video(
@@ -141,8 +144,6 @@ def evaluate(
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
-    from lawm_core.files import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(report, indent=2))
 
 
@@ -170,10 +171,6 @@ def add_parser(sub) -> None:
 
 
 def _cmd(args) -> int:
-    from lawm_core.cliargs import UsageError
-    from lawm_sim import libero_env
-    from lawm_sim.generate import parse_ids
-
     try:
         if args.suite not in libero_env.SUITES:
             raise ValueError(f"unknown suite {args.suite!r}; valid suites: {libero_env.SUITES}")
@@ -190,8 +187,6 @@ def _cmd(args) -> int:
             raise ValueError(f"--model {str(args.model)!r} has no policy.json")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    from lawm_core.errors import ModelLoadError
-
     try:
         report = evaluate(
             args.model,

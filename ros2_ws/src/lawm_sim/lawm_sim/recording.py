@@ -1,16 +1,35 @@
 """Recording simulated (or synthetic) episodes into files other tools read.
 
+``Episode``: one recorded rollout. ``Hdf5Writer``: episodes streamed into the official
+LIBERO/robomimic HDF5 layout (upright frames, the file says so), renamed into place on commit.
+``write_mp4``: the agentview clip + its instruction (unlabeled video). ``write_rosbag``: one
+rosbag2 (sqlite3) per episode with the LIBERO bridge's topics (``ROSBAG_TOPICS``).
 ``write_video``: uint8 RGB frames -> an mp4/webm/avi/mkv/mov clip (PyAV), written atomically;
 the clips serve as unlabeled video for pretraining and as evaluation videos.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
 
-from lawm_core.files import atomic_path
+from lawm_core import contract
+from lawm_core.bags import typestore
+from lawm_core.files import atomic_path, atomic_write_text
+from lawm_sim import libero_env
 
 try:  # PyAV writes the clips; OpenCV alone cannot choose the codec settings used here.
     import av
@@ -63,3 +82,215 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> Path:
             for packet in stream.encode():
                 container.mux(packet)
     return path
+
+
+ROSBAG_TOPICS = {
+    "agentview": "/libero/agentview/image_raw",
+    "eye_in_hand": "/libero/eye_in_hand/image_raw",
+    "proprio": "/libero/proprio",
+    "action": "/lawm_policy/action",
+    "instruction": "/libero/instruction",
+}
+IMAGE_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+# Stop an episode this many steps after the expert has finished without success.
+
+
+@dataclass
+class Episode:
+    """One recorded rollout (row t: the observation before action t)."""
+
+    suite: str
+    task_id: int
+    task_name: str
+    init_state: int
+    instruction: str
+    success: bool
+    actions: np.ndarray
+    obs: dict[str, np.ndarray]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    states: np.ndarray | None = None
+    robot_states: np.ndarray | None = None
+    sim_time: np.ndarray | None = None  # seconds, per row
+    error: str | None = None  # what ended the episode early, if anything raised
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+    @property
+    def stem(self) -> str:
+        return f"{self.suite}_task{self.task_id}_init{self.init_state}"
+
+
+# -- episodes ------------------------------------------------------------------------------------
+def _task_meta(suite: str, task_id: int) -> dict[str, Any]:
+    path = libero_env.bddl_path(suite, task_id)
+    return {
+        "suite": suite,
+        "task_id": task_id,
+        "task_name": libero_env.task_names(suite)[task_id],
+        "language_instruction": libero_env.task_instruction(suite, task_id),
+        "bddl_file_name": path,
+    }
+
+
+def _problem_info(bddl_file: str, instruction: str) -> dict[str, str]:
+    text = Path(bddl_file).read_text()
+    m = re.search(r"\(define\s+\(problem\s+([^)\s]+)\)", text)
+    d = re.search(r"\(:domain\s+([^)\s]+)\)", text)
+    return {
+        "problem_name": m.group(1) if m else "",
+        "domain_name": d.group(1) if d else "",
+        "language_instruction": instruction,
+    }
+
+
+class Hdf5Writer:
+    """Streams episodes into a LIBERO-layout file at a temporary path; ``commit`` renames it."""
+
+    def __init__(self, path: Path, suite: str, tasks: Sequence[int], env_args: dict[str, Any]):
+        self.path = Path(path)
+        # The file is written at a temporary path beside the target (lawm_core.files): commit
+        # renames it into place with the project's file mode, abort removes it.
+        self._atomic = contextlib.ExitStack()
+        self.tmp = self._atomic.enter_context(atomic_path(self.path))
+        self.file = h5py.File(self.tmp, "w")
+        self.data = self.file.create_group("data")
+        metas = [_task_meta(suite, t) for t in tasks]
+        first = metas[0]
+        info = _problem_info(first["bddl_file_name"], first["language_instruction"])
+        attrs = self.data.attrs
+        attrs["problem_info"] = json.dumps(info)
+        attrs["macros_image_convention"] = "opencv"  # we store upright frames
+        attrs["env_name"] = info["problem_name"] or suite
+        attrs["bddl_file_name"] = first["bddl_file_name"]
+        attrs["bddl_file_content"] = Path(first["bddl_file_name"]).read_text()
+        attrs["env_args"] = json.dumps(env_args)
+        attrs["tasks"] = json.dumps(metas)
+        attrs["suite"] = suite
+        attrs["date"] = datetime.date.today().isoformat()
+        self.count = 0
+        self.total = 0
+
+    def add(self, ep: Episode) -> None:
+        demo = self.data.create_group(f"demo_{self.count}")
+        self.count += 1
+        self.total += ep.length
+        a = demo.attrs
+        a["success"] = bool(ep.success)
+        a["suite"] = ep.suite
+        a["task_id"] = int(ep.task_id)
+        a["task_name"] = ep.task_name
+        a["init_state"] = int(ep.init_state)
+        a["num_samples"] = int(ep.length)
+        a["language_instruction"] = ep.instruction
+        if ep.error is not None:
+            a["error"] = ep.error
+        demo.create_dataset("actions", data=ep.actions)
+        demo.create_dataset("states", data=ep.states)
+        demo.create_dataset("robot_states", data=ep.robot_states)
+        rewards = np.zeros(ep.length, np.float64)
+        dones = np.zeros(ep.length, np.uint8)
+        if ep.success and ep.length:
+            rewards[-1], dones[-1] = 1.0, 1
+        demo.create_dataset("rewards", data=rewards)
+        demo.create_dataset("dones", data=dones)
+        obs = demo.create_group("obs")
+        for cam, frames in ep.images.items():
+            obs.create_dataset(
+                contract.HDF5_IMAGE_KEYS[cam],
+                data=frames,
+                chunks=(1, *frames.shape[1:]),
+                **IMAGE_COMPRESSION,
+            )
+        for k in ("ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states"):
+            obs.create_dataset(k, data=ep.obs[k])
+
+    def commit(self) -> Path:
+        self.data.attrs["num_demos"] = self.count
+        self.data.attrs["total"] = self.total
+        self.file.close()
+        self._atomic.close()
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def write_mp4(folder: Path, ep: Episode, fps: int = 20) -> Path:
+    """The episode's agentview as ``<stem>.mp4`` + ``<stem>.txt`` (its instruction)."""
+    frames = ep.images[contract.AGENTVIEW]
+    path = Path(folder) / f"{ep.stem}.mp4"
+    write_video(path, frames, fps=fps)
+    atomic_write_text(path.with_suffix(".txt"), ep.instruction + "\n")
+    return path
+
+
+def write_rosbag(folder: Path, ep: Episode) -> Path:
+    """The episode as a rosbag2 (sqlite3) folder ``<folder>/<stem>`` with the bridge topics:
+    both cameras (sensor_msgs/Image rgb8), proprio and actions (std_msgs/Float32MultiArray),
+    the instruction (std_msgs/String). Stamps are the simulator time (20 Hz)."""
+    ts = typestore()
+    T = ts.types
+    image_t, array_t, string_t = (
+        "sensor_msgs/msg/Image",
+        "std_msgs/msg/Float32MultiArray",
+        "std_msgs/msg/String",
+    )
+    layout = T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    stamps = np.round(np.asarray(ep.sim_time) * 1e9).astype(np.int64)
+    if len(stamps) and stamps[0] <= 0:  # a zero header stamp reads as "unset"
+        stamps = stamps - stamps[0] + 1_000_000_000
+    final = Path(folder) / ep.stem
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{ep.stem}.", dir=final.parent))
+    bag = staging / "bag"
+    try:
+        with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as w:
+            conns = {
+                cam: w.add_connection(ROSBAG_TOPICS[cam], image_t, typestore=ts)
+                for cam in ep.images
+            }
+            proprio = w.add_connection(ROSBAG_TOPICS["proprio"], array_t, typestore=ts)
+            action = w.add_connection(ROSBAG_TOPICS["action"], array_t, typestore=ts)
+            text = w.add_connection(ROSBAG_TOPICS["instruction"], string_t, typestore=ts)
+            t0 = int(stamps[0]) if len(stamps) else 1_000_000_000
+            w.write(text, t0, ts.serialize_cdr(T[string_t](data=ep.instruction), string_t))
+            for t, stamp in enumerate(stamps):
+                stamp = int(stamp)
+                sec, nsec = divmod(stamp, 1_000_000_000)
+                header = T["std_msgs/msg/Header"](
+                    stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
+                    frame_id="",
+                )
+                for cam, conn in conns.items():
+                    img = np.ascontiguousarray(ep.images[cam][t])
+                    h, wd = img.shape[:2]
+                    msg = T[image_t](
+                        header=header,
+                        height=h,
+                        width=wd,
+                        encoding="rgb8",
+                        is_bigendian=0,
+                        step=wd * 3,
+                        data=img.reshape(-1),
+                    )
+                    w.write(conn, stamp, ts.serialize_cdr(msg, image_t))
+                state = np.concatenate([ep.obs["ee_pos"][t], ep.obs["gripper_states"][t]])
+                for conn, values in ((proprio, state), (action, ep.actions[t])):
+                    msg = T[array_t](layout=layout, data=np.asarray(values, dtype=np.float32))
+                    w.write(conn, stamp, ts.serialize_cdr(msg, array_t))
+        if final.exists():
+            old = final.parent / f".{ep.stem}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(bag, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(bag, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final

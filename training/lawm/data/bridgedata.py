@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from lawm.data.base import DataError, EpisodeSource, first_line, natural_key
@@ -63,7 +64,7 @@ def read_instruction(traj: Path) -> str | None:
     return None
 
 
-class BridgeEpisode(EpisodeSource):
+class BridgeDataEpisode(EpisodeSource):
     """One BridgeData trajectory: ``images0`` frames as the agentview camera."""
 
     def __init__(self, traj: str | Path, frames: list[tuple[int, str]], instruction: str) -> None:
@@ -84,8 +85,6 @@ class BridgeEpisode(EpisodeSource):
     def _read(
         self, start: int, stop: int, cameras: tuple[str, ...], actions: bool, proprio: bool
     ) -> dict[str, Any]:
-        import cv2
-
         out: dict[str, Any] = {"images": {}, "actions": None, "proprio": None}
         if not cameras:
             return out
@@ -104,7 +103,7 @@ class BridgeEpisode(EpisodeSource):
         return out
 
 
-def open_bridge(root: str | Path) -> list[BridgeEpisode]:
+def open_bridgedata(root: str | Path) -> list[BridgeDataEpisode]:
     """Every trajectory under ``root``; those without lang.txt get "" and one warning."""
     root = Path(root)
     trajs = find_trajectories(root)
@@ -117,7 +116,7 @@ def open_bridge(root: str | Path) -> list[BridgeEpisode]:
         instruction = read_instruction(traj)
         if instruction is None:
             unlabelled.append(traj)
-        episodes.append(BridgeEpisode(traj, frames, instruction or ""))
+        episodes.append(BridgeDataEpisode(traj, frames, instruction or ""))
     if unlabelled:
         warnings.warn(
             f"{root}: {len(unlabelled)} of {len(trajs)} trajectories have no lang.txt "

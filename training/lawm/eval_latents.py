@@ -9,8 +9,11 @@ import numpy as np
 import torch
 
 from lawm import keys
-from lawm.checkpoint import load_policy
+from lawm.checkpoint import load_policy, save_policy
+from lawm.data import WindowDataset, collate
 from lawm.metrics import canonical_correlations, heldout_canonical_correlations
+from lawm.models.policy import Policy
+from lawm.trainer import LangTable
 from lawm_core import contract
 
 
@@ -29,8 +32,6 @@ def latent_action_cca(
     sources: labelled episodes held out from pretraining. Returns the canonical correlations
     (descending), their mean, and the sample count.
     """
-    from lawm.data import WindowDataset, collate
-    from lawm.trainer import LangTable
 
     policy, cfg, _ = load_policy(policy_dir)
     policy.eval()
@@ -82,10 +83,6 @@ def latent_action_cca(
 def untrained_cca(cfg, sources: list, out_dir: Path, *, lang_cache: Path | None = None) -> dict:
     """``latent_action_cca`` of the same architecture untrained (seeded like pretraining): the
     baseline a pretrained policy's CCA is read against. The policy is saved in ``out_dir``."""
-    import torch
-
-    from lawm.checkpoint import save_policy
-    from lawm.models.policy import Policy
 
     torch.manual_seed(cfg.pretrain.seed)
     save_policy(Path(out_dir), Policy(cfg.policy), cfg, {"stage": "untrained"})

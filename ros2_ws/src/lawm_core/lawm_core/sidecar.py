@@ -1,0 +1,587 @@
+"""The exported model's sidecars, one dataclass each: written by export, checked field by field
+before the runtime loads anything.
+
+``policy.json`` (:class:`PolicySidecar`) describes ``policy.onnx``; ``text_encoder.json``
+(:class:`TextEncoderSidecar`) describes ``text_encoder.onnx`` + ``tokenizer.json`` and is also
+embedded in ``policy.json`` under ``text_encoder`` when the export carries one. The tensor specs
+(``inputs``/``outputs``) are derived from the contract's names and the sizes in the sidecar, never
+stored separately: the JSON still lists them (for people and other tools), and reading refuses a
+file whose lists differ from what its sizes imply.
+
+Reading refuses, with ``ModelLoadError`` naming the file and the field: a missing or non-JSON
+file, a JSON value that is not an object, another ``format_version``, a missing or unknown key,
+and any field of the wrong type or out of range. The ONNX graph itself is checked against the
+sidecar by the runtime that loads it (``lawm_core.model``, ``lawm_core.text_encoder``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
+
+from lawm_core import contract
+from lawm_core.errors import ModelLoadError
+from lawm_core.files import atomic_write_text
+
+FORMAT_VERSION = 1
+BATCH = "batch"  # symbolic batch dimension of every tensor
+SEQUENCE = "sequence"  # symbolic token dimension of the text encoder's inputs
+TEXT_ENCODER_SIDECAR_FILE = "text_encoder.json"
+TEXT_INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask")  # int64 (B, L)
+TEXT_OUTPUT_NAME = "embedding"  # float32 (B, D), L2-normalised
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, shape (ints and symbolic names) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+class _Fields:
+    """Typed access to one JSON object; each error names the file and the (dotted) field."""
+
+    def __init__(self, source: Path, data: Mapping[str, Any], prefix: str = "") -> None:
+        self.source = source
+        self.data = data
+        self.prefix = prefix
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        raise ModelLoadError(f"{self.source}: {self.prefix}{key} {problem}")
+
+    def check_keys(self, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+        missing = [k for k in required if k not in self.data]
+        where = f"{self.prefix.rstrip('.')} " if self.prefix else "sidecar "
+        if missing:
+            raise ModelLoadError(f"{self.source}: {where}lacks required keys {missing}")
+        unknown = sorted(str(k) for k in self.data if k not in required and k not in optional)
+        if unknown:
+            raise ModelLoadError(
+                f"{self.source}: {where}has unknown keys {unknown} (this runtime reads "
+                f"format_version {FORMAT_VERSION}: {sorted(required + optional)})"
+            )
+
+    def version(self) -> None:
+        if "format_version" not in self.data:
+            return  # reported with the other missing keys
+        value = self.data["format_version"]
+        if isinstance(value, bool) or value != FORMAT_VERSION:
+            self.fail("format_version", f"{value!r}, this runtime reads {FORMAT_VERSION}")
+
+    def constant(self, key: str, want: str, why: str = "this runtime assumes") -> None:
+        if self.data[key] != want:
+            self.fail(key, f"is {self.data[key]!r}, {why} {want!r}")
+
+    def positive_int(self, key: str) -> int:
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.fail(key, f"must be a positive integer, got {value!r}")
+        return value
+
+    def number(self, key: str, *, positive: bool = False) -> float:
+        """A finite number, >= 0 (or > 0 when ``positive``)."""
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            self.fail(key, f"must be finite, got {value!r}")
+        if positive and not value > 0:
+            self.fail(key, f"must be > 0, got {value!r}")
+        if not value >= 0:
+            self.fail(key, f"must be >= 0, got {value!r}")
+        return float(value)
+
+    def text(self, key: str) -> str:
+        value = self.data[key]
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def sha256(self, key: str) -> str:
+        value = self.data[key]
+        if not isinstance(value, str) or not _SHA256.fullmatch(value):
+            self.fail(key, f"must be a hex string of 64 lowercase digits (sha256), got {value!r}")
+        return value
+
+    def timestamp(self, key: str) -> str:
+        value = self.text(key)
+        try:
+            _dt.datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(key, f"must be an ISO 8601 time, got {value!r}")
+        return value
+
+    def names(self, key: str, count: int | None = None, what: str = "names") -> tuple[str, ...]:
+        """A list of distinct non-empty strings, of ``count`` items when given."""
+        value = self.data[key]
+        ok = (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(v, str) and v for v in value)
+            and len(set(value)) == len(value)
+        )
+        if not ok:
+            self.fail(key, f"must be a non-empty list of distinct {what}, got {value!r}")
+        if count is not None and len(value) != count:
+            self.fail(key, f"has {len(value)} names, expected {count}, got {value!r}")
+        return tuple(value)
+
+    def obj(self, key: str) -> dict[str, Any]:
+        value = self.data[key]
+        if not isinstance(value, dict):
+            self.fail(key, f"must be an object, got {value!r}")
+        return value
+
+    def vector(self, key: str, dim: int) -> tuple[float, ...]:
+        value = self.data[key]
+        ok = (
+            isinstance(value, list)
+            and len(value) == dim
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value
+            )
+        )
+        if not ok:
+            self.fail(key, f"must be {dim} finite numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+
+    def tensors(self, key: str, want: tuple[TensorSpec, ...], derived_from: str) -> None:
+        """The stored list of tensor specs must be exactly ``want`` (any order)."""
+        items = self.data[key]
+        kind = key.rstrip("s")
+        if not isinstance(items, list) or not items:
+            self.fail(key, f"must be a non-empty list, got {items!r}")
+        got: dict[str, TensorSpec] = {}
+        for item in items:
+            if (
+                not isinstance(item, dict)
+                or set(item) != {"name", "shape", "dtype"}
+                or not isinstance(item["name"], str)
+                or not isinstance(item["shape"], list)
+                or not isinstance(item["dtype"], str)
+            ):
+                self.fail(key, f"items need exactly name, shape (list) and dtype, got {item!r}")
+            if item["name"] in got:
+                self.fail(key, f"names {item['name']!r} twice")
+            got[item["name"]] = TensorSpec(item["name"], tuple(item["shape"]), item["dtype"])
+        expected = {t.name: t for t in want}
+        if set(got) != set(expected):
+            self.fail(
+                key,
+                f"{sorted(got)} do not match {derived_from} (expected {sorted(expected)})",
+            )
+        for name, spec in got.items():
+            exp = expected[name]
+            if spec != exp:
+                raise ModelLoadError(
+                    f"{self.source}: {self.prefix}{kind} {name} is {spec.dtype} "
+                    f"{list(spec.shape)}, expected {exp.dtype} {list(exp.shape)} "
+                    f"(from {derived_from})"
+                )
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: file missing (the exported {what}'s sidecar)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: not a readable JSON sidecar ({err})") from err
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: sidecar is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# -- text encoder ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextEncoderSidecar:
+    """``text_encoder.json``: what ``text_encoder.onnx`` + ``tokenizer.json`` are and how they
+    were made. ``inputs``/``outputs`` follow from ``TEXT_INPUT_NAMES``, ``TEXT_OUTPUT_NAME`` and
+    ``embedding_dim``; the fixed file names and pipeline descriptions are class constants."""
+
+    onnx_sha256: str
+    tokenizer_sha256: str
+    weights_sha256: str  # the torch weights the graph was exported from
+    model: str  # the sentence encoder's name, e.g. sentence-transformers/all-MiniLM-L6-v2
+    embedding_dim: int
+    max_length: int  # tokens, [CLS] and [SEP] included; longer texts are truncated
+    opset: int
+    parity_max_abs_error: float  # torch vs onnxruntime at export
+    export_seconds: float
+    exported_at: str  # ISO 8601, UTC
+    torch_version: str
+    format_version: int = FORMAT_VERSION
+
+    ONNX_FILE: ClassVar[str] = contract.TEXT_ENCODER_ONNX
+    TOKENIZER_FILE: ClassVar[str] = contract.TOKENIZER_FILE
+    POOLING: ClassVar[str] = "mean over attention_mask, then L2 normalisation"
+    TEXT_NORMALIZATION: ClassVar[str] = (
+        "collapse whitespace (' '.join(text.split())); empty is an error"
+    )
+    TOKENIZER_SETTINGS: ClassVar[str] = "truncate to max_length, no padding for one text"
+    # Every key of the JSON object (missing ones are listed in this order).
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "format_version",
+        "onnx_sha256",
+        "tokenizer_sha256",
+        "weights_sha256",
+        "model",
+        "embedding_dim",
+        "max_length",
+        "opset",
+        "parity_max_abs_error",
+        "export_seconds",
+        "exported_at",
+        "torch_version",
+        "onnx_file",
+        "tokenizer_file",
+        "input_names",
+        "output_names",
+        "inputs",
+        "outputs",
+        "pooling",
+        "text_normalization",
+        "tokenizer_settings",
+    )
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return TEXT_INPUT_NAMES
+
+    @property
+    def output_name(self) -> str:
+        return TEXT_OUTPUT_NAME
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(n, (BATCH, SEQUENCE), "int64") for n in TEXT_INPUT_NAMES)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(TEXT_OUTPUT_NAME, (BATCH, self.embedding_dim), "float32"),)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "onnx_sha256": self.onnx_sha256,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "weights_sha256": self.weights_sha256,
+            "model": self.model,
+            "embedding_dim": self.embedding_dim,
+            "max_length": self.max_length,
+            "opset": self.opset,
+            "parity_max_abs_error": self.parity_max_abs_error,
+            "export_seconds": self.export_seconds,
+            "exported_at": self.exported_at,
+            "torch_version": self.torch_version,
+            "onnx_file": self.ONNX_FILE,
+            "tokenizer_file": self.TOKENIZER_FILE,
+            "input_names": list(self.input_names),
+            "output_names": [self.output_name],
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "pooling": self.POOLING,
+            "text_normalization": self.TEXT_NORMALIZATION,
+            "tokenizer_settings": self.TOKENIZER_SETTINGS,
+        }
+
+    def to_json(self) -> str:
+        return _to_json(self.to_dict())
+
+    def write(self, folder: Path | str) -> Path:
+        """Write ``folder/text_encoder.json`` atomically; returns its path."""
+        path = Path(folder) / TEXT_ENCODER_SIDECAR_FILE
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, folder_or_path: Path | str) -> TextEncoderSidecar:
+        """Read and check ``text_encoder.json`` (or the folder holding it)."""
+        path = Path(folder_or_path)
+        if path.is_dir() or path.suffix != ".json":
+            path = path / TEXT_ENCODER_SIDECAR_FILE
+        return cls.from_dict(_read_object(path, "text encoder"), path)
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, source: Path | str = TEXT_ENCODER_SIDECAR_FILE, prefix: str = ""
+    ) -> TextEncoderSidecar:
+        """Check every field of a parsed sidecar; ModelLoadError naming ``source`` and the field.
+
+        ``prefix`` names where the object sits when it is nested (``"text_encoder."``).
+        """
+        source = Path(source)
+        if not isinstance(data, dict):
+            where = prefix.rstrip(".") or "sidecar"
+            raise ModelLoadError(
+                f"{source}: {where} is a JSON {type(data).__name__}, not an object"
+            )
+        f = _Fields(source, data, prefix)
+        f.version()
+        f.check_keys(cls.KEYS)
+        f.constant("onnx_file", cls.ONNX_FILE, "this runtime loads")
+        f.constant("tokenizer_file", cls.TOKENIZER_FILE, "this runtime loads")
+        for key, want in (
+            ("pooling", cls.POOLING),
+            ("text_normalization", cls.TEXT_NORMALIZATION),
+            ("tokenizer_settings", cls.TOKENIZER_SETTINGS),
+        ):
+            f.constant(key, want)
+        for key, want in (
+            ("input_names", list(TEXT_INPUT_NAMES)),
+            ("output_names", [TEXT_OUTPUT_NAME]),
+        ):
+            if data[key] != want:
+                f.fail(key, f"are {data[key]!r}, expected {want}")
+        out = cls(
+            onnx_sha256=f.sha256("onnx_sha256"),
+            tokenizer_sha256=f.sha256("tokenizer_sha256"),
+            weights_sha256=f.sha256("weights_sha256"),
+            model=f.text("model"),
+            embedding_dim=f.positive_int("embedding_dim"),
+            max_length=f.positive_int("max_length"),
+            opset=f.positive_int("opset"),
+            parity_max_abs_error=f.number("parity_max_abs_error"),
+            export_seconds=f.number("export_seconds"),
+            exported_at=f.timestamp("exported_at"),
+            torch_version=f.text("torch_version"),
+        )
+        f.tensors("inputs", out.inputs, "input_names")
+        f.tensors("outputs", out.outputs, "output_names and embedding_dim")
+        return out
+
+
+# -- policy ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Normalization:
+    """Statistics baked into the graph, recorded for the runtime: raw action = (a + 1) / 2 *
+    (action_max - action_min) + action_min; proprio is normalised inside the graph."""
+
+    action_min: tuple[float, ...]  # (action_dim,)
+    action_max: tuple[float, ...]  # (action_dim,)
+    proprio_mean: tuple[float, ...]  # (proprio_dim,)
+    proprio_std: tuple[float, ...]  # (proprio_dim,)
+
+    KEYS: ClassVar[tuple[str, ...]] = ("action_min", "action_max", "proprio_mean", "proprio_std")
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {k: list(getattr(self, k)) for k in self.KEYS}
+
+
+@dataclass(frozen=True)
+class PolicySidecar:
+    """``policy.json``: the contract between an exported ``policy.onnx`` and the runtime.
+
+    ``inputs`` (image_<camera> uint8 (batch, S, S, 3) per camera, proprio float32
+    (batch, proprio_dim), lang float32 (batch, lang_dim)) and ``outputs`` (actions float32
+    (batch, chunk_size, action_dim)) are derived from the contract's names and these sizes.
+    """
+
+    onnx_sha256: str
+    opset: int
+    cameras: tuple[str, ...]  # model input order
+    image_size: int  # S: images are (S, S, 3)
+    chunk_size: int  # K: actions per prediction
+    action_dim: int
+    action_layout: tuple[str, ...]  # (action_dim,) names
+    control_rate_hz: float
+    proprio_dim: int
+    proprio_layout: tuple[str, ...]  # (proprio_dim,) names
+    lang_dim: int
+    normalization: Normalization
+    text_encoder: TextEncoderSidecar | None  # None: exported without one
+    parity_max_abs_error: float  # torch vs onnxruntime at export
+    preset: str  # training preset name
+    run: dict[str, Any] = field(hash=False)  # the training run's record (JSON object)
+    exported_at: str  # ISO 8601, UTC
+    torch_version: str
+    format_version: int = FORMAT_VERSION
+
+    MODEL: ClassVar[str] = "lawm-policy"
+    ONNX_FILE: ClassVar[str] = contract.ONNX_FILE
+    ACTION_SPACE: ClassVar[str] = "normalized [-1, 1]; raw = (a + 1) / 2 * (max - min) + min"
+    IMAGE_FORMAT: ClassVar[str] = "uint8 RGB, upright, (B, H, W, 3)"
+    # Every key of the JSON object (missing ones are listed in this order).
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "format_version",
+        "onnx_sha256",
+        "model",
+        "onnx_file",
+        "opset",
+        "cameras",
+        "image_size",
+        "image_format",
+        "chunk_size",
+        "action_dim",
+        "action_layout",
+        "action_space",
+        "control_rate_hz",
+        "proprio_dim",
+        "proprio_layout",
+        "lang_dim",
+        "normalization",
+        "inputs",
+        "outputs",
+        "parity_max_abs_error",
+        "preset",
+        "run",
+        "exported_at",
+        "torch_version",
+    )
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("text_encoder",)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        s = self.image_size
+        names = contract.onnx_input_names(self.cameras)
+        images = [TensorSpec(n, (BATCH, s, s, 3), "uint8") for n in names[: len(self.cameras)]]
+        return (
+            *images,
+            TensorSpec(contract.ONNX_PROPRIO_INPUT, (BATCH, self.proprio_dim), "float32"),
+            TensorSpec(contract.ONNX_LANG_INPUT, (BATCH, self.lang_dim), "float32"),
+        )
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        shape = (BATCH, self.chunk_size, self.action_dim)
+        return (TensorSpec(contract.ONNX_ACTION_OUTPUT, shape, "float32"),)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``policy.json`` (lists, not tuples)."""
+        out = {
+            "format_version": self.format_version,
+            "onnx_sha256": self.onnx_sha256,
+            "model": self.MODEL,
+            "onnx_file": self.ONNX_FILE,
+            "opset": self.opset,
+            "cameras": list(self.cameras),
+            "image_size": self.image_size,
+            "image_format": self.IMAGE_FORMAT,
+            "chunk_size": self.chunk_size,
+            "action_dim": self.action_dim,
+            "action_layout": list(self.action_layout),
+            "action_space": self.ACTION_SPACE,
+            "control_rate_hz": self.control_rate_hz,
+            "proprio_dim": self.proprio_dim,
+            "proprio_layout": list(self.proprio_layout),
+            "lang_dim": self.lang_dim,
+            "normalization": self.normalization.to_dict(),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "parity_max_abs_error": self.parity_max_abs_error,
+            "preset": self.preset,
+            "run": self.run,
+            "exported_at": self.exported_at,
+            "torch_version": self.torch_version,
+        }
+        if self.text_encoder is not None:
+            out["text_encoder"] = self.text_encoder.to_dict()
+        return out
+
+    def to_json(self) -> str:
+        return _to_json(self.to_dict())
+
+    def write(self, folder: Path | str) -> Path:
+        """Write ``folder/policy.json`` atomically; returns its path."""
+        path = Path(folder) / contract.SIDECAR_FILE
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, folder_or_path: Path | str) -> PolicySidecar:
+        """Read and check ``policy.json`` (or the folder holding it)."""
+        path = Path(folder_or_path)
+        if path.is_dir() or path.suffix != ".json":
+            path = path / contract.SIDECAR_FILE
+        return cls.from_dict(_read_object(path, "policy"), path)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: Path | str = contract.SIDECAR_FILE) -> PolicySidecar:
+        """Check every field of a parsed ``policy.json``; ModelLoadError naming ``source`` and
+        the field."""
+        source = Path(source)
+        if not isinstance(data, dict):
+            raise ModelLoadError(
+                f"{source}: sidecar is a JSON {type(data).__name__}, not an object"
+            )
+        f = _Fields(source, data)
+        f.version()
+        f.check_keys(cls.KEYS, cls.OPTIONAL_KEYS)
+        # Fixed file name: the sidecar is not trusted to point outside the folder.
+        f.constant("onnx_file", cls.ONNX_FILE, "this runtime loads")
+        f.constant("model", cls.MODEL, "this runtime loads")
+        f.constant("image_format", cls.IMAGE_FORMAT)
+        f.constant("action_space", cls.ACTION_SPACE)
+        action_dim = f.positive_int("action_dim")
+        proprio_dim = f.positive_int("proprio_dim")
+        lang_dim = f.positive_int("lang_dim")
+
+        norm = _Fields(source, f.obj("normalization"), "normalization.")
+        norm.check_keys(Normalization.KEYS)
+        normalization = Normalization(
+            action_min=norm.vector("action_min", action_dim),
+            action_max=norm.vector("action_max", action_dim),
+            proprio_mean=norm.vector("proprio_mean", proprio_dim),
+            proprio_std=norm.vector("proprio_std", proprio_dim),
+        )
+        if not all(hi >= lo for lo, hi in zip(normalization.action_min, normalization.action_max)):
+            norm.fail(
+                "action_max",
+                f"< action_min somewhere ({list(normalization.action_max)} vs "
+                f"{list(normalization.action_min)})",
+            )
+
+        text_encoder = None
+        if "text_encoder" in data:
+            text_encoder = TextEncoderSidecar.from_dict(
+                data["text_encoder"], source, prefix="text_encoder."
+            )
+            if text_encoder.embedding_dim != lang_dim:
+                f.fail(
+                    "text_encoder.embedding_dim",
+                    f"is {text_encoder.embedding_dim}, but the policy takes lang_dim {lang_dim}",
+                )
+
+        out = cls(
+            format_version=FORMAT_VERSION,
+            onnx_sha256=f.sha256("onnx_sha256"),
+            opset=f.positive_int("opset"),
+            cameras=f.names("cameras"),
+            image_size=f.positive_int("image_size"),
+            chunk_size=f.positive_int("chunk_size"),
+            action_dim=action_dim,
+            action_layout=f.names("action_layout", action_dim),
+            control_rate_hz=f.number("control_rate_hz", positive=True),
+            proprio_dim=proprio_dim,
+            proprio_layout=f.names("proprio_layout", proprio_dim),
+            lang_dim=lang_dim,
+            normalization=normalization,
+            text_encoder=text_encoder,
+            parity_max_abs_error=f.number("parity_max_abs_error"),
+            preset=f.text("preset"),
+            run=f.obj("run"),
+            exported_at=f.timestamp("exported_at"),
+            torch_version=f.text("torch_version"),
+        )
+        sizes = f"cameras {list(out.cameras)}, image_size, proprio_dim and lang_dim"
+        f.tensors("inputs", out.inputs, sizes)
+        f.tensors("outputs", out.outputs, "chunk_size and action_dim")
+        return out

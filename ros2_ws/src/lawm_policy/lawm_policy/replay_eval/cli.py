@@ -1,0 +1,302 @@
+"""Rosbag replay evaluation of the LAWM policy: live (through a running policy node) or offline.
+
+    replay_eval --bag BAG --out DIR [--image-topic CAMERA=TOPIC ...] [--action-topic T]
+                [--proprio-topic T|auto|none] [--gripper-topic T] [--instruction TEXT]
+                [--policy-ns /lawm_policy] [--rate 1.0] [--wait-timeout 30]
+                [--offline --model-dir DIR [--providers auto] [--threads 0]]
+                [--ros-args ...]
+
+Topics. ``--image-topic CAMERA=TOPIC`` (repeatable, or comma-separated) names the bag's
+camera topic (``sensor_msgs/Image`` or ``CompressedImage``) for each model camera; the first
+camera is the frame clock (one frame per message on it). Without it: one camera topic ->
+agentview; two, one named like a wrist camera -> eye_in_hand (as training guesses).
+``--action-topic`` (default: the one ``*action*`` topic) is the recorded action,
+``--proprio-topic`` (default: the one ``*proprio*`` topic, if any; ``none`` to ignore it) the
+robot state. The instruction: ``--instruction``, else the bag's ``*instruction*`` String topic.
+
+Live mode (default) publishes the recorded camera and proprio messages on **their bag topic
+names**: configure the policy node's ``camera_topics`` (model camera order) and
+``proprio_topic`` with those names, or move them with ROS remapping of this node's publishers
+(``--ros-args -r /bag/topic:=/live/topic``). Camera headers are restamped with the current
+time as each message goes out, at the recorded pacing (log times) scaled by ``--rate``;
+compressed camera messages go out decoded, as rgb8 Images. The instruction goes latched to
+``<policy-ns>/instruction``. Before playing it waits (up to ``--wait-timeout`` s) for the
+policy's camera subscriptions, its ``action`` and ``cmd_twist`` publishers and a first
+``cmd_twist`` (the node is active). A ``cmd_twist`` whose header stamp is one of our image
+stamps answers that image's frame: latency = receipt - stamp; the raw 7-D prediction is the
+``action`` of the same tick. Frames published but never answered are "dropped".
+
+Offline mode (``--offline --model-dir DIR``) runs the runtime core per frame (preprocess,
+``PolicyModel.predict``, ``TemporalAggregator.step``, ``denormalize``) without ROS; latency is
+the inference time.
+
+Outputs in ``--out``: ``report.json`` (also printed as one JSON line on stdout at the end),
+``predictions.csv`` (per frame: predicted and recorded action, latency) and ``actions.png``.
+Exit codes: 0 done; 2 bad input (bag, topics, model, arguments), the reason on stderr;
+1 the policy never showed up or answered no frame (the report is still written when frames
+were played).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from lawm_policy.replay_eval import offline, report
+from lawm_policy.replay_eval.index import AUTO, ReplayError, open_bag
+
+log = logging.getLogger("replay_eval")
+
+NONE_VALUES = ("", "none")
+
+
+# ------------------------------------------------------------------------------ arguments
+def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``argv`` (without the program name) into our arguments and the ROS ones:
+    everything from ``--ros-args`` up to a ``--`` (or the end) goes to rclpy."""
+    ours: list[str] = []
+    ros: list[str] = []
+    inside = False
+    for arg in argv:
+        if arg == "--ros-args":
+            inside = True
+            ros.append(arg)
+        elif inside and arg == "--":
+            inside = False
+            ros.append(arg)
+        elif inside:
+            ros.append(arg)
+        else:
+            ours.append(arg)
+    return ours, ros
+
+
+def parse_image_topics(items: Iterable[str] | None) -> dict[str, str] | None:
+    """``["agentview=/cam/a", "eye_in_hand=/cam/b"]`` (or one comma-separated item) ->
+    ``{camera: topic}`` in the given order; None (auto) when nothing or only "" is given."""
+    mapping: dict[str, str] = {}
+    for item in items or ():
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            camera, sep, topic = part.partition("=")
+            camera, topic = camera.strip(), topic.strip()
+            if not sep or not camera or not topic:
+                raise ReplayError(f"--image-topic {part!r}: expected CAMERA=TOPIC")
+            if camera in mapping:
+                raise ReplayError(f"--image-topic: camera {camera!r} given twice")
+            mapping[camera] = topic if topic.startswith("/") else "/" + topic
+    return mapping or None
+
+
+def optional_topic(value: str | None) -> str | None:
+    """CLI topic value: None or "auto" -> "auto"; "" or "none" -> None; else the topic."""
+    if value is None or value.strip().lower() == AUTO:
+        return AUTO
+    if value.strip().lower() in NONE_VALUES:
+        return None
+    value = value.strip()
+    return value if value.startswith("/") else "/" + value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own exit code is 2 as well; keep its format
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="replay_eval",
+        description="Replay a rosbag2 through the LAWM policy (live or offline) and compare "
+        "its actions with the recorded ones.",
+        epilog="Anything after --ros-args goes to rclpy (e.g. -r /bag/topic:=/live/topic).",
+    )
+    p.add_argument("--bag", required=True, help="rosbag2 folder (metadata.yaml) or .mcap/.db3")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--image-topic",
+        action="append",
+        metavar="CAMERA=TOPIC",
+        help="bag Image or CompressedImage topic of a model camera (repeat per camera; the "
+        "first is the frame clock); default: guessed from the bag",
+    )
+    p.add_argument(
+        "--action-topic", default="auto", help="recorded action topic (default: the *action*)"
+    )
+    p.add_argument(
+        "--proprio-topic",
+        default="auto",
+        help="proprio topic (default: the *proprio* topic if any; 'none': do not use)",
+    )
+    p.add_argument(
+        "--gripper-topic",
+        default="",
+        help="std_msgs/Float64 gripper command, for a TwistStamped action topic",
+    )
+    p.add_argument(
+        "--instruction",
+        default="",
+        help="task instruction (default: the bag's *instruction* String topic)",
+    )
+    p.add_argument("--policy-ns", default="/lawm_policy", help="the policy node's namespace")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (live)")
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the policy node to show up (live)",
+    )
+    p.add_argument("--offline", action="store_true", help="run the runtime core, no ROS")
+    p.add_argument("--model-dir", help="exported model directory (offline)")
+    p.add_argument("--providers", default="auto", help="onnxruntime providers (offline)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (offline)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.rate > 0 or args.rate != args.rate or args.rate == float("inf"):
+        p.error(f"--rate must be a positive number, got {args.rate}")
+    if not args.wait_timeout > 0:
+        p.error(f"--wait-timeout must be > 0, got {args.wait_timeout}")
+    if args.offline and not args.model_dir:
+        p.error("--offline needs --model-dir")
+    if args.model_dir and not args.offline:
+        p.error("--model-dir is for --offline (in live mode the policy node loads the model)")
+    if args.threads < 0:
+        p.error(f"--threads must be >= 0, got {args.threads}")
+    if args.offline and not Path(args.model_dir).is_dir():
+        raise ReplayError(f"{args.model_dir}: model directory missing (--model-dir)")
+
+
+def _model_cameras(model_dir: Path) -> list[str] | None:
+    """The model's cameras from its sidecar (full checks happen when it is loaded)."""
+    try:
+        cams = json.loads((model_dir / "policy.json").read_text()).get("cameras")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(cams) if isinstance(cams, list) else None
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, ros_args = split_ros_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(ours)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[replay_eval] %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        _check_args(parser, args)
+        image_topics = parse_image_topics(args.image_topic)
+        cameras = None
+        if args.offline:
+            cameras = _model_cameras(Path(args.model_dir))
+        index = open_bag(
+            args.bag,
+            image_topics=image_topics,
+            action_topic=optional_topic(args.action_topic),
+            proprio_topic=optional_topic(args.proprio_topic),
+            gripper_topic=optional_topic(args.gripper_topic or "none"),
+            cameras=cameras,
+        )
+        if args.instruction.strip():
+            instruction, source = " ".join(args.instruction.split()), "argument"
+        elif index.instruction:
+            instruction, source = index.instruction, f"bag topic {index.selection.instruction}"
+        else:
+            instruction, source = None, "none"
+        log.info(
+            "%s: %d frames, cameras %s, action %s, proprio %s, instruction %r (%s)",
+            index.path,
+            index.n_frames,
+            index.selection.images,
+            index.selection.action,
+            index.selection.proprio,
+            instruction,
+            source,
+        )
+        if args.offline:
+            ev = offline.run_offline(
+                index, args.model_dir, instruction, providers=args.providers, threads=args.threads
+            )
+        else:
+            if instruction is None:
+                log.warning(
+                    "no instruction (no --instruction, none in the bag): the policy node must "
+                    "have its own"
+                )
+            # rclpy only in live mode: --offline runs where ROS is not installed.
+            from lawm_policy.replay_eval import live
+
+            ev = live.run_live(
+                index,
+                instruction=instruction,
+                policy_ns=args.policy_ns,
+                rate=args.rate,
+                wait_timeout=args.wait_timeout,
+                ros_args=ros_args,
+            )
+        out_dir = args.out.expanduser().resolve()
+        settings = {
+            "rate": args.rate if not args.offline else None,
+            "policy_ns": args.policy_ns if not args.offline else None,
+            "model_dir": str(Path(args.model_dir).resolve()) if args.offline else None,
+        }
+        result = report.build_report(
+            index,
+            ev,
+            instruction=instruction,
+            instruction_source=source,
+            settings=settings,
+            out_dir=out_dir,
+        )
+        try:
+            report.write_outputs(out_dir, result, index, ev)
+        except OSError as err:
+            raise ReplayError(f"cannot write to {out_dir}: {err}") from err
+        print(json.dumps(result, allow_nan=False), flush=True)
+        f = result["frames"]
+        lat = result["latency_ms"]
+        log.info(
+            "%s: %d/%d frames answered (%d dropped), MAE %s, latency p50 %s ms p99 %s ms -> %s",
+            ev.mode,
+            f["answered"],
+            f["published"],
+            f["dropped"],
+            _fmt(result["metrics"]["mae_mean"]),
+            _fmt(lat["p50"]),
+            _fmt(lat["p99"]),
+            out_dir / report.REPORT_FILE,
+        )
+        if f["answered"] == 0:
+            print(
+                "replay_eval: error: the policy answered none of the frames (check its log: "
+                "instruction, camera topics, stale_timeout_s)",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    except ReplayError as err:
+        print(f"replay_eval: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("replay_eval: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Offline replay: the exported model run through the runtime core on a bag's frames, no ROS.
+
+``frame_inputs`` streams the bag once and gives each frame its inputs (every camera's latest
+image at or before the frame, decoded by ``lawm_core.bags`` as training decodes it, and the
+aligned proprio); ``infer`` is the policy node's per-tick computation over them (fit,
+``PolicyModel.predict``, ``TemporalAggregator.step``, ``denormalize``); ``run_offline`` loads
+the model and the instruction's embedding and puts the two together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lawm_core import bags, contract
+from lawm_core.aggregation import TemporalAggregator
+from lawm_core.errors import InputError, ModelLoadError
+from lawm_core.model import PolicyModel
+from lawm_core.preprocess import fit_image
+from lawm_core.text_encoder import TextEncoderRuntime
+from lawm_policy.replay_eval.index import BagIndex, ReplayError
+from lawm_policy.replay_eval.report import Evaluation
+
+MAX_WARNINGS = 20
+
+
+@dataclass
+class FrameInput:
+    """A frame's inputs. ``images``: camera -> (H, W, 3) uint8 RGB as decoded from the bag;
+    ``proprio``: float32 (5,) or None (no proprio topic); ``problem``: why the frame cannot
+    be evaluated (an image missing or undecodable, no proprio yet), else None."""
+
+    frame: int
+    images: dict[str, np.ndarray]
+    proprio: np.ndarray | None
+    problem: str | None = None
+
+
+def frame_inputs(index: BagIndex, cameras: Sequence[str]) -> Iterator[FrameInput]:
+    """Each frame's inputs in frame order, reading the bag once (a frame is given as soon as
+    its images have been read; an image is kept only until the last frame that uses it)."""
+    sel = index.selection
+    topic_cam = {sel.images[c]: c for c in cameras}
+    needs = {c: index.frame_images[c] for c in cameras}
+    last_use: dict[str, dict[int, int]] = {c: {} for c in cameras}
+    for cam, idx in needs.items():
+        for frame, k in enumerate(idx.tolist()):
+            if k >= 0:
+                last_use[cam][k] = frame
+    cache: dict[str, dict[int, np.ndarray | InputError]] = {c: {} for c in cameras}
+    seen = dict.fromkeys(cameras, 0)
+    n = index.n_frames
+
+    def ready(frame: int) -> bool:
+        return all(needs[c][frame] < seen[c] for c in cameras)
+
+    def take(frame: int) -> FrameInput:
+        images: dict[str, np.ndarray] = {}
+        problems: list[str] = []
+        for cam in cameras:
+            k = int(needs[cam][frame])
+            got = cache[cam].get(k) if k >= 0 else None
+            if got is None:
+                problems.append(f"no {cam} image yet")
+            elif isinstance(got, InputError):
+                problems.append(f"{cam}: {got}")
+            else:
+                images[cam] = got
+            done = [j for j in cache[cam] if last_use[cam].get(j, -1) <= frame]
+            for j in done:  # no later frame needs it
+                del cache[cam][j]
+        proprio = None
+        if index.proprio is not None:
+            proprio = index.proprio[frame]
+            if not np.all(np.isfinite(proprio)):
+                problems.append("no proprio yet")
+        return FrameInput(frame, images, proprio, "; ".join(problems) or None)
+
+    next_frame = 0
+    for topic, _logtime, raw in index.messages(topic_cam):
+        cam = topic_cam[topic]
+        k = seen[cam]
+        seen[cam] += 1
+        if k in last_use[cam]:
+            try:
+                cache[cam][k] = bags.decode_image(raw, index.topics[topic])
+            except InputError as err:
+                cache[cam][k] = err
+        while next_frame < n and ready(next_frame):
+            yield take(next_frame)
+            next_frame += 1
+    while next_frame < n:  # a bag that changed since the scan
+        yield take(next_frame)
+        next_frame += 1
+
+
+def infer(
+    model: PolicyModel,
+    lang: np.ndarray,
+    inputs: Iterable[FrameInput],
+    n_frames: int,
+    proprio_default: np.ndarray,
+) -> Evaluation:
+    """The policy node's computation once per frame: fit every camera's image, predict a
+    chunk from the images, the proprio (``proprio_default`` (5,) for frames without) and the
+    instruction embedding ``lang`` (D,), aggregate it with the previous frames' chunks and
+    denormalise. A frame that cannot be evaluated is skipped and the aggregation restarts, as
+    the node does on stale input. Latency: the time of those steps per frame."""
+    predicted = np.full((n_frames, contract.ACTION_DIM), np.nan)
+    latency = np.full(n_frames, np.nan)
+    answered = np.zeros(n_frames, bool)
+    warnings: list[str] = []
+    aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
+    for item in inputs:
+        t0 = time.perf_counter()
+        problem = item.problem
+        if problem is None:
+            try:
+                images = {c: fit_image(item.images[c], model.image_size) for c in model.cameras}
+                proprio = proprio_default if item.proprio is None else item.proprio
+                chunk = model.predict(images, proprio, lang)
+                action = aggregator.step(chunk)
+                predicted[item.frame] = model.denormalize(action)
+                latency[item.frame] = (time.perf_counter() - t0) * 1e3
+                answered[item.frame] = True
+            except InputError as err:
+                problem = str(err)
+        if problem is not None:
+            aggregator.reset()
+            if len(warnings) < MAX_WARNINGS:
+                warnings.append(f"frame {item.frame} skipped: {problem}")
+    return Evaluation(
+        mode="offline",
+        predicted=predicted,
+        latency_ms=latency,
+        answered=answered,
+        published=n_frames,
+        latency_what="inference time per frame (preprocess + predict + aggregate + denormalize)",
+        warnings=warnings,
+    )
+
+
+def load_model(
+    index: BagIndex, model_dir: str | Path, providers: str = "auto", threads: int = 0
+) -> PolicyModel:
+    """The exported model, checked against the bag's selection; ReplayError if unusable."""
+    try:
+        model = PolicyModel(model_dir, providers=providers, threads=threads)
+    except ModelLoadError as err:
+        raise ReplayError(f"cannot load the model: {err}") from err
+    if model.action_dim != contract.ACTION_DIM:
+        raise ReplayError(
+            f"{model_dir}: the model's action_dim is {model.action_dim}, not {contract.ACTION_DIM}"
+        )
+    sel = index.selection
+    if set(sel.images) != set(model.cameras):
+        raise ReplayError(
+            f"the model's cameras are {list(model.cameras)} but the image topics are given "
+            f"for {list(sel.images)}; pass --image-topic CAMERA=TOPIC for each model camera"
+        )
+    return model
+
+
+def embed_instruction(model_dir: str | Path, instruction: str | None) -> np.ndarray:
+    """float32 (D,): the instruction's embedding by the exported text encoder."""
+    if not instruction:
+        raise ReplayError(
+            "no instruction: pass --instruction TEXT (the bag has no instruction topic)"
+        )
+    if not (Path(model_dir) / "text_encoder.json").is_file():
+        raise ReplayError(
+            f"{model_dir}: no text encoder (text_encoder.json) to embed the instruction; "
+            "export the model with its text encoder"
+        )
+    try:
+        return TextEncoderRuntime(Path(model_dir)).embed(instruction).astype(np.float32)
+    except ModelLoadError as err:
+        raise ReplayError(f"cannot load the text encoder: {err}") from err
+    except ValueError as err:
+        raise ReplayError(f"instruction {instruction!r} refused: {err}") from err
+
+
+def run_offline(
+    index: BagIndex,
+    model_dir: str | Path,
+    instruction: str | None,
+    providers: str = "auto",
+    threads: int = 0,
+) -> Evaluation:
+    """Every frame of the bag through the exported model; ReplayError if no frame could be
+    evaluated."""
+    model = load_model(index, model_dir, providers, threads)
+    lang = embed_instruction(model_dir, instruction)
+    model.warmup()
+    mean = np.asarray(model.sidecar["normalization"]["proprio_mean"], np.float32)
+    ev = infer(model, lang, frame_inputs(index, model.cameras), index.n_frames, mean)
+    if not ev.answered.any():
+        raise ReplayError(
+            f"{index.path}: no frame could be evaluated ({ev.warnings[0] if ev.warnings else '?'})"
+        )
+    ev.extra["model"] = {
+        "dir": str(Path(model_dir).resolve()),
+        "onnx_sha256": model.sidecar["onnx_sha256"],
+        "provider": model.provider,
+        "image_size": model.image_size,
+        "chunk_size": model.chunk_size,
+        "cameras": list(model.cameras),
+    }
+    return ev

@@ -1,0 +1,233 @@
+"""The exported model's sidecars (lawm_core.sidecar): what export writes is what the runtime reads
+back, and a sidecar with a missing, unknown or malformed field is refused naming the file and
+the field. Real exports of the debug policy (and its text encoder); no mocks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from lawm.checkpoint import save_policy
+from lawm.config import preset
+from lawm.export import export_policy
+from lawm.models.policy import Policy
+from lawm_core import contract
+from lawm_core.errors import ModelLoadError
+from lawm_core.sidecar import PolicySidecar, TextEncoderSidecar
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, PolicySidecar]:
+    """The debug policy exported without a text encoder, and the sidecar export returned."""
+    tmp = tmp_path_factory.mktemp("sidecar")
+    cfg = preset("debug")
+    torch.manual_seed(0)
+    save_policy(tmp / "p", Policy(cfg.policy), cfg, {"stage": "test", "steps": 3})
+    with warnings.catch_warnings():  # the tracer's deprecation chatter is not ours
+        warnings.simplefilter("ignore")
+        sidecar = export_policy(tmp / "p", tmp / "export", text_encoder=False)
+    return tmp / "export", sidecar
+
+
+@pytest.fixture()
+def raw(exported) -> dict[str, Any]:
+    return json.loads((exported[0] / "policy.json").read_text())
+
+
+def _text_encoder() -> TextEncoderSidecar:
+    return TextEncoderSidecar(
+        onnx_sha256="a" * 64,
+        tokenizer_sha256="b" * 64,
+        weights_sha256="c" * 64,
+        model="sentence-transformers/all-MiniLM-L6-v2",
+        embedding_dim=384,
+        max_length=128,
+        opset=17,
+        parity_max_abs_error=1e-6,
+        export_seconds=1.5,
+        exported_at="2025-01-01T00:00:00+00:00",
+        torch_version="2.5.1",
+    )
+
+
+def _refused(data: Any, *needles: str, source: str = "/models/policy.json") -> str:
+    with pytest.raises(ModelLoadError) as info:
+        PolicySidecar.from_dict(data, source)
+    msg = str(info.value)
+    assert msg.startswith(f"{source}: "), msg
+    for needle in needles:
+        assert needle in msg, msg
+    return msg
+
+
+# ----------------------------------------------------------------------------- round trip
+def test_what_export_writes_is_what_the_runtime_reads(exported, raw):
+    folder, written = exported
+    read = PolicySidecar.read(folder)
+    assert read == written
+    assert PolicySidecar.read(folder / "policy.json") == written
+    assert read.to_dict() == raw
+    assert read.run == {"stage": "test", "steps": 3} and read.text_encoder is None
+    assert read.cameras == contract.CAMERAS and read.action_layout == contract.ACTION_LAYOUT
+    assert (read.image_size, read.chunk_size, read.action_dim) == (32, 4, 7)
+    # Readable by the robot's service user, not only by whoever exported it.
+    assert (folder / "policy.json").stat().st_mode & 0o044 == 0o044
+
+
+def test_tensor_specs_are_the_contract_names_and_the_graphs(exported, raw):
+    folder, sidecar = exported
+    assert [t.name for t in sidecar.inputs] == contract.onnx_input_names(contract.CAMERAS)
+    assert [t.name for t in sidecar.outputs] == [contract.ONNX_ACTION_OUTPUT]
+    assert raw["inputs"] == [t.to_dict() for t in sidecar.inputs]
+    sess = ort.InferenceSession(str(folder / "policy.onnx"), providers=["CPUExecutionProvider"])
+    graph = {i.name: i.shape[1:] for i in [*sess.get_inputs(), *sess.get_outputs()]}
+    assert graph == {t.name: list(t.shape[1:]) for t in [*sidecar.inputs, *sidecar.outputs]}
+
+
+def test_write_then_read_with_a_text_encoder(exported, tmp_path):
+    sidecar = PolicySidecar.read(exported[0])
+    with_text = dataclasses.replace(sidecar, text_encoder=_text_encoder())
+    path = with_text.write(tmp_path)
+    assert path == tmp_path / "policy.json"
+    assert PolicySidecar.read(tmp_path) == with_text
+    assert _text_encoder().write(tmp_path) == tmp_path / "text_encoder.json"
+    assert TextEncoderSidecar.read(tmp_path) == _text_encoder()
+
+
+def test_the_exported_text_encoder_is_the_one_policy_json_records(exported_debug_model):
+    policy = PolicySidecar.read(exported_debug_model)
+    assert policy.text_encoder is not None
+    assert policy.text_encoder == TextEncoderSidecar.read(exported_debug_model)
+    assert policy.text_encoder.embedding_dim == policy.lang_dim
+
+
+# ------------------------------------------------------------------------------ refusals
+@pytest.mark.parametrize("key", PolicySidecar.KEYS)
+def test_a_missing_field_is_refused_by_name(raw, key):
+    del raw[key]
+    _refused(raw, "lacks required keys", repr(key))
+
+
+def test_an_unknown_field_is_refused_by_name(raw):
+    raw["camera_names"] = ["agentview"]
+    _refused(raw, "unknown keys ['camera_names']")
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("format_version", 2, "format_version 2, this runtime reads 1"),
+        ("format_version", True, "format_version True"),
+        ("onnx_sha256", "d28e77f8", "onnx_sha256 must be a hex string"),
+        ("onnx_file", "../../etc/model.onnx", "onnx_file is '../../etc/model.onnx'"),
+        ("image_size", "32", "image_size must be a positive integer, got '32'"),
+        ("chunk_size", True, "chunk_size must be a positive integer, got True"),
+        ("chunk_size", 0, "chunk_size must be a positive integer, got 0"),
+        ("opset", 17.0, "opset must be a positive integer"),
+        ("control_rate_hz", "20", "control_rate_hz must be a number, got '20'"),
+        ("control_rate_hz", 0, "control_rate_hz must be > 0"),
+        ("control_rate_hz", float("inf"), "control_rate_hz must be finite"),
+        ("cameras", "agentview", "cameras must be a non-empty list of distinct names"),
+        ("cameras", ["agentview", "agentview"], "cameras must be a non-empty list of distinct"),
+        ("cameras", [], "cameras must be a non-empty list"),
+        ("action_layout", ["dx", "dy"], "action_layout has 2 names, expected 7"),
+        ("proprio_layout", [1, 2, 3, 4, 5], "proprio_layout must be a non-empty list"),
+        ("parity_max_abs_error", -1.0, "parity_max_abs_error must be >= 0"),
+        ("parity_max_abs_error", float("nan"), "parity_max_abs_error must be finite"),
+        ("preset", None, "preset must be a non-empty string"),
+        ("run", ["stage"], "run must be an object"),
+        ("exported_at", "yesterday", "exported_at must be an ISO 8601 time"),
+        ("torch_version", 2, "torch_version must be a non-empty string"),
+        ("normalization", [], "normalization must be an object"),
+        ("text_encoder", None, "text_encoder is a JSON NoneType, not an object"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_by_name(raw, key, value, needle):
+    raw[key] = value
+    _refused(raw, needle)
+
+
+def test_normalization_is_checked_entry_by_entry(raw):
+    bad = copy.deepcopy(raw)
+    bad["normalization"]["proprio_std"] = [1.0, 1.0, float("nan"), 1.0, 1.0]
+    _refused(bad, "normalization.proprio_std must be 5 finite numbers")
+    bad = copy.deepcopy(raw)
+    bad["normalization"]["action_min"] = [0.0] * 6
+    _refused(bad, "normalization.action_min must be 7 finite numbers")
+    bad = copy.deepcopy(raw)
+    bad["normalization"]["action_max"] = [-2.0] * 7
+    _refused(bad, "normalization.action_max < action_min")
+    bad = copy.deepcopy(raw)
+    del bad["normalization"]["proprio_mean"]
+    _refused(bad, "normalization lacks required keys ['proprio_mean']")
+
+
+def test_tensor_lists_must_follow_from_the_sizes(raw):
+    bad = copy.deepcopy(raw)
+    bad["inputs"][2]["dtype"] = "float64"
+    _refused(bad, "input proprio is float64 ['batch', 5], expected float32 ['batch', 5]")
+    bad = copy.deepcopy(raw)
+    bad["chunk_size"] = 8  # outputs still say 4
+    _refused(bad, "output actions is float32 ['batch', 4, 7], expected float32 ['batch', 8, 7]")
+    bad = copy.deepcopy(raw)
+    bad["inputs"].pop(0)
+    _refused(bad, "inputs ['image_eye_in_hand', 'lang', 'proprio'] do not match cameras")
+    bad = copy.deepcopy(raw)
+    bad["inputs"][0]["layout"] = "NHWC"
+    _refused(bad, "inputs items need exactly name, shape (list) and dtype")
+
+
+def test_a_nested_text_encoder_is_checked_too(raw):
+    text = _text_encoder().to_dict()
+    ok = {**raw, "text_encoder": text}
+    assert PolicySidecar.from_dict(ok).text_encoder == _text_encoder()
+    bad = {**raw, "text_encoder": {k: v for k, v in text.items() if k != "tokenizer_sha256"}}
+    _refused(bad, "text_encoder lacks required keys ['tokenizer_sha256']")
+    bad = {**raw, "text_encoder": {**text, "max_length": "128"}}
+    _refused(bad, "text_encoder.max_length must be a positive integer")
+    bad = copy.deepcopy({**raw, "lang_dim": 512})  # the policy and the encoder disagree
+    bad["inputs"][-1]["shape"] = ["batch", 512]
+    _refused({**bad, "text_encoder": text}, "text_encoder.embedding_dim is 384", "lang_dim 512")
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("embedding_dim", 0, "embedding_dim must be a positive integer"),
+        ("tokenizer_sha256", None, "tokenizer_sha256 must be a hex string"),
+        ("tokenizer_file", "/tmp/tokenizer.json", "tokenizer_file is '/tmp/tokenizer.json'"),
+        ("input_names", ["input_ids"], "input_names are ['input_ids']"),
+        ("format_version", 3, "format_version 3, this runtime reads 1"),
+    ],
+)
+def test_text_encoder_sidecar_fields_are_checked(tmp_path, key, value, needle):
+    data = {**_text_encoder().to_dict(), key: value}
+    (tmp_path / "text_encoder.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=r"text_encoder\.json: ") as info:
+        TextEncoderSidecar.read(tmp_path)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (None, "policy.json: file missing"),
+        ("{not json", "policy.json: not a readable JSON sidecar"),
+        ("[1, 2]", "policy.json: sidecar is a JSON list, not an object"),
+    ],
+)
+def test_an_unreadable_file_is_refused_naming_it(tmp_path, text, needle):
+    if text is not None:
+        (tmp_path / "policy.json").write_text(text)
+    with pytest.raises(ModelLoadError) as info:
+        PolicySidecar.read(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'policy.json'}: ")
+    assert needle in str(info.value)
