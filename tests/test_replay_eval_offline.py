@@ -34,6 +34,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from lawm.data import DataError
 from lawm.data.rosbag import RosbagEpisode
+from lawm_core.bags import COMPRESSED_IMAGE, IMAGE, guess_cameras
 from lawm_policy.replay_eval import offline, report
 from lawm_policy.replay_eval.index import open_bag
 
@@ -249,3 +250,13 @@ def test_an_undecodable_compressed_frame_is_skipped_with_a_warning(tmp_path):
     frames = list(offline.frame_inputs(open_bag(bag), ("agentview",)))
     assert [f.problem is None for f in frames] == [True, False, True]
     assert "cannot decode CompressedImage" in frames[1].problem
+
+
+def test_camera_guess_ignores_the_compressed_twin_of_a_raw_topic():
+    """image_transport records a camera twice (raw and ``/compressed``): one camera, the raw
+    topic; a compressed topic alone is a camera of its own."""
+    raw, twin, wrist = "/cam/image_raw", "/cam/image_raw/compressed", "/wrist/image/compressed"
+    types = {raw: IMAGE, twin: COMPRESSED_IMAGE, wrist: COMPRESSED_IMAGE}
+    assert guess_cameras(types) == {"agentview": raw, "eye_in_hand": wrist}
+    assert guess_cameras({twin: COMPRESSED_IMAGE}) == {"agentview": twin}
+    assert guess_cameras({"/a/image": IMAGE, "/b/image": IMAGE}) is None

@@ -37,16 +37,9 @@ from lawm.checkpoint import load_policy
 from lawm.language import MAX_LENGTH, MODEL_NAME, MiniLM, MiniLMTokenizer, find_minilm_dir
 from lawm.models.policy import Policy
 from lawm_core import contract
+from lawm_core.contract import TEXT_INPUT_NAMES, TEXT_OUTPUT_NAME
 from lawm_core.files import atomic_path, sha256_file
-from lawm_core.sidecar import (
-    BATCH,
-    SEQUENCE,
-    TEXT_INPUT_NAMES,
-    TEXT_OUTPUT_NAME,
-    Normalization,
-    PolicySidecar,
-    TextEncoderSidecar,
-)
+from lawm_core.sidecar import BATCH, SEQUENCE, Normalization, PolicySidecar, TextEncoderSidecar
 
 PARITY_TOLERANCE = 1e-4
 # Text-encoder parity inputs: short and long, cased, and one longer than MAX_LENGTH tokens.

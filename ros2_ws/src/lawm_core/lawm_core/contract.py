@@ -33,6 +33,7 @@ HDF5_IMAGE_KEYS = {AGENTVIEW: "agentview_rgb", EYE_IN_HAND: "eye_in_hand_rgb"}
 SIDECAR_FILE = "policy.json"
 ONNX_FILE = "policy.onnx"
 TEXT_ENCODER_ONNX = "text_encoder.onnx"
+TEXT_ENCODER_SIDECAR_FILE = "text_encoder.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 # Exported ONNX input/output names.
@@ -40,6 +41,10 @@ ONNX_IMAGE_PREFIX = "image_"  # + camera: uint8 (B, H, W, 3), RGB, upright
 ONNX_PROPRIO_INPUT = "proprio"  # float32 (B, PROPRIO_DIM), raw units (normalised in-graph)
 ONNX_LANG_INPUT = "lang"  # float32 (B, lang_dim)
 ONNX_ACTION_OUTPUT = "actions"  # float32 (B, K, ACTION_DIM), clamped to [-1, 1]
+
+# The exported text encoder's input/output names.
+TEXT_INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask")  # int64 (B, L)
+TEXT_OUTPUT_NAME = "embedding"  # float32 (B, D), L2-normalised
 
 
 def onnx_image_input(camera: str) -> str:

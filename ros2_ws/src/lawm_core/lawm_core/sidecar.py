@@ -32,9 +32,6 @@ from lawm_core.files import atomic_write_text
 FORMAT_VERSION = 1
 BATCH = "batch"  # symbolic batch dimension of every tensor
 SEQUENCE = "sequence"  # symbolic token dimension of the text encoder's inputs
-TEXT_ENCODER_SIDECAR_FILE = "text_encoder.json"
-TEXT_INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask")  # int64 (B, L)
-TEXT_OUTPUT_NAME = "embedding"  # float32 (B, D), L2-normalised
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -214,8 +211,9 @@ def _to_json(data: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class TextEncoderSidecar:
     """``text_encoder.json``: what ``text_encoder.onnx`` + ``tokenizer.json`` are and how they
-    were made. ``inputs``/``outputs`` follow from ``TEXT_INPUT_NAMES``, ``TEXT_OUTPUT_NAME`` and
-    ``embedding_dim``; the fixed file names and pipeline descriptions are class constants."""
+    were made. ``inputs``/``outputs`` follow from ``contract.TEXT_INPUT_NAMES``,
+    ``contract.TEXT_OUTPUT_NAME`` and ``embedding_dim``; the fixed file names and pipeline
+    descriptions are class constants."""
 
     onnx_sha256: str
     tokenizer_sha256: str
@@ -264,19 +262,19 @@ class TextEncoderSidecar:
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return TEXT_INPUT_NAMES
+        return contract.TEXT_INPUT_NAMES
 
     @property
     def output_name(self) -> str:
-        return TEXT_OUTPUT_NAME
+        return contract.TEXT_OUTPUT_NAME
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(n, (BATCH, SEQUENCE), "int64") for n in TEXT_INPUT_NAMES)
+        return tuple(TensorSpec(n, (BATCH, SEQUENCE), "int64") for n in contract.TEXT_INPUT_NAMES)
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec(TEXT_OUTPUT_NAME, (BATCH, self.embedding_dim), "float32"),)
+        return (TensorSpec(contract.TEXT_OUTPUT_NAME, (BATCH, self.embedding_dim), "float32"),)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -308,7 +306,7 @@ class TextEncoderSidecar:
 
     def write(self, folder: Path | str) -> Path:
         """Write ``folder/text_encoder.json`` atomically; returns its path."""
-        path = Path(folder) / TEXT_ENCODER_SIDECAR_FILE
+        path = Path(folder) / contract.TEXT_ENCODER_SIDECAR_FILE
         atomic_write_text(path, self.to_json())
         return path
 
@@ -317,12 +315,12 @@ class TextEncoderSidecar:
         """Read and check ``text_encoder.json`` (or the folder holding it)."""
         path = Path(folder_or_path)
         if path.is_dir() or path.suffix != ".json":
-            path = path / TEXT_ENCODER_SIDECAR_FILE
+            path = path / contract.TEXT_ENCODER_SIDECAR_FILE
         return cls.from_dict(_read_object(path, "text encoder"), path)
 
     @classmethod
     def from_dict(
-        cls, data: Any, source: Path | str = TEXT_ENCODER_SIDECAR_FILE, prefix: str = ""
+        cls, data: Any, source: Path | str = contract.TEXT_ENCODER_SIDECAR_FILE, prefix: str = ""
     ) -> TextEncoderSidecar:
         """Check every field of a parsed sidecar; ModelLoadError naming ``source`` and the field.
 
@@ -346,8 +344,8 @@ class TextEncoderSidecar:
         ):
             f.constant(key, want)
         for key, want in (
-            ("input_names", list(TEXT_INPUT_NAMES)),
-            ("output_names", [TEXT_OUTPUT_NAME]),
+            ("input_names", list(contract.TEXT_INPUT_NAMES)),
+            ("output_names", [contract.TEXT_OUTPUT_NAME]),
         ):
             if data[key] != want:
                 f.fail(key, f"are {data[key]!r}, expected {want}")

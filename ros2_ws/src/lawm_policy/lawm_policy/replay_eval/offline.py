@@ -171,7 +171,7 @@ def embed_instruction(model_dir: str | Path, instruction: str | None) -> np.ndar
         raise ReplayError(
             "no instruction: pass --instruction TEXT (the bag has no instruction topic)"
         )
-    if not (Path(model_dir) / "text_encoder.json").is_file():
+    if not (Path(model_dir) / contract.TEXT_ENCODER_SIDECAR_FILE).is_file():
         raise ReplayError(
             f"{model_dir}: no text encoder (text_encoder.json) to embed the instruction; "
             "export the model with its text encoder"
