@@ -1,5 +1,5 @@
-"""Bags for the replay_eval tests, written with rosbags as a recorder writes them, and helpers
-to run replay_eval as a process and to compute what the runtime core gives for those bags.
+"""Bags for the eval_replay tests, written with rosbags as a recorder writes them, and helpers
+to run eval_replay as a process and to compute what the runtime core gives for those bags.
 
 Two cameras at 20 Hz (raw rgb8 Images, or CompressedImages as image_transport's ``compressed``
 plugin writes them), a proprio topic, a recorded 7-D action topic and an instruction.
@@ -121,10 +121,10 @@ def write_bag(
     return path
 
 
-def replay_eval(*args, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """The installed ``replay_eval`` command, run as a process."""
+def eval_replay(*args, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """The installed ``eval_replay`` command, run as a process."""
     return subprocess.run(
-        [str(executable("lawm_policy", "replay_eval")), *map(str, args)],
+        [str(executable("lawm_policy", "eval_replay")), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,

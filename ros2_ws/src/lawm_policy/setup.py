@@ -22,7 +22,7 @@ setup(
             "realsense_camera = lawm_policy.realsense_camera:main",
             "policy_node = lawm_policy.policy_node:main",
             "libero_bridge = lawm_policy.libero_bridge:main",
-            "replay_eval = lawm_policy.replay_eval.cli:main",
+            "eval_replay = lawm_policy.eval_replay.cli:main",
         ],
     },
 )

@@ -1,7 +1,7 @@
 """rosbag2 files as the ROS 2 tools write them (sqlite3 or mcap), read without ROS.
 
 The one reading code of the training loader (``lawm.data.rosbag``) and of replay evaluation
-(``lawm_policy.replay_eval``), so that a bag one of them takes the other takes too, frame for
+(``lawm_policy.eval_replay``), so that a bag one of them takes the other takes too, frame for
 frame; the simulation's recorder writes its bags with ``typestore``. numpy, OpenCV and the
 pure-Python ``rosbags`` package (imported when a bag is opened); no torch, no rclpy.
 

@@ -1,13 +1,13 @@
-"""Rosbag replay evaluation: the LAWM policy node fed from a recorded bag by replay_eval.
+"""Rosbag replay evaluation: the LAWM policy node fed from a recorded bag by eval_replay.
 
-    ros2 launch lawm_bringup replay_eval.launch.py bag:=/data/run1 out:=/tmp/eval \
+    ros2 launch lawm_bringup eval_replay.launch.py bag:=/data/run1 out:=/tmp/eval \
         model_dir:=/models instruction:="put the bowl on the plate"
 
-replay_eval publishes the bag's camera (and proprio) messages on their bag topic names,
+eval_replay publishes the bag's camera (and proprio) messages on their bag topic names,
 restamped with the current time at the recorded pacing, so the policy node listens on those
 names (``agentview_topic``, ``eye_in_hand_topic``, ``proprio_topic``). It writes
 ``<out>/report.json``, ``predictions.csv`` and ``actions.png``, and the launch ends when it
-exits. Offline evaluation needs no launch: ``replay_eval --offline --model-dir DIR ...``.
+exits. Offline evaluation needs no launch: ``eval_replay --offline --model-dir DIR ...``.
 """
 
 from pathlib import Path
@@ -25,7 +25,7 @@ SHARE = Path(get_package_share_directory("lawm_bringup"))
 # name -> (default, description): one table, so every argument is described.
 ARGUMENTS = {
     "bag": ("", "rosbag2 to replay: a folder with metadata.yaml, or a .mcap/.db3 file."),
-    "out": ("/tmp/lawm_replay_eval", "Output folder: report.json, predictions.csv, actions.png."),
+    "out": ("/tmp/lawm_eval_replay", "Output folder: report.json, predictions.csv, actions.png."),
     "model_dir": ("/models", "Exported model directory (policy.onnx + policy.json)."),
     "params_file": (str(SHARE / "config" / "robot.yaml"), "Parameters of the policy node."),
     "instruction": ("", "Task instruction; empty: the bag's *instruction* topic."),
@@ -41,7 +41,7 @@ ARGUMENTS = {
     "proprio_topic": ("", "Bag proprio topic (Float32MultiArray of 5); empty: none."),
     "rate": ("1.0", "Playback speed factor."),
     "policy_ns": ("/lawm_policy", "Namespace of the policy node's topics."),
-    "wait_timeout": ("30.0", "Seconds replay_eval waits for the policy node."),
+    "wait_timeout": ("30.0", "Seconds eval_replay waits for the policy node."),
 }
 
 
@@ -66,10 +66,10 @@ def generate_launch_description() -> LaunchDescription:
         ],
         output="screen",
     )
-    replay_eval = Node(
+    eval_replay = Node(
         package="lawm_policy",
-        executable="replay_eval",
-        name="replay_eval",
+        executable="eval_replay",
+        name="eval_replay",
         # "--flag=value" as one argv element each, so that an empty value stays an argument.
         arguments=[
             ["--bag=", cfg["bag"]],
@@ -85,11 +85,11 @@ def generate_launch_description() -> LaunchDescription:
         ],
         output="screen",
     )
-    # The evaluation is over when replay_eval exits: stop the policy node with it.
+    # The evaluation is over when eval_replay exits: stop the policy node with it.
     stop = RegisterEventHandler(
         OnProcessExit(
-            target_action=replay_eval,
-            on_exit=[EmitEvent(event=Shutdown(reason="replay_eval finished"))],
+            target_action=eval_replay,
+            on_exit=[EmitEvent(event=Shutdown(reason="eval_replay finished"))],
         )
     )
-    return LaunchDescription([*args, policy, replay_eval, stop])
+    return LaunchDescription([*args, policy, eval_replay, stop])

@@ -1,7 +1,7 @@
-"""replay_eval offline (the runtime core, no ROS) and the bag reading it shares with training.
+"""eval_replay offline (the runtime core, no ROS) and the bag reading it shares with training.
 
 Bags are written here with rosbags (sqlite3 and mcap, raw and compressed cameras, see
-``replay_bags``); replay_eval runs as a real process, the model is really exported.
+``replay_bags``); eval_replay runs as a real process, the model is really exported.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from replay_bags import (
     N_FRAMES,
     PROPRIO,
     T0_NS,
+    eval_replay,
     expected_offline,
     frame_image,
     image_args,
     proprio_value,
     read_csv,
     recorded_action,
-    replay_eval,
     write_bag,
 )
 from rosbags.rosbag2 import Writer
@@ -35,8 +35,8 @@ from rosbags.typesys import Stores, get_typestore
 from lawm.data import DataError
 from lawm.data.rosbag import RosbagEpisode
 from lawm_core.bags import COMPRESSED_IMAGE, IMAGE, guess_cameras
-from lawm_policy.replay_eval import offline, report
-from lawm_policy.replay_eval.index import open_bag
+from lawm_policy.eval_replay import offline, report
+from lawm_policy.eval_replay.index import open_bag
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def bags(tmp_path_factory):
     return {s: write_bag(root / f"bag_{s}", s) for s in ("sqlite3", "mcap")}
 
 
-@pytest.mark.ros  # replay_eval runs from the colcon workspace
+@pytest.mark.ros  # eval_replay runs from the colcon workspace
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_offline_matches_runtime_core(bags, exported_debug_model, tmp_path, storage):
     out = tmp_path / "out"
-    res = replay_eval(
+    res = eval_replay(
         "--bag", bags[storage], "--out", out, "--offline", "--model-dir", exported_debug_model,
         *image_args(), "--action-topic", ACTION, "--threads", "1",
     )  # fmt: skip
@@ -107,7 +107,7 @@ def test_offline_guesses_topics_and_takes_the_instruction_argument(
     # No --image-topic / --action-topic: the wrist-named topic is eye_in_hand, the *action*
     # topic is the action; --instruction wins over the bag's; proprio can be switched off.
     out = tmp_path / "out"
-    res = replay_eval(
+    res = eval_replay(
         "--bag", bags["mcap"] / "bag_mcap.mcap", "--out", out, "--offline",  # a bare file
         "--model-dir", exported_debug_model, "--instruction", "  open   the drawer ",
         "--proprio-topic", "none",
@@ -205,7 +205,7 @@ def test_compressed_cameras_give_training_and_replay_the_same_frames(tmp_path, c
 def test_offline_on_png_compressed_cameras_matches_the_raw_bag(exported_debug_model, tmp_path):
     bag = write_bag(tmp_path / "png", "sqlite3", codec="png")
     out = tmp_path / "out"
-    res = replay_eval(
+    res = eval_replay(
         "--bag", bag, "--out", out, "--offline", "--model-dir", exported_debug_model,
         "--threads", "1",
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Rosbag replay evaluation (the ``replay_eval`` command, ``cli``).
+"""Rosbag replay evaluation (the ``eval_replay`` command, ``cli``).
 
 ``index``: which bag topics play which role and the aligned frames (``lawm_core.bags``);
 ``offline``: the exported model through the runtime core, no ROS; ``live``: the bag played into

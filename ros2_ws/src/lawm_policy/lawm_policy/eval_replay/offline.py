@@ -22,8 +22,8 @@ from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.model import PolicyModel
 from lawm_core.preprocess import fit_image
 from lawm_core.text_encoder import TextEncoderRuntime
-from lawm_policy.replay_eval.index import BagIndex, ReplayError
-from lawm_policy.replay_eval.report import Evaluation
+from lawm_policy.eval_replay.index import BagIndex, ReplayError
+from lawm_policy.eval_replay.report import Evaluation
 
 MAX_WARNINGS = 20
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from lawm_core import contract
 from lawm_core.files import atomic_path, atomic_write_text
-from lawm_policy.replay_eval.index import BagIndex
+from lawm_policy.eval_replay.index import BagIndex
 
 REPORT_FILE = "report.json"
 PLOT_FILE = "actions.png"

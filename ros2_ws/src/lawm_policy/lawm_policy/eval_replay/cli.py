@@ -1,6 +1,6 @@
 """Rosbag replay evaluation of the LAWM policy: live (through a running policy node) or offline.
 
-    replay_eval --bag BAG --out DIR [--image-topic CAMERA=TOPIC ...] [--action-topic T]
+    eval_replay --bag BAG --out DIR [--image-topic CAMERA=TOPIC ...] [--action-topic T]
                 [--proprio-topic T|auto|none] [--gripper-topic T] [--instruction TEXT]
                 [--policy-ns /lawm_policy] [--rate 1.0] [--wait-timeout 30]
                 [--offline --model-dir DIR [--providers auto] [--threads 0]]
@@ -46,10 +46,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from lawm_policy.replay_eval import offline, report
-from lawm_policy.replay_eval.index import AUTO, ReplayError, open_bag
+from lawm_policy.eval_replay import offline, report
+from lawm_policy.eval_replay.index import AUTO, ReplayError, open_bag
 
-log = logging.getLogger("replay_eval")
+log = logging.getLogger("eval_replay")
 
 NONE_VALUES = ("", "none")
 
@@ -112,7 +112,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="replay_eval",
+        prog="eval_replay",
         description="Replay a rosbag2 through the LAWM policy (live or offline) and compare "
         "its actions with the recorded ones.",
         epilog="Anything after --ros-args goes to rclpy (e.g. -r /bag/topic:=/live/topic).",
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(ours)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="[replay_eval] %(levelname)s: %(message)s",
+        format="[eval_replay] %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
     try:
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     "have its own"
                 )
             # rclpy only in live mode: --offline runs where ROS is not installed.
-            from lawm_policy.replay_eval import live
+            from lawm_policy.eval_replay import live
 
             ev = live.run_live(
                 index,
@@ -284,17 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         if f["answered"] == 0:
             print(
-                "replay_eval: error: the policy answered none of the frames (check its log: "
+                "eval_replay: error: the policy answered none of the frames (check its log: "
                 "instruction, camera topics, stale_timeout_s)",
                 file=sys.stderr,
             )
             return 1
         return 0
     except ReplayError as err:
-        print(f"replay_eval: error: {err}", file=sys.stderr)
+        print(f"eval_replay: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("replay_eval: interrupted", file=sys.stderr)
+        print("eval_replay: interrupted", file=sys.stderr)
         return 130
 
 

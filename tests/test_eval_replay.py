@@ -1,8 +1,8 @@
-"""replay_eval: rosbag replay evaluation live (policy node process) and its bad-input errors.
+"""eval_replay: rosbag replay evaluation live (policy node process) and its bad-input errors.
 
 Bags are written here with rosbags (``replay_bags``: sqlite3 and mcap, two rgb8 cameras at
-20 Hz, a proprio topic, a recorded 7-D action topic and an instruction). replay_eval and the
-policy node run as real processes. Offline mode: ``test_replay_eval_offline.py``.
+20 Hz, a proprio topic, a recorded 7-D action topic and an instruction). eval_replay and the
+policy node run as real processes. Offline mode: ``test_eval_replay_offline.py``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from replay_bags import (
     COMPRESSED_CAMS,
     N_FRAMES,
     PROPRIO,
+    eval_replay,
     image_args,
     read_csv,
-    replay_eval,
     write_bag,
 )
 
-from lawm_policy.replay_eval.index import open_bag
-from lawm_policy.replay_eval.live import LiveOutputs, match_live_outputs
+from lawm_policy.eval_replay.index import open_bag
+from lawm_policy.eval_replay.live import LiveOutputs, match_live_outputs
 
 pytestmark = pytest.mark.ros
 
@@ -94,7 +94,7 @@ def test_live_replay_through_the_policy_node(
         "policy_node",
         params={
             # The wrist camera listens on the bag's topic name; the scene camera elsewhere,
-            # reached by remapping replay_eval's publisher.
+            # reached by remapping eval_replay's publisher.
             "model_dir": str(exported_debug_model),
             "camera_topics": [live_agentview, topics["eye_in_hand"]],
             "proprio_topic": PROPRIO,
@@ -103,7 +103,7 @@ def test_live_replay_through_the_policy_node(
         },
     )
     out = tmp_path / "live"
-    res = replay_eval(
+    res = eval_replay(
         "--bag", bag, "--out", out, *image_args(topics), "--action-topic", ACTION,
         "--policy-ns", "/lawm_policy", "--rate", "1.0", "--wait-timeout", "60",
         "--ros-args", "-r", f"{topics['agentview']}:={live_agentview}",
@@ -145,7 +145,7 @@ def test_live_replay_through_the_policy_node(
 
 
 def test_live_without_a_policy_node_times_out_clearly(bags, tmp_path):
-    res = replay_eval(
+    res = eval_replay(
         "--bag", bags["mcap"], "--out", tmp_path / "o", "--wait-timeout", "2",
         "--policy-ns", "/nobody_here",
     )  # fmt: skip
@@ -213,7 +213,7 @@ def test_bad_input_exits_2_with_a_clear_message(bags, exported_debug_model, tmp_
     args = ["--bag", bag, "--out", tmp_path / "out", *extra]
     if mode == "offline":
         args.append("--offline")
-    res = replay_eval(*args, "--wait-timeout", "5", timeout=60)
+    res = eval_replay(*args, "--wait-timeout", "5", timeout=60)
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert needle in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
@@ -227,9 +227,9 @@ def test_launch_file_describes_both_nodes():
     launch = pytest.importorskip("launch")  # only where ROS launch exists (the Docker image)
     path = (
         Path(__file__).resolve().parents[1]
-        / "ros2_ws/src/lawm_bringup/launch/replay_eval.launch.py"
+        / "ros2_ws/src/lawm_bringup/launch/eval_replay.launch.py"
     )
-    spec = importlib.util.spec_from_file_location("replay_eval_launch", path)
+    spec = importlib.util.spec_from_file_location("eval_replay_launch", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     desc = mod.generate_launch_description()

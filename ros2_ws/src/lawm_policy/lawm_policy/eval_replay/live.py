@@ -28,13 +28,13 @@ from std_msgs.msg import Float32MultiArray, String
 
 from lawm_core import bags, contract
 from lawm_core.errors import InputError
+from lawm_policy.eval_replay.index import BagIndex, ReplayError
+from lawm_policy.eval_replay.report import Evaluation, finite_or_none
 from lawm_policy.qos import COMMAND, LATCHED
-from lawm_policy.replay_eval.index import BagIndex, ReplayError
-from lawm_policy.replay_eval.report import Evaluation, finite_or_none
 
-log = logging.getLogger("replay_eval")
+log = logging.getLogger("eval_replay")
 
-NODE_NAME = "replay_eval"
+NODE_NAME = "eval_replay"
 DRAIN_TIMEOUT_S = 2.0  # after the last frame: wait this long at most for its answer
 ACTION_SETTLE_S = 0.5  # then this long at most for the action of the last answering tick
 POLL_S = 0.01
@@ -180,7 +180,7 @@ def run_live(
     node = rclpy.create_node(NODE_NAME, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name="replay_eval_spin", daemon=True)
+    spinner = threading.Thread(target=executor.spin, name="eval_replay_spin", daemon=True)
     lock = threading.Lock()
     twists: list[tuple[int, int, int]] = []
     actions: list[tuple[int, int, list[float]]] = []

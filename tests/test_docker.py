@@ -1,0 +1,137 @@
+"""The Docker images' files, checked statically. No Docker engine here, so the images are never
+built on this machine: these checks keep the files consistent with the repository and with what
+`make setup` proves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lawm_apps.harness import ROOT
+
+DOCKER = ROOT / "docker"
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def _shell_commands(script: str) -> list[list[str]]:
+    """A RUN line split into simple commands (at &&, ||, ;, |), each a list of words."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token in ("&&", "||", ";", "|", ">", ">>"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [c for c in commands if c]
+
+
+def _pip_requirements(dockerfile: Path) -> list[str]:
+    """Every requirement named on a `pip install` command of the Dockerfile's RUN lines."""
+    found = []
+    for keyword, args in _instructions(dockerfile):
+        if keyword != "RUN":
+            continue
+        for words in _shell_commands(args):
+            pip = next((i for i, w in enumerate(words[:3]) if w.split("/")[-1] == "pip"), None)
+            if pip is None or words[pip + 1 : pip + 2] != ["install"]:
+                continue
+            options_with_value = {"-r", "-c", "--requirement", "--constraint", "-t", "--target"}
+            after = words[pip + 2 :]
+            for i, word in enumerate(after):
+                if word.startswith("-") or (i and after[i - 1] in options_with_value):
+                    continue
+                if word != ".":
+                    found.append(word)
+    return found
+
+
+@pytest.mark.parametrize("name", ["ros.Dockerfile", "train.Dockerfile"])
+def test_dockerfile_copy_sources_exist(name):
+    for keyword, args in _instructions(DOCKER / name):
+        if keyword == "COPY":
+            sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+            assert sources, args
+            for source in sources:
+                assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
+
+
+def test_ros_image_installs_gpu_onnxruntime_and_lock_pins():
+    dockerfile = DOCKER / "ros.Dockerfile"
+    instructions = _instructions(dockerfile)
+    assert instructions[0] == ("FROM", "ros:jazzy-ros-base")
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert "ros-jazzy-cv-bridge" in runs and "libusb-1.0-0" in runs
+    assert "colcon build" in runs and "--symlink-install" not in runs
+
+    names = {re.split(r"[\[<>=!~]", req)[0].lower(): req for req in _pip_requirements(dockerfile)}
+    assert "onnxruntime-gpu" in names
+    assert "onnxruntime" not in names  # the CPU build would clobber the GPU one
+    locked = dict(
+        line.lower().replace("_", "-").split("==", 1)
+        for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    pinned = [req.split("==") for req in names.values() if "==" in req]
+    assert {"pyrealsense2", "tokenizers"} <= {name for name, _ in pinned}
+    for name, version in pinned:  # the same pins `make setup` installs, where they overlap
+        assert locked.get(re.sub(r"\[.*\]", "", name), version) == version, name
+
+    entrypoint = [args for keyword, args in instructions if keyword == "ENTRYPOINT"]
+    assert entrypoint and "entrypoint.sh" in entrypoint[-1]
+
+
+def test_train_image_keeps_the_base_cuda_torch():
+    dockerfile = DOCKER / "train.Dockerfile"
+    instructions = _instructions(dockerfile)
+    assert instructions[0][0] == "FROM" and instructions[0][1].startswith("pytorch/pytorch:2.13.0")
+    names = [re.split(r"[\[<>=!~]", r)[0].lower() for r in _pip_requirements(dockerfile)]
+    assert "torch" not in names and "onnxruntime-gpu" not in names
+    runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert "-e ." in runs
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "ros2 launch lawm_bringup robot.launch.py"),
+        (["model_dir:=/models"], "ros2 launch lawm_bringup robot.launch.py model_dir:=/models"),
+        (["--show-args"], "ros2 launch lawm_bringup robot.launch.py --show-args"),
+        (["ros2", "topic", "list"], "ros2 topic list"),
+    ],
+)
+def test_entrypoint_launches_or_runs_a_command(tmp_path, args, expected):
+    # Stand-ins for the image's ROS setup files and `ros2`, to exercise the dispatch logic.
+    setup = tmp_path / "setup.bash"
+    setup.write_text(f'export PATH="{tmp_path}:$PATH"\n')
+    fake = tmp_path / "ros2"
+    fake.write_text('#!/bin/sh\necho "ros2 $*"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, ROS_SETUP=str(setup), LAWM_WS_SETUP=str(setup))
+    env.pop("LAUNCH_FILE", None)
+    out = subprocess.run(
+        ["bash", str(DOCKER / "entrypoint.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
