@@ -54,9 +54,8 @@ COPY ros2_ws/src/lawm_core/ ros2_ws/src/lawm_core/
 COPY ros2_ws/src/lawm_sim/ ros2_ws/src/lawm_sim/
 COPY training/ training/
 COPY apps/ apps/
-RUN for d in ros2_ws/src/lawm_core ros2_ws/src/lawm_sim .; do \
-      pip install --no-deps --no-build-isolation -e "$d" || exit 1; \
-    done \
+RUN pip install --no-deps --no-build-isolation \
+      -e ros2_ws/src/lawm_core -e ros2_ws/src/lawm_sim -e . \
  && python -c "import lawm, lawm_core, lawm_sim, lawm_apps"
 
 # Mount datasets and a run directory, e.g. -v /data:/data -v $PWD/runs:/opt/lawm/runs, then:

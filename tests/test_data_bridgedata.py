@@ -5,16 +5,9 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from datafiles import (
-    AV,
-    bridgedata_traj,
-    decoded_close,
-)
+from datafiles import AV, bridgedata_traj, decoded_close
 
-from lawm.data import (
-    detect_format,
-    open_sources,
-)
+from lawm.data import detect_format, open_sources
 
 
 def test_bridgedata_frames_and_language_without_touching_pickles(tmp_path, monkeypatch):

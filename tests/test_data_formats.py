@@ -19,13 +19,7 @@ from datafiles import (
 )
 
 from lawm.cli import open_data
-from lawm.data import (
-    DataError,
-    Hdf5Options,
-    RosbagOptions,
-    detect_format,
-    open_sources,
-)
+from lawm.data import DataError, Hdf5Options, RosbagOptions, detect_format, open_sources
 from lawm.data.formats import FORMATS, REGISTRY
 from lawm_core.cliargs import UsageError
 from lawm_sim.recording import write_video

@@ -7,18 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from datafiles import (
-    AV,
-    EYE,
-    write_libero,
-)
+from datafiles import AV, EYE, write_libero
 
-from lawm.data import (
-    DataError,
-    Hdf5Options,
-    detect_format,
-    open_sources,
-)
+from lawm.data import DataError, Hdf5Options, detect_format, open_sources
 from lawm_core import contract
 
 

@@ -24,12 +24,7 @@ from datafiles import (
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
-from lawm.data import (
-    DataError,
-    RosbagOptions,
-    detect_format,
-    open_sources,
-)
+from lawm.data import DataError, RosbagOptions, detect_format, open_sources
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])

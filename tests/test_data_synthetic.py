@@ -5,14 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from datafiles import (
-    AV,
-    EYE,
-)
+from datafiles import AV, EYE
 
-from lawm.data import (
-    open_sources,
-)
+from lawm.data import open_sources
 from lawm.data.synthetic import write_synthetic_hdf5, write_synthetic_videos
 
 

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datafiles import (
-    AV,
-    decoded_close,
-    frames_with_index,
-)
+from datafiles import AV, decoded_close, frames_with_index
 
-from lawm.data import (
-    DataError,
-    detect_format,
-    open_sources,
-)
+from lawm.data import DataError, detect_format, open_sources
 from lawm.data import video as video_mod
 from lawm_sim.recording import write_video
 

@@ -10,14 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from datafiles import (
-    AV,
-    EYE,
-    TOPICS,
-    frames_with_index,
-    write_bag,
-    write_libero,
-)
+from datafiles import AV, EYE, TOPICS, frames_with_index, write_bag, write_libero
 
 from lawm import keys
 from lawm.data import (

@@ -105,6 +105,10 @@ def test_train_image_keeps_the_base_cuda_torch():
     names = [re.split(r"[\[<>=!~]", r)[0].lower() for r in _pip_requirements(dockerfile)]
     assert "torch" not in names and "onnxruntime-gpu" not in names
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    # The same editable distributions `make setup` installs: training imports the core and sim.
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    for dist in ("ros2_ws/src/lawm_core", "ros2_ws/src/lawm_sim"):
+        assert dist in setup and f"-e {dist}" in runs, dist
     assert "-e ." in runs
 
 
