@@ -226,7 +226,7 @@ def test_bad_input_exits_2_with_a_clear_message(bags, exported_debug_model, tmp_
 def test_launch_file_describes_both_nodes():
     launch = pytest.importorskip("launch")  # only where ROS launch exists (the Docker image)
     path = (
-        Path(__file__).resolve().parents[1]
+        Path(__file__).resolve().parents[2]
         / "ros2_ws/src/lawm_bringup/launch/eval_replay.launch.py"
     )
     spec = importlib.util.spec_from_file_location("eval_replay_launch", path)

@@ -22,7 +22,7 @@ from lawm.objectives import PretrainObjective
 from lawm.trainer import LangTable, train
 from lawm_core import contract
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

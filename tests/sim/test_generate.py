@@ -21,7 +21,7 @@ from lawm_sim.experts import make_expert
 from lawm_sim.generate import GenerateError, generate, parse_ids, rollout
 from lawm_sim.libero_env import LiberoEnv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROSBAG_KW = {
     "image_topics": {
         "agentview": "/libero/agentview/image_raw",

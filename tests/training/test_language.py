@@ -36,7 +36,7 @@ from lawm_core.files import sha256_file
 from lawm_core.sidecar import TextEncoderSidecar
 from lawm_core.text_encoder import TextEncoderRuntime
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNTIME_SRC = REPO / "ros2_ws" / "src" / "lawm_policy"
 
 SENTENCES = [

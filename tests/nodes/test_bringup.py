@@ -19,7 +19,7 @@ from lawm_apps.harness import WS_INSTALL, wait_for_publishers, wait_until
 from lawm_policy.qos import COMMAND
 
 SHARE = WS_INSTALL / "lawm_bringup" / "share" / "lawm_bringup"
-SRC = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "lawm_bringup"
+SRC = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / "lawm_bringup"
 INSTRUCTION = "push the block to the top left corner and lift it"
 
 
