@@ -2,14 +2,13 @@
 
 ``frame_inputs`` streams the bag once and gives each frame its inputs (every camera's latest
 image at or before the frame, decoded by ``lawm_core.bags`` as training decodes it, and the
-aligned proprio); ``infer`` is the policy node's per-tick computation over them (fit,
-``PolicyModel.predict``, ``TemporalAggregator.step``, ``denormalize``); ``run_offline`` loads
-the model and the instruction's embedding and puts the two together.
+aligned proprio); ``infer`` runs them through ``lawm_core.runner.PolicyRunner``, the chain the
+policy node and simulated evaluation run; ``run_offline`` loads the model and the instruction's
+embedding and puts the two together.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from lawm_core import bags, contract
-from lawm_core.aggregation import TemporalAggregator
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.model import PolicyModel
-from lawm_core.preprocess import fit_image
+from lawm_core.runner import PolicyRunner
 from lawm_core.text_encoder import TextEncoderRuntime
 from lawm_policy.eval_replay.index import BagIndex, ReplayError
 from lawm_policy.eval_replay.report import Evaluation
@@ -99,40 +97,36 @@ def frame_inputs(index: BagIndex, cameras: Sequence[str]) -> Iterator[FrameInput
 
 
 def infer(
-    model: PolicyModel,
+    runner: PolicyRunner,
     lang: np.ndarray,
     inputs: Iterable[FrameInput],
-    n_frames: int,
-    proprio_default: np.ndarray,
+    times_s: np.ndarray,
 ) -> Evaluation:
-    """The policy node's computation once per frame: fit every camera's image, predict a
-    chunk from the images, the proprio (``proprio_default`` (5,) for frames without) and the
-    instruction embedding ``lang`` (D,), aggregate it with the previous frames' chunks and
-    denormalise. A frame that cannot be evaluated is skipped and the aggregation restarts, as
-    the node does on stale input. Latency: the time of those steps per frame."""
+    """The policy node's per-tick decision once per frame, by the same ``PolicyRunner``: fit
+    every camera's image, predict a chunk from the images, the proprio (the training mean for
+    frames without) and the instruction embedding ``lang`` (D,), aggregate it with the previous
+    frames' chunks and denormalise. ``times_s`` float64 (N,): each frame's time, so a pause in
+    the bag restarts the aggregation as it would on the robot. A frame that cannot be evaluated
+    is skipped and the aggregation restarts. Latency: the runner's time per frame."""
+    n_frames = len(times_s)
     predicted = np.full((n_frames, contract.ACTION_DIM), np.nan)
     latency = np.full(n_frames, np.nan)
     answered = np.zeros(n_frames, bool)
     warnings: list[str] = []
-    aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
     for item in inputs:
-        t0 = time.perf_counter()
-        problem = item.problem
-        if problem is None:
-            try:
-                images = {c: fit_image(item.images[c], model.image_size) for c in model.cameras}
-                proprio = proprio_default if item.proprio is None else item.proprio
-                chunk = model.predict(images, proprio, lang)
-                action = aggregator.step(chunk)
-                predicted[item.frame] = model.denormalize(action)
-                latency[item.frame] = (time.perf_counter() - t0) * 1e3
+        if item.problem is None:
+            result = runner.step(item.images, item.proprio, lang, float(times_s[item.frame]))
+            if result.acted:
+                predicted[item.frame] = result.raw
+                latency[item.frame] = result.seconds * 1e3
                 answered[item.frame] = True
-            except InputError as err:
-                problem = str(err)
-        if problem is not None:
-            aggregator.reset()
-            if len(warnings) < MAX_WARNINGS:
-                warnings.append(f"frame {item.frame} skipped: {problem}")
+                continue
+            problem = result.reason
+        else:
+            problem = item.problem
+            runner.reset()
+        if len(warnings) < MAX_WARNINGS:
+            warnings.append(f"frame {item.frame} skipped: {problem}")
     return Evaluation(
         mode="offline",
         predicted=predicted,
@@ -142,6 +136,16 @@ def infer(
         latency_what="inference time per frame (preprocess + predict + aggregate + denormalize)",
         warnings=warnings,
     )
+
+
+def max_gap_s(model: PolicyModel, times_s: np.ndarray) -> float:
+    """When a bag's frames are this far apart the aggregation restarts: two control periods,
+    or 2.5 frame periods for bags recorded slower than the control rate (a dropped frame is
+    not a pause)."""
+    gap = 2.0 / model.control_rate_hz
+    if len(times_s) > 1:
+        gap = max(gap, 2.5 * float(np.median(np.diff(times_s))))
+    return gap
 
 
 def load_model(
@@ -196,8 +200,9 @@ def run_offline(
     model = load_model(index, model_dir, providers, threads)
     lang = embed_instruction(model_dir, instruction)
     model.warmup()
-    mean = np.asarray(model.sidecar["normalization"]["proprio_mean"], np.float32)
-    ev = infer(model, lang, frame_inputs(index, model.cameras), index.n_frames, mean)
+    times = index.frame_times_s
+    runner = PolicyRunner(model, max_gap_s=max_gap_s(model, times))
+    ev = infer(runner, lang, frame_inputs(index, model.cameras), times)
     if not ev.answered.any():
         raise ReplayError(
             f"{index.path}: no frame could be evaluated ({ev.warnings[0] if ev.warnings else '?'})"
