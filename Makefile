@@ -21,7 +21,7 @@ smoke: setup
 	$(PY) training/train.py smoke --out runs/smoke
 
 bench: setup
-	$(PY) bench/run.py
+	source scripts/env.sh && $(PY) bench/run.py
 
 lint:
 	@if [ -x $(VENV)/bin/ruff ]; then R=$(VENV)/bin/ruff; else R=ruff; fi; \

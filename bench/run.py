@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks, measured side by side in one run (not tests). Usage:
 
-    python bench/run.py [--quick] [--json] [--out runs/bench]
+    make bench          (or, after `source scripts/env.sh`: python bench/run.py [--quick] [--json])
 
 Parts:
 - inference: the paper-size policy, batch 1, two 128x128 cameras, onnxruntime vs torch eager on
@@ -31,6 +31,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TwistStamped
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+
+from lawm import keys
+from lawm.checkpoint import load_policy, save_policy
+from lawm.config import preset
+from lawm.export import OnnxPolicy, example_inputs, export_policy, input_names
+from lawm.models.policy import Policy
+from lawm.objectives import FinetuneObjective, PretrainObjective
+from lawm_apps.demo import DemoConfig, run_demo
+from lawm_apps.harness import (
+    NodeProcess,
+    wait_for_publishers,
+    wait_for_subscribers,
+    wait_until,
+)
+from lawm_core.files import atomic_write_text
+from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +70,6 @@ def percentile(values, q) -> float:
 
 def export_paper_model(out: Path, seed: int = 0) -> Path:
     """Paper-size policy (untrained weights: the same computation as a trained one)."""
-    import torch
-
-    from lawm.checkpoint import save_policy
-    from lawm.config import preset
-    from lawm.export import export_policy
-    from lawm.models.policy import Policy
 
     cfg = preset("paper")
     torch.manual_seed(seed)
@@ -62,11 +80,6 @@ def export_paper_model(out: Path, seed: int = 0) -> Path:
 
 # -- inference ------------------------------------------------------------------------------
 def bench_inference(export: Path, threads: int, n: int) -> dict:
-    import onnxruntime as ort
-    import torch
-
-    from lawm.checkpoint import load_policy
-    from lawm.export import OnnxPolicy, example_inputs, input_names
 
     torch.set_num_threads(threads)
     policy, _, _ = load_policy(export.parent / "policy")
@@ -108,8 +121,6 @@ def bench_inference(export: Path, threads: int, n: int) -> dict:
     result["ort_over_torch_p50"] = result["ort_ms_p50"] / result["torch_ms_p50"]
     # int8: dynamic quantisation of the matrix multiplies (the GPT trunk dominates).
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         q_path = export / "policy.int8.onnx"
         quantize_dynamic(
             str(export / "policy.onnx"),
@@ -134,19 +145,6 @@ def bench_inference(export: Path, threads: int, n: int) -> dict:
 def bench_node(
     export: Path, seconds: float, threads: int, rate_hz: float = 20.0, cam_hz: float = 30.0
 ) -> dict:
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import TwistStamped
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
-
-    from lawm_apps.harness import (
-        NodeProcess,
-        wait_for_publishers,
-        wait_for_subscribers,
-        wait_until,
-    )
-    from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -259,11 +257,6 @@ def _diag_int(diags, key: str) -> int:
 
 # -- training -------------------------------------------------------------------------------
 def bench_training(presets: list[str], reps: int) -> dict:
-    import torch
-
-    from lawm import keys
-    from lawm.config import preset
-    from lawm.objectives import FinetuneObjective, PretrainObjective
 
     out = {}
     for name in presets:
@@ -306,7 +299,6 @@ def bench_training(presets: list[str], reps: int) -> dict:
 
 # -- learning -------------------------------------------------------------------------------
 def bench_learning(progress: bool) -> dict:
-    from lawm_apps.demo import DemoConfig, run_demo
 
     cfg = DemoConfig()
     demo = run_demo(cfg, progress=progress)
@@ -375,7 +367,6 @@ def main() -> int:
         say("learning: the demo pipeline (LIBERO-Object, LAWM vs scratch) ...")
         results.update(bench_learning(progress=not args.json))
     args.out.mkdir(parents=True, exist_ok=True)
-    from lawm_core.files import atomic_write_text
 
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
     print(json.dumps(results))

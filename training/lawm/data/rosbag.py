@@ -42,6 +42,30 @@ def is_bag(path: str | Path) -> bool:
     return path.suffix.lower() in ROSBAG_SUFFIXES or path.name == "metadata.yaml"
 
 
+@dataclass(frozen=True)
+class _Topics:
+    """The topics one bag's episode is read from (None: not read)."""
+
+    images: dict[str, str]  # camera -> topic; the first is the frame clock
+    action: str | None
+    proprio: str | None
+    gripper: str | None
+    instruction: str | None
+
+    def wanted(self) -> dict[str, tuple[str, ...]]:
+        """Topic -> the message types allowed on it."""
+        wanted: dict[str, tuple[str, ...]] = {t: bags.IMAGE_TYPES for t in self.images.values()}
+        for topic, allowed in (
+            (self.action, bags.ACTION_TYPES),
+            (self.proprio, bags.ARRAY_TYPES),
+            (self.gripper, bags.FLOAT_TYPES),
+            (self.instruction, (bags.STRING,)),
+        ):
+            if topic is not None:
+                wanted[topic] = allowed
+        return wanted
+
+
 class RosbagEpisode(EpisodeSource):
     """One rosbag2 recording.
 
@@ -108,6 +132,55 @@ class RosbagEpisode(EpisodeSource):
         labelled: bool,
     ) -> None:
         types = bags.topic_types(reader)
+        topics = self._choose_topics(
+            types,
+            image_topics,
+            action_topic,
+            proprio_topic,
+            gripper_topic,
+            instruction,
+            instruction_topic,
+            labelled,
+        )
+        wanted = topics.wanted()
+        bags.check_topics(self.path, types, wanted)
+
+        # One pass over the bag; images contribute only their stamps and positions.
+        streams = bags.scan(reader, wanted)
+        text = streams.pop(topics.instruction).text if topics.instruction is not None else None
+        picks = self._align(streams, topics.images)
+        self._index_images(streams, picks, topics.images)
+        self._actions = self._action_values(types, streams, picks, topics)
+        self.has_actions = self._actions is not None
+        self._proprio = None
+        if topics.proprio is not None:
+            self._proprio = self._matrix(
+                streams, picks, topics.proprio, contract.PROPRIO_DIM, "proprio"
+            )
+        self.has_proprio = self._proprio is not None
+        if instruction is None:
+            instruction = text or ""
+        self.instruction = instruction
+        self.topics = {
+            "images": dict(topics.images),
+            "actions": topics.action,
+            "proprio": topics.proprio,
+            "gripper": topics.gripper,
+            "instruction": topics.instruction,
+        }
+
+    def _choose_topics(
+        self,
+        types: dict[str, str],
+        image_topics: dict[str, str] | None,
+        action_topic: str | None,
+        proprio_topic: str | None,
+        gripper_topic: str | None,
+        instruction: str | None,
+        instruction_topic: str | None,
+        labelled: bool,
+    ) -> _Topics:
+        """The given topics, with the unambiguous guesses filled in for those left None."""
 
         def named(word: str, allowed: tuple[str, ...]) -> str | None:
             hits = bags.named_topics(types, word, allowed)
@@ -136,25 +209,18 @@ class RosbagEpisode(EpisodeSource):
             proprio_topic = named("proprio", bags.ARRAY_TYPES)
         if instruction is None and instruction_topic is None:
             instruction_topic = named("instruction", (bags.STRING,))
+        return _Topics(image_topics, action_topic, proprio_topic, gripper_topic, instruction_topic)
 
-        wanted: dict[str, tuple[str, ...]] = {t: bags.IMAGE_TYPES for t in image_topics.values()}
-        for topic, allowed in (
-            (action_topic, bags.ACTION_TYPES),
-            (proprio_topic, bags.ARRAY_TYPES),
-            (gripper_topic, bags.FLOAT_TYPES),
-            (instruction_topic, (bags.STRING,)),
-        ):
-            if topic is not None:
-                wanted[topic] = allowed
-        bags.check_topics(self.path, types, wanted)
+    def _align(
+        self, streams: dict[str, bags.Stream], image_topics: dict[str, str]
+    ) -> dict[str, np.ndarray]:
+        """Set the frame clock (``length``, ``frame_times`` (T,) ns) from the first camera.
 
-        # One pass over the bag; images contribute only their stamps and positions.
-        streams = bags.scan(reader, wanted)
-        text = streams.pop(instruction_topic).text if instruction_topic is not None else None
-        cams = tuple(image_topics)
-        clock = streams[image_topics[cams[0]]]
+        Returns topic -> (T,) index of its latest message at or before each kept frame."""
+        clock_topic = image_topics[next(iter(image_topics))]
+        clock = streams[clock_topic]
         if not len(clock):
-            raise DataError(f"{self.path}: camera topic {image_topics[cams[0]]} has no messages")
+            raise DataError(f"{self.path}: camera topic {clock_topic} has no messages")
         frame_times = np.sort(clock.stamps, kind="stable")
         picks = {t: bags.latest_at_or_before(s.stamps, frame_times) for t, s in streams.items()}
         keep = np.ones(len(frame_times), dtype=bool)
@@ -166,10 +232,17 @@ class RosbagEpisode(EpisodeSource):
                 f"{self.path}: no camera frame comes after a message on every required topic"
                 + (f" (no messages on {empty})" if empty else "")
             )
-        picks = {topic: idx[keep] for topic, idx in picks.items()}
         self.length = int(keep.sum())
         self.frame_times = frame_times[keep]  # ns, the frame clock
+        return {topic: idx[keep] for topic, idx in picks.items()}
 
+    def _index_images(
+        self,
+        streams: dict[str, bags.Stream],
+        picks: dict[str, np.ndarray],
+        image_topics: dict[str, str],
+    ) -> None:
+        """Remember where each kept frame's image lies in the bag, per camera."""
         self._image_topics = dict(image_topics)
         self._positions: dict[str, np.ndarray] = {}
         for cam, topic in image_topics.items():
@@ -178,36 +251,38 @@ class RosbagEpisode(EpisodeSource):
             self._positions[cam] = np.stack([s.logtimes[idx], s.occurrences[idx]], axis=1)
         self.cameras = tuple(c for c in contract.CAMERAS if c in image_topics)
 
-        self._actions = None
-        if action_topic is not None:
-            vals = [streams[action_topic].values[i] for i in picks[action_topic]]
-            if types[action_topic] == bags.TWIST_STAMPED:
-                if gripper_topic is not None:
-                    grip = [streams[gripper_topic].values[i][0] for i in picks[gripper_topic]]
-                else:
-                    grip = [0.0] * len(vals)
-                vals = [np.append(v, g) for v, g in zip(vals, grip)]
-            self._actions = bags.value_matrix(
-                self.path, vals, contract.ACTION_DIM, "action", action_topic
-            ).astype(np.float32)
-        self.has_actions = self._actions is not None
-        self._proprio = None
-        if proprio_topic is not None:
-            vals = [streams[proprio_topic].values[i] for i in picks[proprio_topic]]
-            self._proprio = bags.value_matrix(
-                self.path, vals, contract.PROPRIO_DIM, "proprio", proprio_topic
-            ).astype(np.float32)
-        self.has_proprio = self._proprio is not None
-        if instruction is None:
-            instruction = text or ""
-        self.instruction = instruction
-        self.topics = {
-            "images": dict(image_topics),
-            "actions": action_topic,
-            "proprio": proprio_topic,
-            "gripper": gripper_topic,
-            "instruction": instruction_topic,
-        }
+    def _action_values(
+        self,
+        types: dict[str, str],
+        streams: dict[str, bags.Stream],
+        picks: dict[str, np.ndarray],
+        topics: _Topics,
+    ) -> np.ndarray | None:
+        """(T, ACTION_DIM) float32 actions per frame, or None without an action topic."""
+        if topics.action is None:
+            return None
+        vals = [streams[topics.action].values[i] for i in picks[topics.action]]
+        if types[topics.action] == bags.TWIST_STAMPED:
+            if topics.gripper is not None:
+                grip = [streams[topics.gripper].values[i][0] for i in picks[topics.gripper]]
+            else:
+                grip = [0.0] * len(vals)
+            vals = [np.append(v, g) for v, g in zip(vals, grip)]
+        return bags.value_matrix(
+            self.path, vals, contract.ACTION_DIM, "action", topics.action
+        ).astype(np.float32)
+
+    def _matrix(
+        self,
+        streams: dict[str, bags.Stream],
+        picks: dict[str, np.ndarray],
+        topic: str,
+        dim: int,
+        what: str,
+    ) -> np.ndarray:
+        """(T, dim) float32: ``topic``'s message picked for each frame."""
+        vals = [streams[topic].values[i] for i in picks[topic]]
+        return bags.value_matrix(self.path, vals, dim, what, topic).astype(np.float32)
 
     # -- reading --------------------------------------------------------------------------------
     def _read(

