@@ -224,6 +224,43 @@ def init_policy_from(objective: nn.Module, path: Path, reinit_head: bool = False
 
 
 # -- the loop -------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """One call of ``train``: what it trains, with what, and which steps it runs."""
+
+    stage: str
+    cfg: LawmConfig
+    opt: OptimConfig
+    run_dir: Path
+    dev: torch.device
+    d: Dist
+    objective: nn.Module
+    model: nn.Module  # the objective, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    dataset: WindowDataset
+    lang: LangTable
+    n_episodes: int
+    total: int  # the schedule's length (warm-up, cosine decay, final save)
+    start: int  # the first step this call runs (> 0 when resuming)
+    stop: int  # the step this call ends at (``stop_at`` or ``total``)
+    init_from: str | None
+    stats: dict[str, Any]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The JSON part of a checkpoint: what a resumed run must match, and the data stats."""
+        return {
+            "stage": self.stage,
+            "config": self.cfg.to_dict(),
+            "init_from": self.init_from,
+            "stats": {
+                k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in self.stats.items()
+            },
+            "n_windows": len(self.dataset),
+            "n_episodes": self.n_episodes,
+            "world_size": self.d.world,
+        }
+
+
 def train(
     stage: str,
     cfg: LawmConfig,
@@ -245,155 +282,267 @@ def train(
     (the policy alone: what fine-tuning starts from and export reads). ``stop_at`` ends the
     run early at that step (with a checkpoint), as an interruption would; rerunning resumes.
     """
-
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     opt_cfg: OptimConfig = cfg.pretrain if stage == "pretrain" else cfg.finetune
     total = steps if steps is not None else opt_cfg.steps
-    run_dir = Path(run_dir)
+    run = _prepare(
+        stage,
+        cfg,
+        opt_cfg,
+        sources,
+        Path(run_dir),
+        init=init,
+        resume=resume,
+        device=device,
+        lang_cache=lang_cache,
+        total=total,
+        stop=total if stop_at is None else min(total, stop_at),
+        reinit_head=reinit_head,
+    )
+    loader = _loader(run)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(run, progress)
+    history: list[dict[str, float]] = []
+    run.objective.train()
+    step = run.start
+    for step_batch in loader:
+        agg = _train_step(run, step_batch, step)
+        step += 1
+        history.append(agg)
+        if run.d.main:
+            log.record(agg, step)
+            if step % run.opt.checkpoint_every == 0 or step in (run.total, run.stop):
+                save_checkpoint(
+                    run.run_dir, step, run.objective, run.optimizer, run.checkpoint_state()
+                )
+    log.close()
+    _finish(run, step)
+    return {
+        "stage": stage,
+        "steps": step,
+        "start": run.start,
+        "history": history,
+        "run_dir": str(run.run_dir),
+        "n_windows": len(run.dataset),
+    }
+
+
+def _prepare(
+    stage: str,
+    cfg: LawmConfig,
+    opt_cfg: OptimConfig,
+    sources: list,
+    run_dir: Path,
+    *,
+    init: Path | None,
+    resume: bool,
+    device: str | None,
+    lang_cache: Path | None,
+    total: int,
+    stop: int,
+    reinit_head: bool,
+) -> _Run:
+    """Join the process group, build the objective, data and optimiser, and restore the
+    checkpoint to resume from (or the ``init`` weights and the data statistics)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     d = init_distributed(dev.type)
     if dev.type == "cuda":
         dev = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(dev)
 
+    # Seeded first: the objective's initial weights are a function of the seed.
     torch.manual_seed(opt_cfg.seed)
     objective = build_objective(stage, cfg).to(dev)
     dataset = WindowDataset(
         sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode=stage
     )
     lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
-
-    start = 0
     optimizer = torch.optim.AdamW(
         param_groups(objective, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas
     )
     ckpt = latest_checkpoint(run_dir) if resume else None
-    init_from = None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, objective, optimizer)
-        same_config = json.loads(json.dumps(cfg.to_dict())) == state.get("config")
-        if state.get("stage") != stage or not same_config:
-            raise CheckpointError(
-                f"{ckpt} was written by a different run (stage {state.get('stage')!r} or config "
-                f"differ); use a new --out or --no-resume"
-            )
-        start = int(state["step"])
-        init_from = state.get("init_from")
-        # The policy's buffers already hold these; no second pass over the data.
-        stats = state.get("stats") or compute_stats(sources)
+        start, init_from, stats = _resume(ckpt, stage, cfg, sources, objective, optimizer)
     else:
-        stats = compute_stats(sources)
-        if init is not None:
-            init_from = init_policy_from(objective, init, reinit_head=reinit_head)
-        # Data statistics become part of the policy (and of the exported graph).
-        policy_stats = {k: v for k, v in stats.items() if k.startswith("proprio")}
-        if stage == "finetune":
-            policy_stats.update({k: v for k, v in stats.items() if k.startswith("action")})
-        objective.policy.set_stats(policy_stats)
+        start = 0
+        init_from, stats = _fresh_start(stage, sources, objective, init, reinit_head)
     model: nn.Module = objective
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
             objective, device_ids=[dev.index] if dev.type == "cuda" else None
         )
+    return _Run(
+        stage=stage,
+        cfg=cfg,
+        opt=opt_cfg,
+        run_dir=run_dir,
+        dev=dev,
+        d=d,
+        objective=objective,
+        model=model,
+        optimizer=optimizer,
+        dataset=dataset,
+        lang=lang,
+        n_episodes=len(sources),
+        total=total,
+        start=start,
+        stop=stop,
+        init_from=init_from,
+        stats=stats,
+    )
 
-    stop = total if stop_at is None else min(total, stop_at)
-    sampler = StepBatches(len(dataset), opt_cfg.batch_size, opt_cfg.seed, start, stop, d)
-    loader = torch.utils.data.DataLoader(
-        dataset,
+
+def _resume(
+    ckpt: Path,
+    stage: str,
+    cfg: LawmConfig,
+    sources: list,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[int, str | None, dict[str, Any]]:
+    """Load ``ckpt`` into the objective and optimiser; returns (step, init_from, stats).
+
+    Raises CheckpointError when the checkpoint belongs to another stage or config."""
+    state = load_checkpoint(ckpt, objective, optimizer)
+    same_config = json.loads(json.dumps(cfg.to_dict())) == state.get("config")
+    if state.get("stage") != stage or not same_config:
+        raise CheckpointError(
+            f"{ckpt} was written by a different run (stage {state.get('stage')!r} or config "
+            f"differ); use a new --out or --no-resume"
+        )
+    # The policy's buffers already hold these; no second pass over the data.
+    stats = state.get("stats") or compute_stats(sources)
+    return int(state["step"]), state.get("init_from"), stats
+
+
+def _fresh_start(
+    stage: str, sources: list, objective: nn.Module, init: Path | None, reinit_head: bool
+) -> tuple[str | None, dict[str, Any]]:
+    """Compute the data statistics, load the ``init`` weights (if any) and give the policy
+    its normalisation; returns (init_from, stats)."""
+    stats = compute_stats(sources)
+    init_from = None
+    if init is not None:
+        init_from = init_policy_from(objective, init, reinit_head=reinit_head)
+    # Data statistics become part of the policy (and of the exported graph).
+    policy_stats = {k: v for k, v in stats.items() if k.startswith("proprio")}
+    if stage == "finetune":
+        policy_stats.update({k: v for k, v in stats.items() if k.startswith("action")})
+    objective.policy.set_stats(policy_stats)
+    return init_from, stats
+
+
+def _loader(run: _Run) -> torch.utils.data.DataLoader:
+    """This rank's batches of the steps ``run.start`` to ``run.stop``, in schedule order."""
+    sampler = StepBatches(
+        len(run.dataset), run.opt.batch_size, run.opt.seed, run.start, run.stop, run.d
+    )
+    return torch.utils.data.DataLoader(
+        run.dataset,
         batch_sampler=sampler,
-        num_workers=opt_cfg.num_workers,
+        num_workers=run.opt.num_workers,
         collate_fn=collate,
         persistent_workers=False,
     )
-    use_amp = opt_cfg.amp and dev.type == "cuda"
-    accum = opt_cfg.grad_accum
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    if d.main and start == 0:
-        metrics_path.write_text("")
 
-    def state_for(step: int) -> dict[str, Any]:
-        return {
-            "stage": stage,
-            "config": cfg.to_dict(),
-            "init_from": init_from,
-            "stats": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in stats.items()},
-            "n_windows": len(dataset),
-            "n_episodes": len(sources),
-            "world_size": d.world,
-        }
 
-    bar = None
-    if progress and d.main:
-        bar = tqdm(total=total, initial=start, desc=stage, unit="step", dynamic_ncols=True)
-    history: list[dict[str, float]] = []
-    objective.train()
-    t_last, samples = time.perf_counter(), 0
-    step = start
-    for step_batch in loader:
-        torch.manual_seed(opt_cfg.seed * 1_000_003 + step * 101 + d.rank)
-        for group in optimizer.param_groups:
-            group["lr"] = opt_cfg.lr * lr_factor(step, opt_cfg.warmup_steps, total)
-        step_batch[keys.LANG] = lang(step_batch[keys.INSTRUCTION])
-        step_batch = to_device(step_batch, dev)
-        agg: dict[str, float] = {}
-        micro_batches = split_batch(step_batch, accum)
-        for i, micro in enumerate(micro_batches):
-            sync = i == len(micro_batches) - 1
-            ctx = model.no_sync() if (d.world > 1 and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, metrics = model(micro)
-                (loss / accum).backward()
-            for k, v in metrics.items():
-                agg[k] = agg.get(k, 0.0) + v / accum
-        if d.world > 1:
-            # Log the global batch's mean, not rank 0's share of it.
-            names = sorted(agg)
-            vec = torch.tensor([agg[k] for k in names], dtype=torch.float64, device=dev)
-            dist.all_reduce(vec)
-            agg = {k: float(v) / d.world for k, v in zip(names, vec.tolist())}
-        grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), opt_cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        samples += opt_cfg.batch_size
-        agg["grad_norm"] = float(grad_norm)
-        agg["lr"] = optimizer.param_groups[0]["lr"]
-        agg["step"] = step
-        history.append(agg)
-        if d.main:
-            if step % opt_cfg.log_every == 0 or step == total:
-                now = time.perf_counter()
-                agg["samples_per_s"] = samples / max(now - t_last, 1e-9)
-                t_last, samples = now, 0
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(agg) + "\n")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{agg['loss']:.4f}", sps=f"{agg['samples_per_s']:.1f}")
-            if bar is not None:
-                bar.update(1)
-            if step % opt_cfg.checkpoint_every == 0 or step in (total, stop):
-                save_checkpoint(run_dir, step, objective, optimizer, state_for(step))
-    if bar is not None:
-        bar.close()
-    if d.main:
-        if step == start and start < stop:
-            raise RuntimeError("the data loader produced no batches")
-    if d.main and step == total:
-        info = {"stage": stage, "steps": step, "init_from": init_from, "run_dir": str(run_dir)}
-        save_policy(run_dir / "policy", objective.policy, cfg, info)
-        if stage == "pretrain":
-            atomic_save_tensors(
-                run_dir / "world_model.safetensors", objective.world_model.state_dict()
+def _train_step(run: _Run, step_batch: dict, step: int) -> dict[str, float]:
+    """One optimiser step (0-based ``step``) on this rank's share of its global batch.
+
+    Returns the step's metrics (global-batch means), its grad norm, lr and 1-based step."""
+    opt = run.opt
+    torch.manual_seed(opt.seed * 1_000_003 + step * 101 + run.d.rank)
+    for group in run.optimizer.param_groups:
+        group["lr"] = opt.lr * lr_factor(step, opt.warmup_steps, run.total)
+    step_batch[keys.LANG] = run.lang(step_batch[keys.INSTRUCTION])
+    step_batch = to_device(step_batch, run.dev)
+    agg = _accumulate_gradients(run, step_batch)
+    if run.d.world > 1:
+        # Log the global batch's mean, not rank 0's share of it.
+        names = sorted(agg)
+        vec = torch.tensor([agg[k] for k in names], dtype=torch.float64, device=run.dev)
+        dist.all_reduce(vec)
+        agg = {k: float(v) / run.d.world for k, v in zip(names, vec.tolist())}
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.objective.parameters(), opt.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    agg["grad_norm"] = float(grad_norm)
+    agg["lr"] = run.optimizer.param_groups[0]["lr"]
+    agg["step"] = step + 1
+    return agg
+
+
+def _accumulate_gradients(run: _Run, step_batch: dict) -> dict[str, float]:
+    """Backward over ``grad_accum`` micro-batches (gradients synchronised across ranks on the
+    last one only); returns the metrics averaged over the micro-batches."""
+    accum = run.opt.grad_accum
+    use_amp = run.opt.amp and run.dev.type == "cuda"
+    agg: dict[str, float] = {}
+    micro_batches = split_batch(step_batch, accum)
+    for i, micro in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1
+        ctx = run.model.no_sync() if (run.d.world > 1 and not sync) else contextlib.nullcontext()
+        with ctx, torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, metrics = run.model(micro)
+            (loss / accum).backward()
+        for k, v in metrics.items():
+            agg[k] = agg.get(k, 0.0) + v / accum
+    return agg
+
+
+class _Log:
+    """Rank 0's metrics.jsonl (a line every ``log_every`` steps and at the last step, with the
+    samples/s since the previous line) and progress bar; started afresh unless resuming."""
+
+    def __init__(self, run: _Run, progress: bool):
+        self.run = run
+        self.path = run.run_dir / "metrics.jsonl"
+        if run.d.main and run.start == 0:
+            self.path.write_text("")
+        self.bar = None
+        if progress and run.d.main:
+            self.bar = tqdm(
+                total=run.total, initial=run.start, desc=run.stage, unit="step", dynamic_ncols=True
             )
-    if d.world > 1:
+        self.t_last, self.samples = time.perf_counter(), 0
+
+    def record(self, agg: dict[str, float], step: int) -> None:
+        """Count step ``step`` (1-based); on a logging step add samples_per_s to ``agg`` and
+        append it to the file."""
+        self.samples += self.run.opt.batch_size
+        if step % self.run.opt.log_every == 0 or step == self.run.total:
+            now = time.perf_counter()
+            agg["samples_per_s"] = self.samples / max(now - self.t_last, 1e-9)
+            self.t_last, self.samples = now, 0
+            with open(self.path, "a") as f:
+                f.write(json.dumps(agg) + "\n")
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{agg['loss']:.4f}", sps=f"{agg['samples_per_s']:.1f}")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _finish(run: _Run, step: int) -> None:
+    """After the last step: at the schedule's end, rank 0 saves the policy (and, after
+    pretraining, the world model); then every rank waits for it."""
+    if run.d.main and step == run.start and run.start < run.stop:
+        raise RuntimeError("the data loader produced no batches")
+    if run.d.main and step == run.total:
+        info = {
+            "stage": run.stage,
+            "steps": step,
+            "init_from": run.init_from,
+            "run_dir": str(run.run_dir),
+        }
+        save_policy(run.run_dir / "policy", run.objective.policy, run.cfg, info)
+        if run.stage == "pretrain":
+            atomic_save_tensors(
+                run.run_dir / "world_model.safetensors", run.objective.world_model.state_dict()
+            )
+    if run.d.world > 1:
         dist.barrier()
-    return {
-        "stage": stage,
-        "steps": step,
-        "start": start,
-        "history": history,
-        "run_dir": str(run_dir),
-        "n_windows": len(dataset),
-    }

@@ -102,9 +102,7 @@ class PolicyRunner:
             raise ValueError(f"max_gap_s must be finite and > 0, got {max_gap_s!r}")
         self.model = model
         self.max_gap_s = gap
-        self.proprio_mean = np.asarray(
-            model.sidecar["normalization"]["proprio_mean"], dtype=np.float32
-        )
+        self.proprio_mean = np.asarray(model.spec.normalization.proprio_mean, dtype=np.float32)
         self._aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
         self._last_acted_s: float | None = None  # time of the step that stored the newest chunk
         self._was_missing = True

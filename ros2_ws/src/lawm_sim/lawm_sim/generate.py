@@ -38,6 +38,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,43 @@ def generate(
     Raises GenerateError for unknown suites/tasks/init states, unsupported tasks, or output
     options that need rendering.
     """
+    _check_selection(suite, tasks, init_states)
+    out = Path(out)
+    _check_options(out, render, image_size, workers, max_steps, mp4_dir, rosbag_dir)
+    if render:
+        libero_env.select_gl()  # decided once here; spawned workers inherit MUJOCO_GL
+    jobs = [(suite, t, i, image_size, render, max_steps) for t in tasks for i in init_states]
+    writer = Hdf5Writer(out, suite, tasks, _env_args(suite, render, image_size))
+    tally = _Tally({t: [0, 0] for t in tasks})
+    try:
+        bar = _progress(len(jobs), progress)
+        for ep in run_episodes(jobs, workers):
+            _keep(ep, writer, tally, mp4_dir, rosbag_dir)
+            if on_episode is not None:
+                on_episode(ep)
+            bar.update(1)
+            bar.set_postfix(success=f"{tally.successful}/{tally.done}")
+        bar.close()
+        path = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return {
+        "out": str(path),
+        "suite": suite,
+        "episodes": len(jobs),
+        "successful": tally.successful,
+        "success_rate": round(tally.successful / len(jobs), 4),
+        "per_task": {str(t): f"{s}/{n}" for t, (s, n) in tally.per_task.items()},
+        "frames": writer.total,
+        "mp4": tally.mp4,
+        "rosbags": tally.rosbags,
+        "errors": tally.errors,
+    }
+
+
+def _check_selection(suite: str, tasks: Sequence[int], init_states: Sequence[int]) -> None:
+    """GenerateError unless ``suite`` exists and every task has every init state and an expert."""
     if suite not in libero_env.SUITES:
         valid = ", ".join(libero_env.SUITES)
         raise GenerateError(f"unknown suite {suite!r}; valid suites: {valid}")
@@ -248,7 +286,19 @@ def generate(
             + ", ".join(f"{t} ({names[t]})" for t in unsupported)
             + f"; supported {suite} tasks: {_describe(experts.SUPPORTED.get(suite, ()))}"
         )
-    out = Path(out)
+
+
+def _check_options(
+    out: Path,
+    render: bool,
+    image_size: int,
+    workers: int,
+    max_steps: int | None,
+    mp4_dir: str | Path | None,
+    rosbag_dir: str | Path | None,
+) -> None:
+    """GenerateError for an output path, image size, worker count, step limit or output mix
+    we cannot do."""
     if out.suffix.lower() not in (".hdf5", ".h5"):
         raise GenerateError(f"--out must end in .hdf5 or .h5, got {str(out)!r}")
     if not 16 <= image_size <= 512 or image_size % 2:
@@ -257,13 +307,13 @@ def generate(
         raise GenerateError("--mp4-dir and --rosbag need images; drop --no-render")
     if workers < 1:
         raise GenerateError(f"workers must be >= 1, got {workers}")
-    if render:
-        libero_env.select_gl()  # decided once here; spawned workers inherit MUJOCO_GL
-
     if max_steps is not None and max_steps < 1:
         raise GenerateError(f"max steps must be >= 1, got {max_steps}")
-    jobs = [(suite, t, i, image_size, render, max_steps) for t in tasks for i in init_states]
-    env_args = {
+
+
+def _env_args(suite: str, render: bool, image_size: int) -> dict[str, Any]:
+    """The file's ``env_args`` attribute: how the episodes were simulated."""
+    return {
         "type": "libero",
         "suite": suite,
         "controller": "OSC_POSE",
@@ -277,49 +327,46 @@ def generate(
         "msaa": False,
         "expert": "lawm_sim.experts",
     }
-    writer = Hdf5Writer(out, suite, tasks, env_args)
-    per_task: dict[int, list[int]] = {t: [0, 0] for t in tasks}
-    n_mp4 = n_bags = 0
-    errors: list[str] = []
-    try:
-        bar = _progress(len(jobs), progress)
-        for ep in run_episodes(jobs, workers):
-            if ep.error is not None:
-                errors.append(f"{ep.stem}: {ep.error}")
-            if ep.length:  # an episode that failed before its first step has nothing to keep
-                writer.add(ep)
-            per_task[ep.task_id][0] += int(ep.success)
-            per_task[ep.task_id][1] += 1
-            if ep.success and mp4_dir is not None:
-                write_mp4(Path(mp4_dir), ep)
-                n_mp4 += 1
-            if ep.success and rosbag_dir is not None:
-                write_rosbag(Path(rosbag_dir), ep)
-                n_bags += 1
-            if on_episode is not None:
-                on_episode(ep)
-            done = sum(v[1] for v in per_task.values())
-            ok = sum(v[0] for v in per_task.values())
-            bar.update(1)
-            bar.set_postfix(success=f"{ok}/{done}")
-        bar.close()
-        path = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    ok = sum(v[0] for v in per_task.values())
-    return {
-        "out": str(path),
-        "suite": suite,
-        "episodes": len(jobs),
-        "successful": ok,
-        "success_rate": round(ok / len(jobs), 4),
-        "per_task": {str(t): f"{s}/{n}" for t, (s, n) in per_task.items()},
-        "frames": writer.total,
-        "mp4": n_mp4,
-        "rosbags": n_bags,
-        "errors": errors,
-    }
+
+
+@dataclass
+class _Tally:
+    """What a run has produced so far."""
+
+    per_task: dict[int, list[int]]  # task -> [successful, run]
+    mp4: int = 0
+    rosbags: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def successful(self) -> int:
+        return sum(v[0] for v in self.per_task.values())
+
+    @property
+    def done(self) -> int:
+        return sum(v[1] for v in self.per_task.values())
+
+
+def _keep(
+    ep: Episode,
+    writer: Hdf5Writer,
+    tally: _Tally,
+    mp4_dir: str | Path | None,
+    rosbag_dir: str | Path | None,
+) -> None:
+    """Write ``ep`` to the file (and a successful one to the extra outputs); count it."""
+    if ep.error is not None:
+        tally.errors.append(f"{ep.stem}: {ep.error}")
+    if ep.length:  # an episode that failed before its first step has nothing to keep
+        writer.add(ep)
+    tally.per_task[ep.task_id][0] += int(ep.success)
+    tally.per_task[ep.task_id][1] += 1
+    if ep.success and mp4_dir is not None:
+        write_mp4(Path(mp4_dir), ep)
+        tally.mp4 += 1
+    if ep.success and rosbag_dir is not None:
+        write_rosbag(Path(rosbag_dir), ep)
+        tally.rosbags += 1
 
 
 class _NoBar:

@@ -44,10 +44,12 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lawm_policy.eval_replay import offline, report
-from lawm_policy.eval_replay.index import AUTO, ReplayError, open_bag
+from lawm_policy.eval_replay.index import AUTO, BagIndex, ReplayError, open_bag
 
 log = logging.getLogger("eval_replay")
 
@@ -188,37 +190,129 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+# ------------------------------------------------------------------------------ steps
+@dataclass(frozen=True)
+class Instruction:
+    """The task instruction sent to the policy (None: none) and where it came from."""
+
+    text: str | None
+    source: str  # "argument", "bag topic <topic>" or "none"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr, prefixed with the program name; debug with ``--verbose``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="[eval_replay] %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def open_selection(args: argparse.Namespace) -> BagIndex:
+    """Open the bag and select its topics from the arguments (offline: for the model's
+    cameras, from its sidecar). ReplayError (exit code 2) on bad input."""
+    image_topics = parse_image_topics(args.image_topic)
+    cameras = _model_cameras(Path(args.model_dir)) if args.offline else None
+    return open_bag(
+        args.bag,
+        image_topics=image_topics,
+        action_topic=optional_topic(args.action_topic),
+        proprio_topic=optional_topic(args.proprio_topic),
+        gripper_topic=optional_topic(args.gripper_topic or "none"),
+        cameras=cameras,
+    )
+
+
+def choose_instruction(args: argparse.Namespace, index: BagIndex) -> Instruction:
+    """``--instruction`` (whitespace collapsed), else the bag's instruction, else none."""
+    if args.instruction.strip():
+        return Instruction(" ".join(args.instruction.split()), "argument")
+    if index.instruction:
+        return Instruction(index.instruction, f"bag topic {index.selection.instruction}")
+    return Instruction(None, "none")
+
+
+def evaluate(
+    args: argparse.Namespace, index: BagIndex, instruction: Instruction, ros_args: list[str]
+) -> report.Evaluation:
+    """Run the replay: offline through the runtime core, or live through the policy node."""
+    if args.offline:
+        return offline.run_offline(
+            index,
+            args.model_dir,
+            instruction.text,
+            providers=args.providers,
+            threads=args.threads,
+        )
+    if instruction.text is None:
+        log.warning(
+            "no instruction (no --instruction, none in the bag): the policy node must have its own"
+        )
+    # rclpy only in live mode: --offline runs where ROS is not installed.
+    from lawm_policy.eval_replay import live
+
+    return live.run_live(
+        index,
+        instruction=instruction.text,
+        policy_ns=args.policy_ns,
+        rate=args.rate,
+        wait_timeout=args.wait_timeout,
+        ros_args=ros_args,
+    )
+
+
+def write_report(
+    args: argparse.Namespace, index: BagIndex, ev: report.Evaluation, instruction: Instruction
+) -> dict[str, Any]:
+    """Write the report files into ``--out``, print the report as one JSON line on stdout and
+    log a summary; return the report. ReplayError (exit code 2) when it cannot be written."""
+    out_dir = args.out.expanduser().resolve()
+    settings = {
+        "rate": args.rate if not args.offline else None,
+        "policy_ns": args.policy_ns if not args.offline else None,
+        "model_dir": str(Path(args.model_dir).resolve()) if args.offline else None,
+    }
+    result = report.build_report(
+        index,
+        ev,
+        instruction=instruction.text,
+        instruction_source=instruction.source,
+        settings=settings,
+        out_dir=out_dir,
+    )
+    try:
+        report.write_outputs(out_dir, result, index, ev)
+    except OSError as err:
+        raise ReplayError(f"cannot write to {out_dir}: {err}") from err
+    print(json.dumps(result, allow_nan=False), flush=True)
+    f = result["frames"]
+    lat = result["latency_ms"]
+    log.info(
+        "%s: %d/%d frames answered (%d dropped), MAE %s, latency p50 %s ms p99 %s ms -> %s",
+        ev.mode,
+        f["answered"],
+        f["published"],
+        f["dropped"],
+        _fmt(result["metrics"]["mae_mean"]),
+        _fmt(lat["p50"]),
+        _fmt(lat["p99"]),
+        out_dir / report.REPORT_FILE,
+    )
+    return result
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
+    """Run ``eval_replay``; the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, ros_args = split_ros_args(argv)
     parser = build_parser()
     args = parser.parse_args(ours)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="[eval_replay] %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     try:
         _check_args(parser, args)
-        image_topics = parse_image_topics(args.image_topic)
-        cameras = None
-        if args.offline:
-            cameras = _model_cameras(Path(args.model_dir))
-        index = open_bag(
-            args.bag,
-            image_topics=image_topics,
-            action_topic=optional_topic(args.action_topic),
-            proprio_topic=optional_topic(args.proprio_topic),
-            gripper_topic=optional_topic(args.gripper_topic or "none"),
-            cameras=cameras,
-        )
-        if args.instruction.strip():
-            instruction, source = " ".join(args.instruction.split()), "argument"
-        elif index.instruction:
-            instruction, source = index.instruction, f"bag topic {index.selection.instruction}"
-        else:
-            instruction, source = None, "none"
+        index = open_selection(args)
+        instruction = choose_instruction(args, index)
         log.info(
             "%s: %d frames, cameras %s, action %s, proprio %s, instruction %r (%s)",
             index.path,
@@ -226,63 +320,12 @@ def main(argv: list[str] | None = None) -> int:
             index.selection.images,
             index.selection.action,
             index.selection.proprio,
-            instruction,
-            source,
+            instruction.text,
+            instruction.source,
         )
-        if args.offline:
-            ev = offline.run_offline(
-                index, args.model_dir, instruction, providers=args.providers, threads=args.threads
-            )
-        else:
-            if instruction is None:
-                log.warning(
-                    "no instruction (no --instruction, none in the bag): the policy node must "
-                    "have its own"
-                )
-            # rclpy only in live mode: --offline runs where ROS is not installed.
-            from lawm_policy.eval_replay import live
-
-            ev = live.run_live(
-                index,
-                instruction=instruction,
-                policy_ns=args.policy_ns,
-                rate=args.rate,
-                wait_timeout=args.wait_timeout,
-                ros_args=ros_args,
-            )
-        out_dir = args.out.expanduser().resolve()
-        settings = {
-            "rate": args.rate if not args.offline else None,
-            "policy_ns": args.policy_ns if not args.offline else None,
-            "model_dir": str(Path(args.model_dir).resolve()) if args.offline else None,
-        }
-        result = report.build_report(
-            index,
-            ev,
-            instruction=instruction,
-            instruction_source=source,
-            settings=settings,
-            out_dir=out_dir,
-        )
-        try:
-            report.write_outputs(out_dir, result, index, ev)
-        except OSError as err:
-            raise ReplayError(f"cannot write to {out_dir}: {err}") from err
-        print(json.dumps(result, allow_nan=False), flush=True)
-        f = result["frames"]
-        lat = result["latency_ms"]
-        log.info(
-            "%s: %d/%d frames answered (%d dropped), MAE %s, latency p50 %s ms p99 %s ms -> %s",
-            ev.mode,
-            f["answered"],
-            f["published"],
-            f["dropped"],
-            _fmt(result["metrics"]["mae_mean"]),
-            _fmt(lat["p50"]),
-            _fmt(lat["p99"]),
-            out_dir / report.REPORT_FILE,
-        )
-        if f["answered"] == 0:
+        ev = evaluate(args, index, instruction, ros_args)
+        result = write_report(args, index, ev, instruction)
+        if result["frames"]["answered"] == 0:
             print(
                 "eval_replay: error: the policy answered none of the frames (check its log: "
                 "instruction, camera topics, stale_timeout_s)",
