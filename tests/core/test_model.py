@@ -67,7 +67,7 @@ def test_load_cpu(model, export_dir):
     sidecar = json.loads((export_dir / "policy.json").read_text())
     assert model.provider == "CPUExecutionProvider"
     assert model.providers == ("CPUExecutionProvider",)
-    assert model.sidecar == sidecar
+    assert model.spec.to_dict() == sidecar
     assert model.cameras == tuple(sidecar["cameras"]) == ("agentview", "eye_in_hand")
     assert (model.image_size, model.chunk_size, model.action_dim) == (32, 4, 7)
     assert (model.proprio_dim, model.lang_dim) == (5, 384)

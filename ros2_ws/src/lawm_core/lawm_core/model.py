@@ -130,11 +130,10 @@ class PolicyModel:
             ``resolve_providers``. ``provider`` is the one onnxruntime actually made active.
         threads: intra-op threads for the CPU provider; 0 = onnxruntime's default.
 
-    Attributes: ``spec`` (the checked ``PolicySidecar``), ``sidecar`` (the same as a JSON
-    object, for reports), ``cameras`` (tuple, input order), ``image_size``, ``chunk_size``,
-    ``action_dim``, ``control_rate_hz``, ``lang_dim``, ``proprio_dim``, ``provider``,
-    ``providers`` (all active), ``action_min``/``action_max`` (float64 (A,)), ``model_dir``,
-    ``onnx_path``, ``has_text_encoder``.
+    Attributes: ``spec`` (the checked ``PolicySidecar``), ``cameras`` (tuple, input order),
+    ``image_size``, ``chunk_size``, ``action_dim``, ``control_rate_hz``, ``lang_dim``,
+    ``proprio_dim``, ``provider``, ``providers`` (all active), ``action_min``/``action_max``
+    (float64 (A,)), ``model_dir``, ``onnx_path``, ``has_text_encoder``.
 
     ``predict`` is safe to call from several threads (onnxruntime sessions are).
     """
@@ -149,7 +148,6 @@ class PolicyModel:
             raise ModelLoadError(f"{self.model_dir}: model directory missing")
         sidecar_path = self.model_dir / contract.SIDECAR_FILE
         self.spec = spec = PolicySidecar.read(sidecar_path)
-        self.sidecar: dict[str, Any] = spec.to_dict()
 
         # Fixed file name: the sidecar is not trusted to point outside the folder.
         self.onnx_path = self.model_dir / contract.ONNX_FILE

@@ -224,7 +224,7 @@ class PolicyNode(LifecycleNode):
         if p.instruction.strip():
             self._set_instruction(p.instruction)
         self.get_logger().info(
-            f"configured: model {p.model_dir} (sha256 {model.sidecar['onnx_sha256'][:12]}), "
+            f"configured: model {p.model_dir} (sha256 {model.spec.onnx_sha256[:12]}), "
             f"provider {model.provider}, {self.rate_hz:g} Hz, cameras "
             + ", ".join(f"{c}<-{t}" for c, t in zip(model.cameras, p.camera_topics))
         )
@@ -436,6 +436,7 @@ class PolicyNode(LifecycleNode):
         if result.was_missing:
             self.get_logger().info("inputs back: acting")
             self.warnings.pop("inputs", None)
+        self.warnings.pop("inference", None)  # a refused input is over once the policy acts
         self.infer_ms.append(result.seconds * 1e3)
         self.pub_action.publish(Float32MultiArray(data=[float(v) for v in result.raw]))
         cmd = self.mapper.to_command(result.action)

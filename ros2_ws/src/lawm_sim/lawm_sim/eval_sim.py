@@ -84,7 +84,7 @@ def evaluate(
     runner = PolicyRunner(model, max_gap_s=2.0 / SIM_RATE_HZ)
     report: dict[str, Any] = {
         "model": str(model_dir),
-        "onnx_sha256": model.sidecar["onnx_sha256"],
+        "onnx_sha256": model.spec.onnx_sha256,
         "suite": suite,
         "control_rate_hz": SIM_RATE_HZ,
         "tasks": [],

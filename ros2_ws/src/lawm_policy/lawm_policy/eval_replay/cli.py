@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lawm_core.errors import ModelLoadError
+from lawm_core.sidecar import PolicySidecar
 from lawm_policy.eval_replay import offline, report
 from lawm_policy.eval_replay.index import AUTO, BagIndex, ReplayError, open_bag
 
@@ -180,10 +182,9 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _model_cameras(model_dir: Path) -> list[str] | None:
     """The model's cameras from its sidecar (full checks happen when it is loaded)."""
     try:
-        cams = json.loads((model_dir / "policy.json").read_text()).get("cameras")
-    except (OSError, ValueError, AttributeError):
+        return list(PolicySidecar.read(model_dir).cameras)
+    except ModelLoadError:
         return None
-    return list(cams) if isinstance(cams, list) else None
 
 
 def _fmt(x) -> str:

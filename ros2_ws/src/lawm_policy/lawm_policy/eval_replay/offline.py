@@ -209,7 +209,7 @@ def run_offline(
         )
     ev.extra["model"] = {
         "dir": str(Path(model_dir).resolve()),
-        "onnx_sha256": model.sidecar["onnx_sha256"],
+        "onnx_sha256": model.spec.onnx_sha256,
         "provider": model.provider,
         "image_size": model.image_size,
         "chunk_size": model.chunk_size,

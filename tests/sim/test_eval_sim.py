@@ -11,7 +11,7 @@ import pytest
 
 from lawm_sim.eval_sim import evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_eval_sim_runs_episodes_and_writes_videos(exported_debug_model, tmp_path):

@@ -130,7 +130,7 @@ def _expected_actions(model_dir, size, value):
         img = image_from_msg_fields(bytes(msg.data), msg.encoding, msg.height, msg.width, msg.step)
         images[cam] = fit_image(img, model.image_size)
     lang = TextEncoderRuntime(model_dir).embed(INSTRUCTION)
-    proprio = np.asarray(model.sidecar["normalization"]["proprio_mean"], np.float32)
+    proprio = np.asarray(model.spec.normalization.proprio_mean, np.float32)
     chunk = model.predict(images, proprio, lang)
     agg = TemporalAggregator(model.chunk_size, model.action_dim)
     return [model.denormalize(agg.step(chunk)) for _ in range(model.chunk_size)]
