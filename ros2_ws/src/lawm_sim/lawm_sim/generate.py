@@ -51,7 +51,7 @@ from lawm_sim.experts import make_expert
 from lawm_sim.libero_env import LiberoEnv
 from lawm_sim.recording import Episode, Hdf5Writer, write_mp4, write_rosbag
 
-# Topics of the LIBERO ROS bridge (and of the rosbags written here).
+# Steps an episode may go on after the expert says it is done, for the task to register success.
 GRACE_STEPS = 20
 
 
