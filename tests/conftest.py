@@ -42,7 +42,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.fixture
 def ros_node(request):
-    """A node in the test process, in its own rclpy context; spin it with roshelpers.wait_*."""
+    """A node in the test process, in its own rclpy context; spin it with lawm_apps.harness.wait_*."""
     import rclpy
 
     context = rclpy.Context()
@@ -52,7 +52,7 @@ def ros_node(request):
     from rclpy.executors import SingleThreadedExecutor
 
     executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)  # roshelpers.wait_* spin node.executor
+    executor.add_node(node)  # lawm_apps.harness.wait_* spin node.executor
     try:
         yield node
     finally:
