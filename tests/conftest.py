@@ -42,7 +42,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.fixture
 def ros_node(request):
-    """A node in the test process, in its own rclpy context; spin it with lawm_apps.harness.wait_*."""
+    """A node in the test process, in its own rclpy context (spin it with the harness waits)."""
     import rclpy
 
     context = rclpy.Context()

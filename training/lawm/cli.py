@@ -295,7 +295,17 @@ def build_parser(
         "fine-tune it on demonstrations, export it to ONNX.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_training_commands(sub)
+    _add_tool_commands(sub)
+    # Simulation commands (generate, eval-sim) live beside the simulator code.
+    sim_commands.register(sub)
+    if extra is not None:
+        extra(sub)
+    return parser
 
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """pretrain, finetune."""
     p = sub.add_parser("pretrain", help="LAWM pretraining on unlabeled video (no action labels)")
     _add_data_args(p)
     _add_train_args(p)
@@ -347,6 +357,9 @@ def build_parser(
     )
     p.set_defaults(func=lambda a: cmd_train(a, "finetune"))
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """export, cca, describe, smoke."""
     p = sub.add_parser("export", help="export a policy to ONNX + sidecar (+ text encoder)")
     p.add_argument(
         "--policy", type=existing_path, required=True, help="policy directory (run_dir/policy)"
@@ -384,11 +397,6 @@ def build_parser(
     p.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_smoke)
-    # Simulation commands (generate, eval-sim) live beside the simulator code.
-    sim_commands.register(sub)
-    if extra is not None:
-        extra(sub)
-    return parser
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from lawm.checkpoint import load_state_strict
 from lawm_core.files import atomic_path
+from lawm_core.text_encoder import normalize_text
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -69,19 +70,6 @@ def find_minilm_dir() -> Path:
     if missing:
         raise FileNotFoundError(f"{model_dir}: incomplete model folder, missing {missing}")
     return model_dir
-
-
-def normalize_text(text: str) -> str:
-    """Collapse runs of whitespace and strip the ends; ValueError if nothing is left.
-
-    Training and the robot runtime apply the same rule, so cache keys and embeddings agree.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"instruction must be a str, got {type(text).__name__}")
-    cleaned = " ".join(text.split())
-    if not cleaned:
-        raise ValueError("instruction is empty")
-    return cleaned
 
 
 def text_key(text: str) -> str:

@@ -31,3 +31,20 @@ COMMAND = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+
+# A replayed recording: reliable + keep-last reaches both best-effort (the policy's cameras) and
+# reliable subscribers.
+REPLAY_STREAM = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=5,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+# Recording a node's commands: compatible with COMMAND, but a deeper queue than its depth 1.
+COMMAND_RECORDER = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=COMMAND.reliability,
+    durability=COMMAND.durability,
+)

@@ -25,7 +25,6 @@ from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, String
@@ -34,7 +33,7 @@ from lawm_core import bags, contract
 from lawm_core.errors import InputError
 from lawm_policy.eval_replay.index import BagIndex, ReplayError, Selection
 from lawm_policy.eval_replay.report import Evaluation, finite_or_none
-from lawm_policy.qos import COMMAND, LATCHED
+from lawm_policy.qos import COMMAND_RECORDER, LATCHED, REPLAY_STREAM
 
 log = logging.getLogger("eval_replay")
 
@@ -145,22 +144,6 @@ def rgb_image(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> Image:
 
 
 # ------------------------------------------------------------------------------ live replay
-# Reliable + keep-last: reaches both best-effort (the policy) and reliable subscribers.
-STREAM_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=5,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-# Our side of the command topics may queue deeper than the node's depth 1.
-OUTPUTS_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=100,
-    reliability=COMMAND.reliability,
-    durability=COMMAND.durability,
-)
-
-
 @dataclass(frozen=True)
 class PolicyTopics:
     """The policy node's topics under its namespace."""
@@ -302,17 +285,17 @@ class _Endpoints:
         recorder: _OutputRecorder,
     ) -> _Endpoints:
         """Create the endpoints on ``node`` and publish the instruction (latched), if any."""
-        cameras = {t: node.create_publisher(Image, t, STREAM_QOS) for t in sel.images.values()}
+        cameras = {t: node.create_publisher(Image, t, REPLAY_STREAM) for t in sel.images.values()}
         proprio = (
-            node.create_publisher(Float32MultiArray, sel.proprio, STREAM_QOS)
+            node.create_publisher(Float32MultiArray, sel.proprio, REPLAY_STREAM)
             if sel.proprio
             else None
         )
         action_sub = node.create_subscription(
-            Float32MultiArray, topics.action, recorder.on_action, OUTPUTS_QOS
+            Float32MultiArray, topics.action, recorder.on_action, COMMAND_RECORDER
         )
         twist_sub = node.create_subscription(
-            TwistStamped, topics.cmd_twist, recorder.on_twist, OUTPUTS_QOS
+            TwistStamped, topics.cmd_twist, recorder.on_twist, COMMAND_RECORDER
         )
         instruction_pub = None
         if instruction:
