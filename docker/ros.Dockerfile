@@ -5,7 +5,7 @@
 #
 # docker/README.md says how to run it. There is no Docker engine on the development machine, so
 # this file is not built there; its Python pins are the ones requirements/lock.txt gives
-# `make setup`, and tests/test_realsense_camera.py checks it against the repository.
+# `make setup`, and tests/test_docker.py checks it against the repository.
 FROM ros:jazzy-ros-base
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -13,9 +13,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The real cv_bridge, and the numpy 1.26 / OpenCV 4.6 of Ubuntu 24.04 that it and the ROS message
-# packages are compiled against: a pip numpy 2 (which opencv-python-headless 4.14 requires) breaks
-# their import, so neither comes from pip here. matplotlib: replay_eval's plot.
+# The rosdep keys of the runtime packages' package.xml files as Ubuntu packages (most come with
+# ros-base already; listed so the image does not rely on that; tests/test_docker.py keeps the two
+# in step), the real cv_bridge, and the numpy 1.26 / OpenCV 4.6 of Ubuntu 24.04 that it and the
+# ROS message packages are compiled against: a pip numpy 2 (which opencv-python-headless 4.14
+# requires) breaks their import, so neither comes from pip here. matplotlib: replay_eval's plot.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3-pip \
@@ -25,12 +27,18 @@ RUN apt-get update \
       python3-numpy \
       python3-opencv \
       python3-matplotlib \
+      ros-jazzy-rclpy \
+      ros-jazzy-rcl-interfaces \
+      ros-jazzy-rosgraph-msgs \
       ros-jazzy-sensor-msgs \
       ros-jazzy-geometry-msgs \
       ros-jazzy-std-msgs \
       ros-jazzy-std-srvs \
       ros-jazzy-diagnostic-msgs \
       ros-jazzy-lifecycle-msgs \
+      ros-jazzy-launch \
+      ros-jazzy-launch-ros \
+      ros-jazzy-ament-index-python \
  && rm -rf /var/lib/apt/lists/*
 
 # Python packages live in a venv that also sees the system site-packages (ROS, numpy, OpenCV):
@@ -80,6 +88,13 @@ ENV FASTRTPS_DEFAULT_PROFILES_FILE=/opt/lawm/ws/install/lawm_bringup/share/lawm_
 COPY docker/entrypoint.sh /opt/lawm/entrypoint.sh
 RUN chmod 755 /opt/lawm/entrypoint.sh \
  && mkdir -p /models
+
+# The nodes run as an unprivileged user (ROS logs in its home). The installed software (venv,
+# workspace) stays root-owned and read-only to it; /opt/lawm itself is its working directory.
+# video, plugdev: the groups camera device nodes are commonly given to on the host.
+RUN useradd --create-home --shell /bin/bash --groups video,plugdev lawm \
+ && chown lawm:lawm /opt/lawm
+USER lawm
 
 # /models: mount the exported model directory (policy.onnx, policy.json, text encoder) here.
 WORKDIR /opt/lawm

@@ -9,13 +9,16 @@ import os
 import re
 import shlex
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from lawm_apps.harness import ROOT
+from lawm_apps.harness import ROOT, WS_INSTALL
 
 DOCKER = ROOT / "docker"
+# Where the ROS image builds the workspace (COPY ros2_ws/src to <ws>/src, colcon build in <ws>).
+IMAGE_WS_INSTALL = "/opt/lawm/ws/install/"
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -96,6 +99,61 @@ def test_ros_image_installs_gpu_onnxruntime_and_lock_pins():
 
     entrypoint = [args for keyword, args in instructions if keyword == "ENTRYPOINT"]
     assert entrypoint and "entrypoint.sh" in entrypoint[-1]
+
+
+def _apt_packages(dockerfile: Path) -> set[str]:
+    """Every package named on an `apt-get install` command of the Dockerfile's RUN lines."""
+    found = set()
+    for keyword, args in _instructions(dockerfile):
+        if keyword == "RUN":
+            for words in _shell_commands(args):
+                if words[:2] == ["apt-get", "install"]:
+                    found |= {w for w in words[2:] if not w.startswith("-")}
+    return found
+
+
+@pytest.mark.parametrize("package", ["lawm_core", "lawm_policy", "lawm_bringup"])
+def test_ros_image_installs_the_rosdep_keys_of_the_runtime_packages(package):
+    # The Ubuntu package of each rosdep key, as rosdep resolves it on Ubuntu 24.04 for Jazzy.
+    # (lawm_sim's are left out: the image runs no simulator.)
+    apt = _apt_packages(DOCKER / "ros.Dockerfile")
+    root = ET.parse(ROOT / "ros2_ws" / "src" / package / "package.xml").getroot()
+    for dep in root.iter("exec_depend"):
+        key = dep.text.strip()
+        if key.startswith("lawm_"):
+            continue  # built from ros2_ws/src
+        name = key if key.startswith("python3-") else "ros-jazzy-" + key.replace("_", "-")
+        assert name in apt, f"{package} needs {key}: apt-get install {name}"
+
+
+def test_ros_image_points_fastdds_at_the_installed_profile():
+    env = [args for keyword, args in _instructions(DOCKER / "ros.Dockerfile") if keyword == "ENV"]
+    values = dict(word.split("=", 1) for args in env for word in shlex.split(args) if "=" in word)
+    path = values["FASTRTPS_DEFAULT_PROFILES_FILE"]
+    assert path.startswith(IMAGE_WS_INSTALL), path
+    # The same relative path in the workspace `make setup` builds with the same setup.py.
+    installed = WS_INSTALL / path.removeprefix(IMAGE_WS_INSTALL)
+    assert installed.is_file(), f"{installed} is not installed by colcon"
+    assert ET.parse(installed).getroot().tag.endswith("profiles")
+
+
+def test_ros_image_runs_as_a_user_that_is_not_root():
+    instructions = _instructions(DOCKER / "ros.Dockerfile")
+    users = [i for i, (keyword, _) in enumerate(instructions) if keyword == "USER"]
+    assert users, "no USER: the nodes would run as root"
+    user = instructions[users[-1]][1].split(":")[0]
+    assert user not in ("root", "0"), user
+    # Created by useradd before it is switched to; the entrypoint runs after the switch.
+    created = [
+        words
+        for keyword, args in instructions[: users[-1]]
+        if keyword == "RUN"
+        for words in _shell_commands(args)
+        if words[0] == "useradd"
+    ]
+    assert any(words[-1] == user for words in created), created
+    entrypoint = [args for keyword, args in instructions if keyword == "ENTRYPOINT"]
+    assert instructions.index(("ENTRYPOINT", entrypoint[-1])) > users[-1]
 
 
 def test_train_image_keeps_the_base_cuda_torch():

@@ -8,17 +8,30 @@ restamped with the current time at the recorded pacing, so the policy node liste
 names (``agentview_topic``, ``eye_in_hand_topic``, ``proprio_topic``). It writes
 ``<out>/report.json``, ``predictions.csv`` and ``actions.png``, and the launch ends when it
 exits. Offline evaluation needs no launch: ``eval_replay --offline --model-dir DIR ...``.
+With ``namespace:=arm1`` both nodes and the policy's own topics move under ``/arm1`` (the bag's
+topics keep their names).
+
+Text arguments reach the policy node as strings (``ParameterValue(..., value_type=str)``), not
+parsed as YAML; eval_replay gets them as command-line arguments, which are never parsed.
 """
 
 from pathlib import Path
+from typing import List  # noqa: UP035 (launch accepts typing.List[str], not list[str])
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    GroupAction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+)
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
+from launch_ros.actions import Node, PushRosNamespace
+from launch_ros.parameter_descriptions import ParameterValue
 
 SHARE = Path(get_package_share_directory("lawm_bringup"))
 
@@ -40,8 +53,14 @@ ARGUMENTS = {
     "action_topic": ("auto", "Recorded action topic; auto: the bag's one *action* topic."),
     "proprio_topic": ("", "Bag proprio topic (Float32MultiArray of 5); empty: none."),
     "rate": ("1.0", "Playback speed factor."),
-    "policy_ns": ("/lawm_policy", "Namespace of the policy node's topics."),
     "wait_timeout": ("30.0", "Seconds eval_replay waits for the policy node."),
+    "namespace": ("", "ROS namespace of both nodes and the policy's own topics ('' = none)."),
+    "use_sim_time": (
+        "false",
+        "true: the policy node runs on the /clock topic's time (eval_replay restamps the camera "
+        "messages with wall time).",
+    ),
+    "log_level": ("info", "Log level of both nodes: debug, info, warn, error or fatal."),
 }
 
 
@@ -50,6 +69,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(k, default_value=v, description=d) for k, (v, d) in ARGUMENTS.items()
     ]
     cfg = {k: LaunchConfiguration(k) for k in ARGUMENTS}
+    log_level = ["--log-level", cfg["log_level"]]
     policy = Node(
         package="lawm_policy",
         executable="policy_node",
@@ -57,13 +77,18 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             cfg["params_file"],
             {
-                "model_dir": cfg["model_dir"],
-                # Camera order = the model's (agentview, eye_in_hand).
-                # (each item a list: a list of strings, not one concatenated string)
-                "camera_topics": [[cfg["agentview_topic"]], [cfg["eye_in_hand_topic"]]],
-                "proprio_topic": cfg["proprio_topic"],
+                "model_dir": ParameterValue(cfg["model_dir"], value_type=str),
+                # Camera order = the model's (agentview, eye_in_hand). Each item a list of
+                # substitutions: a list of two strings, not one concatenated string.
+                "camera_topics": ParameterValue(
+                    [[cfg["agentview_topic"]], [cfg["eye_in_hand_topic"]]],
+                    value_type=List[str],  # noqa: UP006 (see the import)
+                ),
+                "proprio_topic": ParameterValue(cfg["proprio_topic"], value_type=str),
+                "use_sim_time": ParameterValue(cfg["use_sim_time"], value_type=bool),
             },
         ],
+        ros_arguments=log_level,
         output="screen",
     )
     eval_replay = Node(
@@ -79,10 +104,12 @@ def generate_launch_description() -> LaunchDescription:
             ["--action-topic=", cfg["action_topic"]],
             ["--proprio-topic=", cfg["proprio_topic"]],
             ["--instruction=", cfg["instruction"]],
-            ["--policy-ns=", cfg["policy_ns"]],
+            # The policy node's namespace: "/lawm_policy" under `namespace`.
+            ["--policy-ns=", cfg["namespace"], "/lawm_policy"],
             ["--rate=", cfg["rate"]],
             ["--wait-timeout=", cfg["wait_timeout"]],
         ],
+        ros_arguments=log_level,
         output="screen",
     )
     # The evaluation is over when eval_replay exits: stop the policy node with it.
@@ -92,4 +119,12 @@ def generate_launch_description() -> LaunchDescription:
             on_exit=[EmitEvent(event=Shutdown(reason="eval_replay finished"))],
         )
     )
-    return LaunchDescription([*args, policy, eval_replay, stop])
+    nodes = GroupAction([PushRosNamespace(cfg["namespace"]), policy, eval_replay])
+    # Camera-sized DDS buffers unless the user already chose a profile.
+    dds = SetEnvironmentVariable(
+        "FASTRTPS_DEFAULT_PROFILES_FILE",
+        EnvironmentVariable(
+            "FASTRTPS_DEFAULT_PROFILES_FILE", default_value=str(SHARE / "config" / "fastdds.xml")
+        ),
+    )
+    return LaunchDescription([*args, dds, nodes, stop])
