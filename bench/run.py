@@ -53,6 +53,7 @@ from lawm_apps.harness import (
     wait_for_subscribers,
     wait_until,
 )
+from lawm_core import contract
 from lawm_core.files import atomic_write_text
 from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
@@ -74,7 +75,7 @@ def export_paper_model(out: Path, seed: int = 0) -> Path:
     cfg = preset("paper")
     torch.manual_seed(seed)
     save_policy(out / "policy", Policy(cfg.policy), cfg, {"stage": "benchmark"})
-    export_policy(out / "policy", out / "export")
+    export_policy(out / "policy", out / "export", action_space=contract.ACTION_OSC_POSE_DELTA)
     return out / "export"
 
 

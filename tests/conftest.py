@@ -99,5 +99,5 @@ def exported_debug_model(tmp_path_factory):
     policy = Policy(cfg.policy)
     policy.set_stats({"action_min": np.full(7, -2.0), "action_max": np.full(7, 2.0)})
     save_policy(root / "policy", policy, cfg, {"stage": "test"})
-    export_policy(root / "policy", root / "export")
+    export_policy(root / "policy", root / "export", action_space="osc_pose_delta")
     return root / "export"

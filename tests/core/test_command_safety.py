@@ -8,29 +8,33 @@ import math
 import numpy as np
 import pytest
 
-from lawm_core import safety
+from lawm_core import contract, safety
 from lawm_core.command import ActionMapper, Command
 from lawm_core.errors import InputError
 from lawm_core.safety import SafetyFilter, SafetyLimits
+from lawm_core.sidecar import ActionSpace
 
 
 def test_action_mapper():
-    mapper = ActionMapper([0.1, 0.2, 0.3], [1.0, 0.5, 0.25], gripper_threshold=0.2)
+    # A twist action space: raw m/s and rad/s, times the per-axis gains.
+    twist = ActionSpace.for_kind(contract.ACTION_TWIST)
+    mapper = ActionMapper(twist, 20.0, [0.1, 0.2, 0.3], [1.0, 0.5, 0.25])
     cmd = mapper.to_command(np.array([0.5, -1.0, 0.2, 1.0, 0.0, -0.5, 0.3]))
     np.testing.assert_allclose(cmd.linear, [0.05, -0.2, 0.06])
     np.testing.assert_allclose(cmd.angular, [1.0, 0.0, -0.125])
     assert cmd.gripper == 1.0
-    assert mapper.to_command(np.r_[np.zeros(6), 0.2]).gripper == -1.0  # not above threshold
-    assert ActionMapper([1] * 3, [1] * 3).to_command(np.r_[np.zeros(6), 1e-6]).gripper == 1.0
-    assert ActionMapper([1] * 3, [1] * 3).to_command(np.r_[np.zeros(6), -1]).gripper == -1.0
+    default = ActionMapper(twist, 20.0)
+    assert default.to_command(np.r_[np.zeros(6), 1e-6]).gripper == 1.0
+    assert default.to_command(np.r_[np.zeros(6), 0.0]).gripper == -1.0  # not beyond halfway
+    assert default.to_command(np.r_[np.zeros(6), -1]).gripper == -1.0
     nan_cmd = mapper.to_command(np.full(7, np.nan))
     assert not nan_cmd.is_finite() and math.isnan(nan_cmd.gripper)
     with pytest.raises(InputError, match="expected"):
         mapper.to_command(np.zeros(6))
     with pytest.raises(ValueError, match="linear_scale"):
-        ActionMapper([1, 1], [1, 1, 1])
+        ActionMapper(twist, 20.0, [1, 1], [1, 1, 1])
     with pytest.raises(ValueError, match="angular_scale"):
-        ActionMapper([1, 1, 1], [1, -1, 1])
+        ActionMapper(twist, 20.0, [1, 1, 1], [1, -1, 1])
     zero = Command.zero()
     assert zero.linear.tolist() == [0, 0, 0] and zero.angular.tolist() == [0, 0, 0]
     assert zero.gripper == 0.0 and Command.zero(gripper=-1.0).gripper == -1.0

@@ -34,7 +34,7 @@ def export_dir(tmp_path_factory) -> Path:
     save_policy(tmp / "p", Policy(cfg.policy), cfg, {})
     with warnings.catch_warnings():  # the tracer's deprecation chatter is not ours
         warnings.simplefilter("ignore")
-        export_policy(tmp / "p", tmp / "export", text_encoder=False)
+        export_policy(tmp / "p", tmp / "export", text_encoder=False, action_space="osc_pose_delta")
     return tmp / "export"
 
 
@@ -130,7 +130,7 @@ def test_missing_sidecar(export_dir, tmp_path):
     [
         ("{not json", "not a readable JSON"),
         ("[1, 2]", "JSON list, not an object"),
-        ('{"format_version": 1}', r"lacks required keys \['onnx_sha256'"),
+        ('{"format_version": 2}', r"lacks required keys \['onnx_sha256'"),
     ],
 )
 def test_corrupt_sidecar(export_dir, tmp_path, text, match):
@@ -143,9 +143,10 @@ def test_corrupt_sidecar(export_dir, tmp_path, text, match):
 
 def test_unsupported_format_version(export_dir, tmp_path):
     d = _copy(export_dir, tmp_path)
-    _edit_sidecar(d, lambda s: s.update(format_version=2))
+    _edit_sidecar(d, lambda s: s.update(format_version=1))
     with pytest.raises(
-        ModelLoadError, match=r"policy\.json: format_version 2, this runtime reads 1"
+        ModelLoadError,
+        match=r"policy\.json: format_version 1, this runtime reads 2: export the model again",
     ):
         PolicyModel(d)
 

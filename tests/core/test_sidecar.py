@@ -21,7 +21,7 @@ from lawm.export import export_policy
 from lawm.models.policy import Policy
 from lawm_core import contract
 from lawm_core.errors import ModelLoadError
-from lawm_core.sidecar import PolicySidecar, TextEncoderSidecar
+from lawm_core.sidecar import ActionSpace, PolicySidecar, TextEncoderSidecar
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def exported(tmp_path_factory) -> tuple[Path, PolicySidecar]:
     save_policy(tmp / "p", Policy(cfg.policy), cfg, {"stage": "test", "steps": 3})
     with warnings.catch_warnings():  # the tracer's deprecation chatter is not ours
         warnings.simplefilter("ignore")
-        sidecar = export_policy(tmp / "p", tmp / "export", text_encoder=False)
+        sidecar = export_policy(
+            tmp / "p", tmp / "export", text_encoder=False, action_space="osc_pose_delta"
+        )
     return tmp / "export", sidecar
 
 
@@ -76,7 +78,9 @@ def test_what_export_writes_is_what_the_runtime_reads(exported, raw):
     assert PolicySidecar.read(folder / "policy.json") == written
     assert read.to_dict() == raw
     assert read.run == {"stage": "test", "steps": 3} and read.text_encoder is None
-    assert read.cameras == contract.CAMERAS and read.action_layout == contract.ACTION_LAYOUT
+    assert read.cameras == contract.CAMERAS
+    assert read.action_space == ActionSpace.for_kind(contract.ACTION_OSC_POSE_DELTA)
+    assert read.action_space.names == contract.ACTION_LAYOUT
     assert (read.image_size, read.chunk_size, read.action_dim) == (32, 4, 7)
     # Readable by the robot's service user, not only by whoever exported it.
     assert (folder / "policy.json").stat().st_mode & 0o044 == 0o044
@@ -124,7 +128,7 @@ def test_an_unknown_field_is_refused_by_name(raw):
 @pytest.mark.parametrize(
     "key, value, needle",
     [
-        ("format_version", 2, "format_version 2, this runtime reads 1"),
+        ("format_version", 1, "format_version 1, this runtime reads 2: export the model again"),
         ("format_version", True, "format_version True"),
         ("onnx_sha256", "d28e77f8", "onnx_sha256 must be a hex string"),
         ("onnx_file", "../../etc/model.onnx", "onnx_file is '../../etc/model.onnx'"),
@@ -138,7 +142,7 @@ def test_an_unknown_field_is_refused_by_name(raw):
         ("cameras", "agentview", "cameras must be a non-empty list of distinct names"),
         ("cameras", ["agentview", "agentview"], "cameras must be a non-empty list of distinct"),
         ("cameras", [], "cameras must be a non-empty list"),
-        ("action_layout", ["dx", "dy"], "action_layout has 2 names, expected 7"),
+        ("action_space", "normalized [-1, 1]", "action_space must be an object"),
         ("proprio_layout", [1, 2, 3, 4, 5], "proprio_layout must be a non-empty list"),
         ("parity_max_abs_error", -1.0, "parity_max_abs_error must be >= 0"),
         ("parity_max_abs_error", float("nan"), "parity_max_abs_error must be finite"),
@@ -205,7 +209,7 @@ def test_a_nested_text_encoder_is_checked_too(raw):
         ("tokenizer_sha256", None, "tokenizer_sha256 must be a hex string"),
         ("tokenizer_file", "/tmp/tokenizer.json", "tokenizer_file is '/tmp/tokenizer.json'"),
         ("input_names", ["input_ids"], "input_names are ['input_ids']"),
-        ("format_version", 3, "format_version 3, this runtime reads 1"),
+        ("format_version", 3, "format_version 3, this runtime reads 2"),
     ],
 )
 def test_text_encoder_sidecar_fields_are_checked(tmp_path, key, value, needle):

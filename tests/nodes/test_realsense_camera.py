@@ -32,6 +32,7 @@ class Recording:
     path: Path
     frames: list[np.ndarray]  # (H, W, 3) uint8 in the recorded channel order
     intrinsics: rs.intrinsics
+    stamps: list[float]  # frame timestamps (ms) as recorded
 
 
 def pattern(index: int, height: int, width: int) -> np.ndarray:
@@ -56,8 +57,21 @@ def write_recording(
     fmt: rs.format = rs.format.rgb8,
     model: rs.distortion = rs.distortion.brown_conrady,
     coeffs: list[float] = BROWN_CONRADY,
+    *,
+    first: int = 0,
+    domain: rs.timestamp_domain = rs.timestamp_domain.hardware_clock,
+    start_ms: float = 0.0,
+    pause_before: int | None = None,
+    pause_s: float = 0.0,
+    serial: str | None = None,
+    number_step: int = 1,
 ) -> Recording:
-    """Write ``count`` pattern frames as a RealSense recording (``path`` must end in .db3)."""
+    """Write ``count`` pattern frames as a RealSense recording (``path`` must end in .db3).
+
+    Frame i shows ``pattern(first + i)`` and is stamped ``start_ms + i / FPS`` in ``domain``;
+    before frame ``pause_before`` the stream pauses for ``pause_s`` (in time and stamps).
+    Frame numbers go up by ``number_step`` (above 1: frames the device dropped).
+    """
     intr = rs.intrinsics()
     intr.width, intr.height = width, height
     intr.fx, intr.fy, intr.ppx, intr.ppy = FX, FY, PPX, PPY
@@ -65,6 +79,8 @@ def write_recording(
     intr.coeffs = list(coeffs) + [0.0] * (5 - len(coeffs))
 
     device = rs.software_device()
+    if serial is not None:
+        device.register_info(rs.camera_info.serial_number, serial)
     sensor = device.add_sensor("Color")
     stream = rs.video_stream()
     stream.type, stream.index, stream.uid = rs.stream.color, 0, 0
@@ -77,16 +93,20 @@ def write_recording(
     sensor.open(profile)
     queue = rs.frame_queue(count)
     sensor.start(queue)
-    frames = []
+    frames, stamps = [], []
     for i in range(count):
-        pixels = pattern(i, height, width)
+        if i == pause_before:
+            time.sleep(pause_s)
+            start_ms += pause_s * 1000.0
+        pixels = pattern(first + i, height, width)
         frames.append(pixels)
         frame = rs.software_video_frame()
         frame.pixels = pixels.tobytes()
         frame.stride, frame.bpp = width * 3, 3
-        frame.timestamp = i * 1000.0 / FPS
-        frame.domain = rs.timestamp_domain.hardware_clock
-        frame.frame_number = i
+        frame.timestamp = start_ms + i * 1000.0 / FPS
+        stamps.append(frame.timestamp)
+        frame.domain = domain
+        frame.frame_number = i * number_step
         frame.profile = profile
         sensor.on_video_frame(frame)
         queue.wait_for_frame(1000)
@@ -97,7 +117,7 @@ def write_recording(
     sensor.close()
     del recorder  # closes the file
     assert path.stat().st_size > 0
-    return Recording(path, frames, intr)
+    return Recording(path, frames, intr, stamps)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +226,9 @@ def test_plays_a_recording_as_rgb8_images_with_camera_info(ros_node, start_node,
         assert list(info.p) == [FX, 0.0, PPX, 0.0, 0.0, FY, PPY, 0.0, 0.0, 0.0, 1.0, 0.0]
         assert list(info.r) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
-    # Stamps are ROS time at frame arrival (not the recording's device time, which starts at
-    # zero), so the policy's staleness check can compare them with its own clock.
+    # Stamps are ROS time at frame arrival: the recording is stamped in the device's hardware
+    # clock (starting at zero), which the policy's staleness check could not compare with its
+    # own clock (global-time stamps: test_realsense_recovery.py).
     latencies = [received - _seconds(m.header.stamp) for m, received in images]
     assert 0 <= min(latencies) and max(latencies) < 1.0, latencies
     stamps = [_stamp(m) for m, _ in images]
@@ -308,9 +329,17 @@ def test_unusable_recording_exits_with_a_clear_error(start_node, tmp_path, case)
 
 
 @pytest.mark.ros
-def test_bad_parameter_exits_with_a_clear_error(start_node, recording):
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("fps", 0, "fps must be positive, got 0"),
+        ("reliability", "sometimes", "reliability must be reliable or best_effort"),
+        ("clock_source", "gps", "clock_source must be auto or host, got 'gps'"),
+    ],
+)
+def test_bad_parameter_exits_with_a_clear_error(start_node, recording, name, value, message):
     proc = start_node(
-        "lawm_policy", "realsense_camera", params={"recording": str(recording.path), "fps": 0}
+        "lawm_policy", "realsense_camera", params={"recording": str(recording.path), name: value}
     )
     code, log = _wait_exit(proc)
-    assert code != 0 and "fps must be positive, got 0" in log and "Traceback" not in log
+    assert code != 0 and message in log and "Traceback" not in log, log

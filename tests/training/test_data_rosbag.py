@@ -36,6 +36,7 @@ def test_rosbag_alignment_and_round_trip(tmp_path, storage):
     # Frames 0 and 1 come before the first action (150 ms) and are dropped.
     assert src.length == 8 and src.cameras == (AV, EYE)
     assert src.instruction == "stack the cups" and src.has_actions and src.has_proprio
+    assert src.action_space is None  # a bare array: its units are unknown
     out = src.read(0, 8)
     for f in range(8):
         i = f + 2  # camera frame; stamped i * 100 ms (its header, not its later log time)
@@ -106,6 +107,7 @@ def test_rosbag_twist_actions_with_gripper_and_bgr_images(tmp_path):
     np.testing.assert_array_equal(out["images"][AV], np.stack(rgb))
     want = np.array([[i, 2, 3, 4, 5, 6 + i, -1 + i] for i in range(4)], np.float32)
     np.testing.assert_array_equal(out["actions"], want)
+    assert src.action_space == "twist"  # what export declares in policy.json
 
 
 def test_rosbag_missing_topics_and_truncated_files(tmp_path):

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from lawm import keys
-from lawm.checkpoint import latest_checkpoint, load_tensors
+from lawm.checkpoint import latest_checkpoint, load_tensors, save_policy
 from lawm.config import AugmentConfig, preset
 from lawm.data import WindowDataset, collate, open_sources
 from lawm.data.synthetic import write_synthetic_hdf5
+from lawm.models.policy import Policy
 from lawm.objectives import PretrainObjective
 from lawm.trainer import LangTable, train
 from lawm_core import contract
@@ -122,8 +123,6 @@ def test_resume_replays_the_interrupted_run_exactly(synthetic, lang_cache, tmp_p
 
 
 def test_finetune_init_can_keep_a_fresh_action_head(tmp_path):
-    from lawm.checkpoint import save_policy
-    from lawm.models.policy import Policy
     from lawm.trainer import build_objective, init_policy_from
 
     cfg = _cfg()
@@ -246,13 +245,17 @@ def test_export_parity_and_sidecar(synthetic, lang_cache, tmp_path):
         "inputs",
         "outputs",
         "normalization",
-        "action_layout",
+        "action_space",
         "opset",
         "run",
     ):
         assert key in on_disk, key
     assert on_disk["cameras"] == list(contract.CAMERAS)
     assert on_disk["control_rate_hz"] == 20.0
+    # Fine-tuning on LIBERO/robomimic HDF5 recorded what the actions are: OSC_POSE deltas.
+    assert on_disk["run"]["action_space"] == contract.ACTION_OSC_POSE_DELTA
+    assert on_disk["action_space"]["kind"] == contract.ACTION_OSC_POSE_DELTA
+    assert side.action_space.linear_per_unit == contract.OSC_POSE_LINEAR_M
     policy, _, _ = load_policy(tmp_path / "run" / "policy")
     assert check_parity(policy.eval(), onnx_path, seed=123, batch=3) <= 1e-4
 
@@ -279,6 +282,24 @@ def test_cli_rejects_bad_flags_with_the_value_quoted(tmp_path):
     (tmp_path / "notes.txt").write_text("not data")
     r = _cli("finetune", "--data", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "notes.txt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_cli_needs_an_action_space_the_run_could_not_record(tmp_path):
+    cfg = preset("debug")
+    save_policy(tmp_path / "p", Policy(cfg.policy), cfg, {"stage": "finetune"})  # no record
+    args = ("export", "--policy", str(tmp_path / "p"), "--no-text-encoder")
+    r = _cli(*args, "--out", str(tmp_path / "refused"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "pass --action-space osc_pose_delta|twist" in r.stderr
+    assert not (tmp_path / "refused" / "policy.json").exists()
+    r = _cli(*args, "--out", str(tmp_path / "x"), "--action-space", "velocity")
+    assert r.returncode == 2 and "'velocity'" in r.stderr
+    r = _cli(*args, "--out", str(tmp_path / "ok"), "--action-space", "twist")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["action_space"] == "twist"
+    side = json.loads((tmp_path / "ok" / "policy.json").read_text())
+    assert side["action_space"]["kind"] == "twist"
+    assert side["action_space"]["units"][:4] == ["m/s", "m/s", "m/s", "rad/s"]
 
 
 def test_describe_paper_preset_reports_both_model_sizes():

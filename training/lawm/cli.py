@@ -23,11 +23,12 @@ from lawm.data import (
     open_sources,
 )
 from lawm.eval_latents import latent_action_cca
-from lawm.export import export_policy
+from lawm.export import ExportError, export_policy
 from lawm.models.policy import Policy
 from lawm.models.world_model import WorldModel
 from lawm.smoke import run_smoke
 from lawm.trainer import train
+from lawm_core import contract
 from lawm_core.cliargs import UsageError, existing_path, positive_float, positive_int
 from lawm_sim import commands as sim_commands
 
@@ -208,7 +209,11 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     sidecar = export_policy(
-        args.policy, args.out, opset=args.opset, text_encoder=not args.no_text_encoder
+        args.policy,
+        args.out,
+        opset=args.opset,
+        text_encoder=not args.no_text_encoder,
+        action_space=args.action_space,
     )
     print(
         json.dumps(
@@ -216,6 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "out": str(args.out),
                 "onnx_sha256": sidecar.onnx_sha256,
                 "parity_max_abs_error": sidecar.parity_max_abs_error,
+                "action_space": sidecar.action_space.kind,
             }
         )
     )
@@ -371,6 +377,13 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip text_encoder.onnx (the robot then needs embeddings from elsewhere)",
     )
+    p.add_argument(
+        "--action-space",
+        choices=contract.ACTION_KINDS,
+        help="what the policy's actions are: osc_pose_delta (LIBERO/robosuite OSC_POSE deltas, "
+        "0.05 m and 0.5 rad per unit per control step) or twist (m/s, rad/s); default: what "
+        "the training run recorded from its data (required when it could not tell)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("cca", help="canonical correlations of latent vs ground-truth actions")
@@ -407,7 +420,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DataError, CheckpointError) as err:
+    except (UsageError, ConfigError, DataError, CheckpointError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

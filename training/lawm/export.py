@@ -10,8 +10,9 @@ output:
     actions: float32 (B, K, 7), normalised action space, clamped to [-1, 1] inside the graph
 
 ``policy.json`` (``lawm_core.sidecar.PolicySidecar``) records names, shapes, cameras, image
-size, statistics, chunk size, control rate, action layout, opset, the sha256 of policy.onnx and
-the run it came from.
+size, statistics, chunk size, control rate, the action space (what the raw actions physically
+are: from the training run's data, or given), opset, the sha256 of policy.onnx and the run it
+came from.
 
 ``text_encoder.onnx`` (:func:`export_text_encoder`, from ``lawm.language.MiniLM``):
     input_ids, attention_mask: int64 (B, L) -> embedding: float32 (B, 384), L2-normalised
@@ -39,7 +40,14 @@ from lawm.models.policy import Policy
 from lawm_core import contract
 from lawm_core.contract import TEXT_INPUT_NAMES, TEXT_OUTPUT_NAME
 from lawm_core.files import atomic_path, sha256_file
-from lawm_core.sidecar import BATCH, SEQUENCE, Normalization, PolicySidecar, TextEncoderSidecar
+from lawm_core.sidecar import (
+    BATCH,
+    SEQUENCE,
+    ActionSpace,
+    Normalization,
+    PolicySidecar,
+    TextEncoderSidecar,
+)
 
 PARITY_TOLERANCE = 1e-4
 # Text-encoder parity inputs: short and long, cased, and one longer than MAX_LENGTH tokens.
@@ -53,7 +61,27 @@ _PARITY_SENTENCES = (
 
 
 class ExportError(RuntimeError):
-    """An exported graph disagrees with torch beyond PARITY_TOLERANCE; it is not written."""
+    """An export that cannot be made: a graph that disagrees with torch beyond
+    PARITY_TOLERANCE (it is not written), or a policy whose action space is unknown."""
+
+
+def resolve_action_space(policy_dir: Path, info: dict, given: str | None) -> ActionSpace:
+    """The action space to declare: ``given`` (one of ``contract.ACTION_KINDS``), else the one
+    the training run recorded from its data (``info["action_space"]``). ExportError when
+    neither says, or for an unknown kind."""
+    kind = given or info.get("action_space")
+    if kind is None:
+        raise ExportError(
+            f"{policy_dir}: the training data did not say what its actions are (units, frame), "
+            f"so the robot could not turn them into motion; pass --action-space "
+            f"{'|'.join(contract.ACTION_KINDS)} (osc_pose_delta: LIBERO/robosuite OSC_POSE "
+            "deltas; twist: recorded velocity commands)"
+        )
+    try:
+        return ActionSpace.for_kind(kind)
+    except ValueError as err:
+        where = "--action-space" if given else f"{policy_dir}/config.json info.action_space"
+        raise ExportError(f"{where}: {err}") from err
 
 
 class OnnxPolicy(nn.Module):
@@ -112,14 +140,19 @@ def export_policy(
     opset: int = 17,
     text_encoder: bool = True,
     control_rate_hz: float | None = None,
+    action_space: str | None = None,
 ) -> PolicySidecar:
     """Export ``policy_dir`` (model.safetensors + config.json) into ``out_dir``.
 
     Writes policy.onnx, then (``text_encoder``) the text encoder's files, then policy.json
-    last, each atomically. Returns the sidecar written. ExportError when onnxruntime and torch
-    disagree by more than PARITY_TOLERANCE (the graph is then not written).
+    last, each atomically. Returns the sidecar written. ``action_space``
+    (``contract.ACTION_KINDS``) sets or overrides what the training run recorded.
+    ExportError, before anything is written, when the action space is unknown, and when
+    onnxruntime and torch disagree by more than PARITY_TOLERANCE (the graph is then not
+    written).
     """
     policy, cfg, info = load_policy(policy_dir)
+    space = resolve_action_space(Path(policy_dir), info, action_space)
     policy.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +187,7 @@ def export_policy(
         image_size=pc.image_size,
         chunk_size=pc.chunk_size,
         action_dim=pc.action_dim,
-        action_layout=contract.ACTION_LAYOUT,
+        action_space=space,
         control_rate_hz=float(control_rate_hz or pc.control_rate_hz),
         proprio_dim=pc.proprio_dim,
         proprio_layout=contract.PROPRIO_LAYOUT,

@@ -317,7 +317,7 @@ def train(
                     run.run_dir, step, run.objective, run.optimizer, run.checkpoint_state()
                 )
     log.close()
-    _finish(run, step)
+    _finish(run, step, data_action_space(sources) if stage == "finetune" else None)
     return {
         "stage": stage,
         "steps": step,
@@ -527,9 +527,17 @@ class _Log:
             self.bar.close()
 
 
-def _finish(run: _Run, step: int) -> None:
+def data_action_space(sources: list) -> str | None:
+    """What the episodes' actions are (``contract.ACTION_KINDS``): the kind every labelled
+    episode declares, None when one does not say or they differ."""
+    kinds = {s.action_space for s in sources if s.has_actions}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _finish(run: _Run, step: int, action_space: str | None) -> None:
     """After the last step: at the schedule's end, rank 0 saves the policy (and, after
-    pretraining, the world model); then every rank waits for it."""
+    pretraining, the world model); then every rank waits for it. ``action_space``: what the
+    fine-tuning data's actions are (None: unknown), recorded in the policy's info for export."""
     if run.d.main and step == run.start and run.start < run.stop:
         raise RuntimeError("the data loader produced no batches")
     if run.d.main and step == run.total:
@@ -538,6 +546,7 @@ def _finish(run: _Run, step: int) -> None:
             "steps": step,
             "init_from": run.init_from,
             "run_dir": str(run.run_dir),
+            "action_space": action_space,
         }
         save_policy(run.run_dir / "policy", run.objective.policy, run.cfg, info)
         if run.stage == "pretrain":

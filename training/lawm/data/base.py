@@ -102,6 +102,8 @@ class EpisodeSource(ABC):
             with ``labelled=False``).
         has_proprio: whether ``read`` returns robot state.
         success: the recorded outcome, None when the format does not say.
+        action_space: what the actions physically are (one of ``contract.ACTION_KINDS``), None
+            when the format does not say; export records it in ``policy.json``.
     """
 
     name: str
@@ -111,6 +113,7 @@ class EpisodeSource(ABC):
     has_actions: bool
     has_proprio: bool
     success: bool | None
+    action_space: str | None = None
 
     def read(
         self,

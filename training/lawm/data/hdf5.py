@@ -79,6 +79,8 @@ def instruction_from_filename(path: str | Path) -> str:
 class Hdf5Episode(EpisodeSource):
     """One ``data/demo_N`` group of a LIBERO/robomimic file."""
 
+    action_space = contract.ACTION_OSC_POSE_DELTA  # robosuite's OSC_POSE controller input
+
     def __init__(
         self,
         path: str,

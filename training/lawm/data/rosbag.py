@@ -152,6 +152,9 @@ class RosbagEpisode(EpisodeSource):
         self._index_images(streams, picks, topics.images)
         self._actions = self._action_values(types, streams, picks, topics)
         self.has_actions = self._actions is not None
+        # A recorded TwistStamped command is a velocity; a bare array's units are unknown.
+        twist = topics.action is not None and types[topics.action] == bags.TWIST_STAMPED
+        self.action_space = contract.ACTION_TWIST if twist else None
         self._proprio = None
         if topics.proprio is not None:
             self._proprio = self._matrix(

@@ -1,8 +1,12 @@
-"""Normalised 7-D delta action -> end-effector velocity twist + gripper command.
+"""Raw 7-D action -> end-effector velocity twist + gripper command, in the model's declared units.
 
-Action layout (``lawm.contract.ACTION_LAYOUT``): dx, dy, dz, droll, dpitch, dyaw, gripper, each in
-[-1, 1]. A per-axis scale turns the first six into m/s and rad/s; the gripper is thresholded
-to +1 (close) or -1 (open).
+Action layout (``contract.ACTION_LAYOUT``): dx, dy, dz, droll, dpitch, dyaw, gripper, in the
+training data's units (``StepResult.raw``: the denormalised action). The exported model's
+``ActionSpace`` (policy.json) says what those units are: displacements per control step
+(``osc_pose_delta``: velocity = raw * per_unit * control_rate_hz) or velocities (``twist``:
+velocity = raw * per_unit). A raw 0 is therefore always a zero twist, whatever the data's range.
+Per-axis gains in [0, 1] then slow the arm down; the gripper is +1 (close) once the raw value has
+gone ``gripper_threshold`` of the way from the declared open value to the closed one, else -1.
 """
 
 from __future__ import annotations
@@ -12,11 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lawm_core import contract
 from lawm_core.errors import InputError
-
-GRIPPER_CLOSE = 1.0
-GRIPPER_OPEN = -1.0
-ACTION_DIM = 7
+from lawm_core.sidecar import ActionSpace
 
 
 @dataclass
@@ -53,43 +55,76 @@ class Command:
         return Command(self.linear.copy(), self.angular.copy(), self.gripper)
 
 
-def _scale(name: str, value: Sequence[float]) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"{name} must be 3 finite values >= 0, got {value!r}")
+def _gain(name: str, value: Sequence[float]) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be 3 gains in [0, 1], got {value!r}") from err
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
+        raise ValueError(f"{name} must be 3 gains in [0, 1], got {value!r}")
     return arr
 
 
 class ActionMapper:
-    """``to_command(action (7,)) -> Command``.
+    """``to_command(raw (7,)) -> Command`` for a model's action space.
 
     Args:
-        linear_scale: m/s per unit action for dx, dy, dz.
-        angular_scale: rad/s per unit action for droll, dpitch, dyaw.
-        gripper_threshold: action[6] above it closes (+1), otherwise opens (-1).
+        space: the model's ``ActionSpace`` (``PolicyModel.spec.action_space``).
+        control_rate_hz: the model's control rate (``PolicyModel.control_rate_hz``): an
+            ``osc_pose_delta`` action is a displacement over one of its periods.
+        linear_scale: gains in [0, 1] on the velocity of dx, dy, dz (1: the model's own speed).
+        angular_scale: gains in [0, 1] on droll, dpitch, dyaw.
+        gripper_threshold: in (0, 1): how far from the declared open value towards the closed
+            one the raw gripper value must be to close (0.5: halfway; raw 0 for the sign
+            convention).
+
+    Attributes: ``linear_per_unit`` / ``angular_per_unit``: m/s and rad/s per unit of raw action
+    (before the gains).
     """
 
     def __init__(
         self,
-        linear_scale: Sequence[float],
-        angular_scale: Sequence[float],
-        gripper_threshold: float = 0.0,
+        space: ActionSpace,
+        control_rate_hz: float,
+        linear_scale: Sequence[float] = (1.0, 1.0, 1.0),
+        angular_scale: Sequence[float] = (1.0, 1.0, 1.0),
+        gripper_threshold: float = 0.5,
     ) -> None:
-        self.linear_scale = _scale("linear_scale", linear_scale)
-        self.angular_scale = _scale("angular_scale", angular_scale)
+        if space.kind not in contract.ACTION_KINDS:
+            raise ValueError(
+                f"unknown action space {space.kind!r}; known: {list(contract.ACTION_KINDS)}"
+            )
+        rate = float(control_rate_hz)
+        if not (np.isfinite(rate) and rate > 0):
+            raise ValueError(f"control_rate_hz must be finite and > 0, got {control_rate_hz!r}")
+        per_second = rate if space.kind == contract.ACTION_OSC_POSE_DELTA else 1.0
+        self.space = space
+        self.linear_per_unit = space.linear_per_unit * per_second
+        self.angular_per_unit = space.angular_per_unit * per_second
+        self.linear_scale = _gain("linear_scale", linear_scale)
+        self.angular_scale = _gain("angular_scale", angular_scale)
         self.gripper_threshold = float(gripper_threshold)
-        if not np.isfinite(self.gripper_threshold):
-            raise ValueError(f"gripper_threshold must be finite, got {gripper_threshold!r}")
+        if not 0 < self.gripper_threshold < 1:
+            raise ValueError(f"gripper_threshold must be in (0, 1), got {gripper_threshold!r}")
 
-    def to_command(self, action: np.ndarray) -> Command:
-        """Normalised action (7,) -> Command. Non-finite values come out non-finite (a NaN
-        gripper stays NaN) for the safety filter to catch."""
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (ACTION_DIM,):
-            raise InputError(f"action has shape {np.shape(action)}, expected ({ACTION_DIM},)")
-        grip = a[6]
+    def to_command(self, raw: np.ndarray) -> Command:
+        """Raw (denormalised) action (7,) -> Command. Non-finite values come out non-finite (a
+        NaN gripper stays NaN) for the safety filter to catch."""
+        a = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if a.shape != (contract.ACTION_DIM,):
+            raise InputError(
+                f"action has shape {np.shape(raw)}, expected ({contract.ACTION_DIM},)"
+            )
+        grip = a[contract.GRIPPER_INDEX]
         if not np.isfinite(grip):
             gripper = float("nan")
         else:
-            gripper = GRIPPER_CLOSE if grip > self.gripper_threshold else GRIPPER_OPEN
-        return Command(a[:3] * self.linear_scale, a[3:6] * self.angular_scale, gripper)
+            space = self.space
+            closing = (grip - space.gripper_open) / (space.gripper_closed - space.gripper_open)
+            close = closing > self.gripper_threshold
+            gripper = contract.GRIPPER_CLOSE if close else contract.GRIPPER_OPEN
+        return Command(
+            a[:3] * (self.linear_per_unit * self.linear_scale),
+            a[3:6] * (self.angular_per_unit * self.angular_scale),
+            gripper,
+        )

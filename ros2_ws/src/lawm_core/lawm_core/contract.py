@@ -19,12 +19,31 @@ EE_POS_DIM = 3
 GRIPPER_STATE_DIM = 2
 PROPRIO_DIM = len(PROPRIO_LAYOUT)
 
-# Actions: 7-D delta end-effector command, normalised to [-1, 1].
+# Actions: 7-D end-effector command; the model predicts it normalised to [-1, 1], the runtime
+# denormalises it to the training data's units (its "raw" action).
 ACTION_LAYOUT: tuple[str, ...] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 ACTION_DIM = len(ACTION_LAYOUT)
 GRIPPER_INDEX = 6  # -1 open, +1 closed
 GRIPPER_CLOSE = 1.0
 GRIPPER_OPEN = -1.0
+
+# What a raw action means physically (policy.json's "action_space"), by the kind of data the
+# policy was trained on:
+# - OSC_POSE_DELTA: LIBERO/robosuite OSC_POSE controller input: per control step, a unit of
+#   dx/dy/dz moves the end effector OSC_POSE_LINEAR_M m, a unit of droll/dpitch/dyaw turns it
+#   OSC_POSE_ANGULAR_RAD rad (the controller's output_max over input_max 1).
+# - TWIST: recorded velocity commands (geometry_msgs/TwistStamped): m/s and rad/s.
+ACTION_OSC_POSE_DELTA = "osc_pose_delta"
+ACTION_TWIST = "twist"
+ACTION_KINDS: tuple[str, ...] = (ACTION_OSC_POSE_DELTA, ACTION_TWIST)
+OSC_POSE_LINEAR_M = 0.05
+OSC_POSE_ANGULAR_RAD = 0.5
+ACTION_FRAME = "robot_base"  # both kinds command the end effector in the robot's base frame
+# The gripper dimension: SIGN is -1 open, +1 closed (LIBERO, and ~/cmd_gripper); WIDTH is a
+# finger opening in m, with the values meaning open and closed declared alongside.
+GRIPPER_SIGN = "sign"
+GRIPPER_WIDTH = "width"
+GRIPPER_CONVENTIONS: tuple[str, ...] = (GRIPPER_SIGN, GRIPPER_WIDTH)
 
 # HDF5 (LIBERO / robomimic) observation keys.
 HDF5_IMAGE_KEYS = {AGENTVIEW: "agentview_rgb", EYE_IN_HAND: "eye_in_hand_rgb"}

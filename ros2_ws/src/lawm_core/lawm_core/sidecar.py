@@ -9,9 +9,10 @@ stored separately: the JSON still lists them (for people and other tools), and r
 file whose lists differ from what its sizes imply.
 
 Reading refuses, with ``ModelLoadError`` naming the file and the field: a missing or non-JSON
-file, a JSON value that is not an object, another ``format_version``, a missing or unknown key,
-and any field of the wrong type or out of range. The ONNX graph itself is checked against the
-sidecar by the runtime that loads it (``lawm_core.model``, ``lawm_core.text_encoder``).
+file, a JSON value that is not an object, another ``format_version`` (with the advice to export
+the model again), a missing or unknown key, and any field of the wrong type or out of range.
+The ONNX graph itself is checked against the sidecar by the runtime that loads it
+(``lawm_core.model``, ``lawm_core.text_encoder``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lawm_core import contract
 from lawm_core.errors import ModelLoadError
 from lawm_core.files import atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: policy.json declares its action space (units, frame, gripper)
 BATCH = "batch"  # symbolic batch dimension of every tensor
 SEQUENCE = "sequence"  # symbolic token dimension of the text encoder's inputs
 
@@ -76,7 +77,11 @@ class _Fields:
             return  # reported with the other missing keys
         value = self.data["format_version"]
         if isinstance(value, bool) or value != FORMAT_VERSION:
-            self.fail("format_version", f"{value!r}, this runtime reads {FORMAT_VERSION}")
+            self.fail(
+                "format_version",
+                f"{value!r}, this runtime reads {FORMAT_VERSION}: export the model again "
+                "(python training/train.py export)",
+            )
 
     def constant(self, key: str, want: str, why: str = "this runtime assumes") -> None:
         if self.data[key] != want:
@@ -99,6 +104,15 @@ class _Fields:
             self.fail(key, f"must be > 0, got {value!r}")
         if not value >= 0:
             self.fail(key, f"must be >= 0, got {value!r}")
+        return float(value)
+
+    def real(self, key: str) -> float:
+        """A finite number of either sign."""
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            self.fail(key, f"must be finite, got {value!r}")
         return float(value)
 
     def text(self, key: str) -> str:
@@ -385,6 +399,141 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class ActionSpace:
+    """What a raw (denormalised) action means physically: the robot command it stands for.
+
+    ``kind`` (``contract.ACTION_KINDS``): ``osc_pose_delta`` moves the end effector by
+    ``linear_per_unit`` m and turns it by ``angular_per_unit`` rad per unit of dx..dyaw in one
+    of the model's control steps (1 / control_rate_hz); ``twist`` is a velocity of
+    ``linear_per_unit`` m/s and ``angular_per_unit`` rad/s per unit. ``frame``: the frame of
+    both. The gripper dimension follows ``gripper`` (``contract.GRIPPER_CONVENTIONS``): the raw
+    value ``gripper_open`` means open and ``gripper_closed`` closed (sign: -1 and +1; width: a
+    finger opening in m).
+    """
+
+    kind: str
+    names: tuple[str, ...]  # (action_dim,) contract.ACTION_LAYOUT
+    frame: str
+    linear_per_unit: float
+    angular_per_unit: float
+    gripper: str
+    gripper_open: float
+    gripper_closed: float
+
+    VALUES: ClassVar[str] = (
+        "raw = (a + 1) / 2 * (normalization.action_max - action_min) + action_min, a the "
+        "graph's output in [-1, 1]; units apply to raw"
+    )
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "kind",
+        "names",
+        "units",
+        "frame",
+        "linear_per_unit",
+        "angular_per_unit",
+        "gripper",
+        "values",
+    )
+    GRIPPER_KEYS: ClassVar[tuple[str, ...]] = ("convention", "open", "closed")
+
+    @classmethod
+    def for_kind(cls, kind: str) -> ActionSpace:
+        """The standard action space of a kind of training data (``contract.ACTION_KINDS``):
+        ``osc_pose_delta`` (LIBERO/robomimic demonstrations) or ``twist`` (recorded
+        TwistStamped commands), both with the sign gripper. ValueError for another kind."""
+        per_unit = {
+            contract.ACTION_OSC_POSE_DELTA: (
+                contract.OSC_POSE_LINEAR_M,
+                contract.OSC_POSE_ANGULAR_RAD,
+            ),
+            contract.ACTION_TWIST: (1.0, 1.0),
+        }
+        if kind not in per_unit:
+            raise ValueError(
+                f"unknown action space {kind!r}; known: {', '.join(contract.ACTION_KINDS)}"
+            )
+        linear, angular = per_unit[kind]
+        return cls(
+            kind=kind,
+            names=contract.ACTION_LAYOUT,
+            frame=contract.ACTION_FRAME,
+            linear_per_unit=linear,
+            angular_per_unit=angular,
+            gripper=contract.GRIPPER_SIGN,
+            gripper_open=contract.GRIPPER_OPEN,
+            gripper_closed=contract.GRIPPER_CLOSE,
+        )
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """(action_dim,) the unit of each raw dimension, e.g. "m/step" or "rad/s"."""
+        per = "/step" if self.kind == contract.ACTION_OSC_POSE_DELTA else "/s"
+        grip = "m" if self.gripper == contract.GRIPPER_WIDTH else "sign"
+        return (*(f"m{per}",) * 3, *(f"rad{per}",) * 3, grip)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "names": list(self.names),
+            "units": list(self.units),
+            "frame": self.frame,
+            "linear_per_unit": self.linear_per_unit,
+            "angular_per_unit": self.angular_per_unit,
+            "gripper": {
+                "convention": self.gripper,
+                "open": self.gripper_open,
+                "closed": self.gripper_closed,
+            },
+            "values": self.VALUES,
+        }
+
+    @classmethod
+    def from_fields(cls, f: _Fields, action_dim: int) -> ActionSpace:
+        """Check the ``action_space`` object of ``f`` (prefix ``action_space.``)."""
+        f.check_keys(cls.KEYS)
+        kind = f.data["kind"]
+        if kind not in contract.ACTION_KINDS:
+            f.fail("kind", f"is {kind!r}, this runtime knows {list(contract.ACTION_KINDS)}")
+        names = f.names("names", action_dim)
+        if names != contract.ACTION_LAYOUT:
+            f.fail("names", f"are {list(names)}, this runtime maps {list(contract.ACTION_LAYOUT)}")
+        f.constant("values", cls.VALUES)
+        g = _Fields(f.source, f.obj("gripper"), f"{f.prefix}gripper.")
+        g.check_keys(cls.GRIPPER_KEYS)
+        convention = g.data["convention"]
+        if convention not in contract.GRIPPER_CONVENTIONS:
+            g.fail(
+                "convention",
+                f"is {convention!r}, this runtime knows {list(contract.GRIPPER_CONVENTIONS)}",
+            )
+        g_open, g_closed = g.real("open"), g.real("closed")
+        if convention == contract.GRIPPER_SIGN and (g_open, g_closed) != (
+            contract.GRIPPER_OPEN,
+            contract.GRIPPER_CLOSE,
+        ):
+            g.fail(
+                "open",
+                f"and closed are {g_open!r} and {g_closed!r}; the sign convention is "
+                f"{contract.GRIPPER_OPEN} open, {contract.GRIPPER_CLOSE} closed",
+            )
+        if g_open == g_closed:
+            g.fail("closed", f"equals open ({g_open!r}): open and closed must differ")
+        out = cls(
+            kind=kind,
+            names=names,
+            frame=f.text("frame"),
+            linear_per_unit=f.number("linear_per_unit", positive=True),
+            angular_per_unit=f.number("angular_per_unit", positive=True),
+            gripper=convention,
+            gripper_open=g_open,
+            gripper_closed=g_closed,
+        )
+        if f.data["units"] != list(out.units):
+            f.fail("units", f"are {f.data['units']!r}, expected {list(out.units)} (from kind)")
+        return out
+
+
+@dataclass(frozen=True)
 class PolicySidecar:
     """``policy.json``: the contract between an exported ``policy.onnx`` and the runtime.
 
@@ -399,7 +548,7 @@ class PolicySidecar:
     image_size: int  # S: images are (S, S, 3)
     chunk_size: int  # K: actions per prediction
     action_dim: int
-    action_layout: tuple[str, ...]  # (action_dim,) names
+    action_space: ActionSpace  # what the raw actions mean: names, units, frame, gripper
     control_rate_hz: float
     proprio_dim: int
     proprio_layout: tuple[str, ...]  # (proprio_dim,) names
@@ -415,7 +564,6 @@ class PolicySidecar:
 
     MODEL: ClassVar[str] = "lawm-policy"
     ONNX_FILE: ClassVar[str] = contract.ONNX_FILE
-    ACTION_SPACE: ClassVar[str] = "normalized [-1, 1]; raw = (a + 1) / 2 * (max - min) + min"
     IMAGE_FORMAT: ClassVar[str] = "uint8 RGB, upright, (B, H, W, 3)"
     # Every key of the JSON object (missing ones are listed in this order).
     KEYS: ClassVar[tuple[str, ...]] = (
@@ -429,7 +577,6 @@ class PolicySidecar:
         "image_format",
         "chunk_size",
         "action_dim",
-        "action_layout",
         "action_space",
         "control_rate_hz",
         "proprio_dim",
@@ -475,8 +622,7 @@ class PolicySidecar:
             "image_format": self.IMAGE_FORMAT,
             "chunk_size": self.chunk_size,
             "action_dim": self.action_dim,
-            "action_layout": list(self.action_layout),
-            "action_space": self.ACTION_SPACE,
+            "action_space": self.action_space.to_dict(),
             "control_rate_hz": self.control_rate_hz,
             "proprio_dim": self.proprio_dim,
             "proprio_layout": list(self.proprio_layout),
@@ -527,10 +673,12 @@ class PolicySidecar:
         f.constant("onnx_file", cls.ONNX_FILE, "this runtime loads")
         f.constant("model", cls.MODEL, "this runtime loads")
         f.constant("image_format", cls.IMAGE_FORMAT)
-        f.constant("action_space", cls.ACTION_SPACE)
         action_dim = f.positive_int("action_dim")
         proprio_dim = f.positive_int("proprio_dim")
         lang_dim = f.positive_int("lang_dim")
+        action_space = ActionSpace.from_fields(
+            _Fields(source, f.obj("action_space"), "action_space."), action_dim
+        )
 
         norm = _Fields(source, f.obj("normalization"), "normalization.")
         norm.check_keys(Normalization.KEYS)
@@ -566,7 +714,7 @@ class PolicySidecar:
             image_size=f.positive_int("image_size"),
             chunk_size=f.positive_int("chunk_size"),
             action_dim=action_dim,
-            action_layout=f.names("action_layout", action_dim),
+            action_space=action_space,
             control_rate_hz=f.number("control_rate_hz", positive=True),
             proprio_dim=proprio_dim,
             proprio_layout=f.names("proprio_layout", proprio_dim),

@@ -5,9 +5,18 @@ converts them; ``lawm_core.runner.PolicyRunner`` (onnxruntime + numpy) decides e
 image fitting, inference, temporal aggregation, denormalisation, and when to restart the
 aggregation (inputs missing or stale, a stalled loop, the clock going back).
 
-- configure: read parameters, load and verify the exported model (sha256), the text encoder.
+- configure: read parameters, load and verify the exported model (sha256), the text encoder;
+  any failure is logged with its reason and leaves nothing behind.
 - activate: subscribe to cameras / proprio / instruction, start the control timer.
-- deactivate: stop the timer and subscriptions, send one zero twist.
+- deactivate, shutdown, Ctrl-C / SIGTERM: one zero twist, then stop.
+
+Operator controls: ``~/enable`` (std_srvs/SetBool) switches between sending commands and a
+dry run (the policy runs, ``~/action`` and ``/diagnostics`` are published, the twist is held
+at zero and no gripper command is sent); ``start_enabled`` picks the state at configure.
+Enabling restarts the aggregation and the rate limiter, so the arm ramps up from rest. The
+safety limits and gains can be changed while active (``ros2 param set``): the new set is
+validated as a whole and applied at once, or refused with the reason. A control step that
+raises sends a zero twist, reports ERROR in ``/diagnostics`` and the next tick tries again.
 
 Inference runs on the control timer from the newest frames (image callbacks validate,
 convert and store them). When a camera's next frame is due within ``frame_wait_s``, the tick
@@ -24,7 +33,10 @@ by itself when they return.
 
 from __future__ import annotations
 
+import array
+import signal
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,13 +45,16 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Float64, String
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 
 from lawm_core.command import ActionMapper, Command
 from lawm_core.errors import InputError, ModelLoadError
@@ -97,9 +112,17 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "providers": ("auto", "onnxruntime providers: auto, tensorrt, cuda or cpu."),
     "threads": (0, "onnxruntime intra-op threads (0: onnxruntime's default)."),
     "frame_id": ("base_link", "Frame of the published twist."),
-    "linear_scale": ([0.5, 0.5, 0.5], "m/s per unit of normalised action (x, y, z)."),
-    "angular_scale": ([1.0, 1.0, 1.0], "rad/s per unit of normalised action (rx, ry, rz)."),
-    "gripper_threshold": (0.0, "Normalised gripper action above this closes the gripper."),
+    "linear_scale": (
+        [1.0, 1.0, 1.0],
+        "Gains in [0, 1] on the model's linear velocity (x, y, z); the velocity itself follows "
+        "from the raw action and policy.json's action_space (1: the speed of the data).",
+    ),
+    "angular_scale": ([1.0, 1.0, 1.0], "Gains in [0, 1] on the angular velocity (rx, ry, rz)."),
+    "gripper_threshold": (
+        0.5,
+        "In (0, 1): how far the raw gripper action must go from the model's open value towards "
+        "its closed value to close the gripper.",
+    ),
     "max_linear_axis": ([0.25, 0.25, 0.25], "Per-axis linear speed limit, m/s."),
     "max_angular_axis": ([0.8, 0.8, 0.8], "Per-axis angular speed limit, rad/s."),
     "max_linear_speed": (0.3, "Linear speed norm limit, m/s."),
@@ -115,11 +138,51 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "command then reflects fresh images instead of ones up to a camera period old); "
         "0: never wait. Not used on sim time.",
     ),
+    "start_enabled": (
+        True,
+        "Commands reach the arm from the start; false: dry run (the policy runs, ~/action and "
+        "/diagnostics are published, the twist stays zero, no gripper command) until "
+        "~/enable is called with true.",
+    ),
 }
+
+# Applied while configured or active, validated as a whole (SafetyLimits, ActionMapper); every
+# other parameter of PARAMETERS is read at configure and refused while configured.
+GAIN_PARAMETERS = ("linear_scale", "angular_scale", "gripper_threshold")
+SAFETY_PARAMETERS = (
+    "max_linear_axis",
+    "max_angular_axis",
+    "max_linear_speed",
+    "max_angular_speed",
+    "max_linear_accel",
+    "max_angular_accel",
+    "workspace_min",
+    "workspace_max",
+)
+# Changeable at any time: only the next configure reads it.
+ANY_TIME_PARAMETERS = ("start_enabled",)
+
+# ~/instruction is received from a latched publisher (transient local, what
+# instruction_publisher offers; a late-started node still gets the task) and from a plain one
+# (volatile, e.g. `ros2 topic pub`), which a transient-local subscription cannot match.
+INSTRUCTION_VOLATILE = QoSProfile(
+    depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
 
 
 def _tuple(value) -> tuple:
     return tuple(float(v) for v in value)
+
+
+def _action_mapper(model: PolicyModel, p: PolicyParams) -> ActionMapper:
+    """Raw actions in the model's declared units -> commands, with the node's gains."""
+    return ActionMapper(
+        model.spec.action_space,
+        model.control_rate_hz,
+        p.linear_scale,
+        p.angular_scale,
+        p.gripper_threshold,
+    )
 
 
 class PolicyNode(LifecycleNode):
@@ -140,15 +203,23 @@ class PolicyNode(LifecycleNode):
         self._wait_timer = None  # a wait's timeout: reset when a tick waits, cancelled at its end
         self._awaited: set[str] = set()  # cameras the current wait still needs (empty: none)
         self._pubs_ready = False
+        self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
+        self._reset_srv = self._enable_srv = None
+        self.enabled = False  # False: dry run (zero twists, no gripper); set at configure
+        self.tick_error: str | None = None  # the failing control step's error (None: fine)
+        self.tick_failures = 0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- parameters -----------------------------------------------------------------------
-    def _read_params(self) -> PolicyParams:
+    def _read_params(self, changes: dict[str, object] | None = None) -> PolicyParams:
+        """The parameters as they are, or as they would be with ``changes`` (name -> value)."""
+        changes = changes or {}
         values = {}
         for f in fields(PolicyParams):
-            v = self.get_parameter(f.name).value
+            v = changes[f.name] if f.name in changes else self.get_parameter(f.name).value
             values[f.name] = (
                 _tuple(v)
-                if isinstance(v, (list, tuple)) and f.name not in ("camera_topics",)
+                if isinstance(v, (list, tuple, array.array)) and f.name != "camera_topics"
                 else v
             )
         values["camera_topics"] = tuple(str(t) for t in values["camera_topics"])
@@ -158,8 +229,80 @@ class PolicyNode(LifecycleNode):
             values["workspace_max"] = ()
         return PolicyParams(**values)
 
+    @staticmethod
+    def _safety_limits(p: PolicyParams) -> SafetyLimits:
+        """The safety filter's limits; ValueError for invalid ones, or for a workspace box
+        without a pose source (the fence needs the end effector's position)."""
+        if (p.workspace_min or p.workspace_max) and not p.proprio_topic:
+            raise ValueError(
+                "workspace_min/workspace_max set but proprio_topic is empty: the workspace "
+                "fence needs the end effector's position; set proprio_topic, or [0.0] for "
+                "both to turn the fence off"
+            )
+        return SafetyLimits(
+            max_linear_axis=p.max_linear_axis,
+            max_angular_axis=p.max_angular_axis,
+            max_linear_speed=p.max_linear_speed,
+            max_angular_speed=p.max_angular_speed,
+            max_linear_accel=p.max_linear_accel,
+            max_angular_accel=p.max_angular_accel,
+            workspace_min=p.workspace_min or None,
+            workspace_max=p.workspace_max or None,
+        )
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        """Validate a run-time change as a whole; apply safety limits at once when configured.
+
+        Unconfigured, anything goes (configure validates). Configured, a change of the safety
+        limits or gains builds a new filter and mapper first and is refused as a whole, with the
+        reason, if that fails; the other parameters of this node only take effect at configure
+        and are refused (``start_enabled`` excepted: it only matters at the next configure).
+        """
+        changes = {q.name: q.value for q in params if q.name in PARAMETERS}
+        if self.params is None or not changes:
+            return SetParametersResult(successful=True)
+        live = set(SAFETY_PARAMETERS) | set(GAIN_PARAMETERS)
+        fixed = sorted(set(changes) - live - set(ANY_TIME_PARAMETERS))
+        if fixed:
+            return SetParametersResult(
+                successful=False,
+                reason=f"{fixed} cannot change while configured: deactivate, clean up, set "
+                "and configure again",
+            )
+        applied = [n for n in changes if n in live]
+        if not applied:
+            return SetParametersResult(successful=True)
+        # Both built before anything changes: all of the change, or none of it.
+        try:
+            p = self._read_params(changes)
+            safety = SafetyFilter(self._safety_limits(p))
+            mapper = _action_mapper(self.model, p)
+        except (TypeError, ValueError) as err:
+            return SetParametersResult(successful=False, reason=f"refused {applied}: {err}")
+        safety.previous = self.safety.previous  # the rate limit continues from the last command
+        self.params, self.safety, self.mapper = p, safety, mapper
+        self.get_logger().info(
+            "changed at run time: " + ", ".join(f"{n}={getattr(p, n)}" for n in applied)
+        )
+        return SetParametersResult(successful=True)
+
     # -- lifecycle ------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Every failure is logged with its reason (rclpy would turn an exception into an error
+        # transition without a word) and leaves nothing behind, so a configure after fixing
+        # the parameter starts clean.
+        try:
+            result = self._configure()
+        except Exception as err:  # noqa: BLE001 - any failure must be reported, not swallowed
+            self.get_logger().error(
+                f"cannot configure: {type(err).__name__}: {err}\n{traceback.format_exc()}"
+            )
+            result = TransitionCallbackReturn.FAILURE
+        if result != TransitionCallbackReturn.SUCCESS:
+            self._release()
+        return result
+
+    def _configure(self) -> TransitionCallbackReturn:
         try:
             p = self._read_params()
             if not p.model_dir:
@@ -170,19 +313,8 @@ class PolicyNode(LifecycleNode):
                     f"camera_topics has {len(p.camera_topics)} topics {list(p.camera_topics)} "
                     f"but the model expects {len(model.cameras)} cameras {list(model.cameras)}"
                 )
-            ws = (p.workspace_min, p.workspace_max)
-            limits = SafetyLimits(
-                max_linear_axis=p.max_linear_axis,
-                max_angular_axis=p.max_angular_axis,
-                max_linear_speed=p.max_linear_speed,
-                max_angular_speed=p.max_angular_speed,
-                max_linear_accel=p.max_linear_accel,
-                max_angular_accel=p.max_angular_accel,
-                workspace_min=ws[0] or None,
-                workspace_max=ws[1] or None,
-            )
-            self.safety = SafetyFilter(limits)
-            self.mapper = ActionMapper(p.linear_scale, p.angular_scale, p.gripper_threshold)
+            self.safety = SafetyFilter(self._safety_limits(p))
+            self.mapper = _action_mapper(model, p)
             rate_hz = p.control_rate_hz or model.control_rate_hz
             period = 1.0 / rate_hz
             if not 0 <= p.frame_wait_s < period:
@@ -194,6 +326,8 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {err}")
             return TransitionCallbackReturn.FAILURE
         self.params, self.model = p, model
+        self.enabled = bool(self.get_parameter("start_enabled").value)
+        self.tick_error, self.tick_failures = None, 0
         self.text_encoder = self._load_text_encoder(Path(p.model_dir))
         self.rate_hz = rate_hz
         # A step more than two control periods after the previous one (a stalled loop) or
@@ -220,6 +354,7 @@ class PolicyNode(LifecycleNode):
         self.pub_gripper = self.create_lifecycle_publisher(Float64, "~/cmd_gripper", COMMAND)
         self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.model.warmup()
         if p.instruction.strip():
             self._set_instruction(p.instruction)
@@ -227,6 +362,7 @@ class PolicyNode(LifecycleNode):
             f"configured: model {p.model_dir} (sha256 {model.spec.onnx_sha256[:12]}), "
             f"provider {model.provider}, {self.rate_hz:g} Hz, cameras "
             + ", ".join(f"{c}<-{t}" for c, t in zip(model.cameras, p.camera_topics))
+            + ("" if self.enabled else "; DISABLED (dry run): call ~/enable to send commands")
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -253,9 +389,10 @@ class PolicyNode(LifecycleNode):
                     Float32MultiArray, p.proprio_topic, self._on_proprio, SENSOR_LATEST
                 )
             )
-        self._subs.append(
-            self.create_subscription(String, "~/instruction", self._on_instruction, LATCHED)
-        )
+        for qos in (LATCHED, INSTRUCTION_VOLATILE):
+            self._subs.append(
+                self.create_subscription(String, "~/instruction", self._on_instruction, qos)
+            )
         self.runner.reset()
         self.safety.reset()
         self.frame_wait.reset()  # new subscriptions: learn the cameras' phases afresh
@@ -269,25 +406,39 @@ class PolicyNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_io()
-        self._publish_command(
-            Command.zero(), self.get_clock().now(), gripper=False
-        )  # still active here
+        self.send_zero()  # still active here
         self.get_logger().info("inactive: commands stopped")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
-        self.model = None
-        self.runner = None
-        self.text_encoder = None
-        for pub in (self.pub_action, self.pub_twist, self.pub_gripper, self.pub_diag):
-            self.destroy_lifecycle_publisher(pub)
-        self.destroy_service(self._reset_srv)
+        self.send_zero()  # inactive: a no-op, the zero went out at deactivate
+        self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
+        self.send_zero()  # from active: the arm must not keep the last command
+        self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def send_zero(self) -> None:
+        """Publish one zero twist now (no gripper command) if the command publisher is active."""
+        if self.pub_twist is not None and self.pub_twist.is_activated:
+            self._publish_command(Command.zero(), self.get_clock().now(), gripper=False)
+
+    def _release(self) -> None:
+        """Stop the loop and destroy what configure created (all of it, or the part a failed
+        configure got to)."""
+        self._stop_io()
+        for pub in (self.pub_action, self.pub_twist, self.pub_gripper, self.pub_diag):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        for srv in (self._reset_srv, self._enable_srv):
+            if srv is not None:
+                self.destroy_service(srv)
+        self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
+        self._reset_srv = self._enable_srv = None
+        self.params = self.model = self.runner = self.text_encoder = None
+        self.enabled = False
 
     def _stop_io(self) -> None:
         self._awaited.clear()
@@ -345,6 +496,9 @@ class PolicyNode(LifecycleNode):
         self.watchdog.update(PROPRIO, self._now_s(), self._now_s())
 
     def _on_instruction(self, msg: String) -> None:
+        # A latched publisher reaches both subscriptions: the second copy changes nothing.
+        if self.lang is not None and " ".join(msg.data.split()) == self.instruction_text:
+            return
         self._set_instruction(msg.data)
 
     def _set_instruction(self, text: str) -> None:
@@ -368,6 +522,24 @@ class PolicyNode(LifecycleNode):
         response.message = "aggregation buffer and rate limiter cleared"
         return response
 
+    def _on_enable(self, request, response):
+        if request.data and not self.enabled:
+            # From a standstill: the first command ramps up from zero on fresh chunks.
+            self.runner.reset()
+            self.safety.reset()
+        elif not request.data and self.enabled:
+            self.enabled = False
+            self.send_zero()
+        self.enabled = bool(request.data)
+        response.success = True
+        response.message = (
+            "enabled: commands go to the arm"
+            if self.enabled
+            else "disabled (dry run): zero twists, no gripper commands"
+        )
+        self.get_logger().info(response.message)
+        return response
+
     def _warn(self, key: str, text: str) -> None:
         if self.warnings.get(key) != text:
             self.get_logger().warning(text)
@@ -383,6 +555,42 @@ class PolicyNode(LifecycleNode):
         return missing
 
     def _tick(self) -> None:
+        self._guarded(self._tick_once)
+
+    def _guarded(self, step) -> None:
+        """Run one control step; any exception stops the arm (a zero twist) and is reported
+        (traceback logged once per kind of failure, ERROR in /diagnostics), and the node
+        carries on: the next tick tries again."""
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 - a dead loop would leave the arm moving
+            self._on_step_error(err)
+            return
+        if self.tick_error is not None:
+            self.get_logger().info(
+                f"control step works again after {self.tick_failures} failed step(s)"
+            )
+            self.tick_error, self.tick_failures = None, 0
+
+    def _on_step_error(self, err: Exception) -> None:
+        text = f"{type(err).__name__}: {err}"
+        if text != self.tick_error:
+            self.get_logger().error(
+                f"control step failed (zero twist; retrying every tick): {text}\n"
+                + traceback.format_exc()
+            )
+        self.tick_error = text
+        self.tick_failures += 1
+        try:
+            if self._wait_timer is not None:
+                self._end_wait()
+            self.runner.reset()
+            self.safety.reset()
+            self.send_zero()
+        except Exception as stop_err:  # noqa: BLE001 - report, the next tick tries again
+            self.get_logger().error(f"zero twist after a failed step failed too: {stop_err}")
+
+    def _tick_once(self) -> None:
         t0 = time.perf_counter()
         self.ticks += 1
         if self.tick_times and t0 - self.tick_times[-1] > 1.5 / self.rate_hz:
@@ -398,7 +606,7 @@ class PolicyNode(LifecycleNode):
             self._wait_timer.reset()
             self.frame_waits += 1
             return
-        self._act()
+        self._act_once()
 
     def _end_wait(self) -> None:
         self._awaited.clear()
@@ -413,6 +621,9 @@ class PolicyNode(LifecycleNode):
         self._act()
 
     def _act(self) -> None:
+        self._guarded(self._act_once)
+
+    def _act_once(self) -> None:
         """One runner step on the newest inputs and the command out (a zero twist if it did
         not act: inputs stale or missing, or refused)."""
         now = self.get_clock().now()
@@ -439,7 +650,7 @@ class PolicyNode(LifecycleNode):
         self.warnings.pop("inference", None)  # a refused input is over once the policy acts
         self.infer_ms.append(result.seconds * 1e3)
         self.pub_action.publish(Float32MultiArray(data=[float(v) for v in result.raw]))
-        cmd = self.mapper.to_command(result.action)
+        cmd = self.mapper.to_command(result.raw)
         ee = self.proprio[:3] if self.proprio is not None else None
         cmd, reasons = self.safety.filter(cmd, 1.0 / self.rate_hz, ee_pos=ee)
         if reasons:
@@ -455,7 +666,10 @@ class PolicyNode(LifecycleNode):
 
     def _publish_command(self, cmd: Command, stamp: Time, gripper: bool = True) -> None:
         """Publish the twist; the gripper command only when the policy acted (a stale or
-        stopped policy holds the gripper as it is rather than opening or closing it)."""
+        stopped policy holds the gripper as it is rather than opening or closing it).
+        Disabled (dry run): a zero twist and no gripper command, whatever ``cmd`` is."""
+        if not self.enabled:
+            cmd, gripper = Command.zero(), False
         msg = TwistStamped()
         msg.header.stamp = stamp.to_msg()
         msg.header.frame_id = self.params.frame_id
@@ -474,7 +688,19 @@ class PolicyNode(LifecycleNode):
         problems = dict(self.warnings)
         if stale:
             problems["inputs"] = f"stale or missing: {sorted(stale)}"
-        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        if self.tick_error is not None:
+            problems["control step failed"] = (
+                f"{self.tick_error} ({self.tick_failures} in a row; zero twist)"
+            )
+        if not self.enabled:
+            problems["disabled"] = "dry run: zero twist, no gripper command; call ~/enable"
+        status.level = (
+            DiagnosticStatus.ERROR
+            if self.tick_error is not None
+            else DiagnosticStatus.WARN
+            if problems
+            else DiagnosticStatus.OK
+        )
         status.message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "acting"
         ms = np.asarray(self.infer_ms) if self.infer_ms else np.zeros(1)
         ticks = np.diff(np.asarray(self.tick_times)) if len(self.tick_times) > 1 else None
@@ -488,6 +714,8 @@ class PolicyNode(LifecycleNode):
             "frame_waits": str(self.frame_waits),
             "frame_wait_timeouts": str(self.frame_wait_timeouts),
             "instruction": self.instruction_text,
+            "enabled": str(self.enabled).lower(),
+            "failed_steps": str(self.tick_failures),
         }
         for name, age in self.watchdog.ages(now_s).items():
             values[f"age_{name}_s"] = f"{age:.3f}"
@@ -497,19 +725,43 @@ class PolicyNode(LifecycleNode):
         self.pub_diag.publish(msg)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_arm(node: PolicyNode) -> None:
+    """A zero twist on the way out, delivered before the context goes down (at most 1 s)."""
+    if not rclpy.ok():  # shut down from outside: nothing can be published any more
+        return
+    try:
+        node.send_zero()
+        if node.pub_twist is not None:
+            node.pub_twist.wait_for_all_acked(Duration(seconds=1.0))
+    except Exception as err:  # noqa: BLE001 - exiting anyway; say why the zero did not go out
+        node.get_logger().error(f"could not send the zero twist on exit: {err}")
+
+
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    # Ctrl-C and SIGTERM (what launch sends when SIGINT was not enough) raise
+    # KeyboardInterrupt here instead of shutting the context down at once, so the last
+    # command can still be a zero twist.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
     node = None
     try:
         node = PolicyNode()
         if node.get_parameter("autostart").value:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)  # wakes often enough to see a signal
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
+            _stop_arm(node)
             node.destroy_node()
         rclpy.try_shutdown()
 
