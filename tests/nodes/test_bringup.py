@@ -26,7 +26,7 @@ INSTRUCTION = "push the block to the top left corner and lift it"
 
 
 def test_config_files_are_installed_and_name_only_declared_parameters():
-    from lawm_policy.policy_node import PARAMETERS
+    from lawm_policy.policy_params import PARAMETERS
 
     # Everything under config/, the Fast DDS profile the launch files point at included.
     for path in (SRC / "config").iterdir():

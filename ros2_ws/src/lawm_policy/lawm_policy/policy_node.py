@@ -33,12 +33,10 @@ by itself when they return.
 
 from __future__ import annotations
 
-import array
 import signal
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -56,111 +54,26 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Float64, String
 from std_srvs.srv import SetBool, Trigger
 
-from lawm_core.command import ActionMapper, Command
+from lawm_core.command import Command
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.frame_phase import FrameWait
 from lawm_core.model import PolicyModel
 from lawm_core.preprocess import image_from_msg_fields
 from lawm_core.runner import INSTRUCTION, PROPRIO, PolicyRunner
-from lawm_core.safety import SafetyFilter, SafetyLimits
+from lawm_core.safety import SafetyFilter
 from lawm_core.text_encoder import TextEncoderRuntime
 from lawm_core.watchdog import StalenessWatchdog
-from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
-
-
-@dataclass(frozen=True)
-class PolicyParams:
-    model_dir: str
-    camera_topics: tuple[str, ...]
-    proprio_topic: str
-    instruction: str
-    control_rate_hz: float
-    stale_timeout_s: float
-    providers: str
-    threads: int
-    frame_id: str
-    linear_scale: tuple[float, ...]
-    angular_scale: tuple[float, ...]
-    gripper_threshold: float
-    max_linear_axis: tuple[float, ...]
-    max_angular_axis: tuple[float, ...]
-    max_linear_speed: float
-    max_angular_speed: float
-    max_linear_accel: float
-    max_angular_accel: float
-    workspace_min: tuple[float, ...]
-    workspace_max: tuple[float, ...]
-    diagnostics_period_s: float
-    frame_wait_s: float
-
-
-# name -> (default, description). Declared once, read into PolicyParams.
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "model_dir": ("", "Exported model directory (policy.onnx + policy.json [+ text encoder])."),
-    "camera_topics": (
-        ["/camera/agentview/image_raw", "/camera/eye_in_hand/image_raw"],
-        "One image topic per camera, in the order of the model's 'cameras'.",
-    ),
-    "proprio_topic": (
-        "",
-        "std_msgs/Float32MultiArray [ee_x, ee_y, ee_z, gripper_l, gripper_r]; empty: the "
-        "model gets the training mean (no robot state).",
-    ),
-    "instruction": ("", "Task instruction until one arrives on ~/instruction."),
-    "control_rate_hz": (0.0, "Inference and command rate; 0 takes the model's own rate."),
-    "stale_timeout_s": (0.5, "Inputs older than this give a zero twist."),
-    "providers": ("auto", "onnxruntime providers: auto, tensorrt, cuda or cpu."),
-    "threads": (0, "onnxruntime intra-op threads (0: onnxruntime's default)."),
-    "frame_id": ("base_link", "Frame of the published twist."),
-    "linear_scale": (
-        [1.0, 1.0, 1.0],
-        "Gains in [0, 1] on the model's linear velocity (x, y, z); the velocity itself follows "
-        "from the raw action and policy.json's action_space (1: the speed of the data).",
-    ),
-    "angular_scale": ([1.0, 1.0, 1.0], "Gains in [0, 1] on the angular velocity (rx, ry, rz)."),
-    "gripper_threshold": (
-        0.5,
-        "In (0, 1): how far the raw gripper action must go from the model's open value towards "
-        "its closed value to close the gripper.",
-    ),
-    "max_linear_axis": ([0.25, 0.25, 0.25], "Per-axis linear speed limit, m/s."),
-    "max_angular_axis": ([0.8, 0.8, 0.8], "Per-axis angular speed limit, rad/s."),
-    "max_linear_speed": (0.3, "Linear speed norm limit, m/s."),
-    "max_angular_speed": (1.0, "Angular speed norm limit, rad/s."),
-    "max_linear_accel": (2.0, "Linear rate limit, m/s^2."),
-    "max_angular_accel": (6.0, "Angular rate limit, rad/s^2."),
-    "workspace_min": ([0.0], "Workspace box minimum [x, y, z] in the proprio frame; [0.0]: off."),
-    "workspace_max": ([0.0], "Workspace box maximum [x, y, z]; [0.0]: off."),
-    "diagnostics_period_s": (1.0, "Period of /diagnostics messages."),
-    "frame_wait_s": (
-        0.012,
-        "Longest a control tick waits for the cameras' frames that are about to arrive (the "
-        "command then reflects fresh images instead of ones up to a camera period old); "
-        "0: never wait. Not used on sim time.",
-    ),
-    "start_enabled": (
-        True,
-        "Commands reach the arm from the start; false: dry run (the policy runs, ~/action and "
-        "/diagnostics are published, the twist stays zero, no gripper command) until "
-        "~/enable is called with true.",
-    ),
-}
-
-# Applied while configured or active, validated as a whole (SafetyLimits, ActionMapper); every
-# other parameter of PARAMETERS is read at configure and refused while configured.
-GAIN_PARAMETERS = ("linear_scale", "angular_scale", "gripper_threshold")
-SAFETY_PARAMETERS = (
-    "max_linear_axis",
-    "max_angular_axis",
-    "max_linear_speed",
-    "max_angular_speed",
-    "max_linear_accel",
-    "max_angular_accel",
-    "workspace_min",
-    "workspace_max",
+from lawm_policy.policy_params import (
+    ANY_TIME_PARAMETERS,
+    GAIN_PARAMETERS,
+    PARAMETERS,
+    SAFETY_PARAMETERS,
+    PolicyParams,
+    action_mapper,
+    read_params,
+    safety_limits,
 )
-# Changeable at any time: only the next configure reads it.
-ANY_TIME_PARAMETERS = ("start_enabled",)
+from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
 # ~/instruction is received from a latched publisher (transient local, what
 # instruction_publisher offers; a late-started node still gets the task) and from a plain one
@@ -168,21 +81,6 @@ ANY_TIME_PARAMETERS = ("start_enabled",)
 INSTRUCTION_VOLATILE = QoSProfile(
     depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
 )
-
-
-def _tuple(value) -> tuple:
-    return tuple(float(v) for v in value)
-
-
-def _action_mapper(model: PolicyModel, p: PolicyParams) -> ActionMapper:
-    """Raw actions in the model's declared units -> commands, with the node's gains."""
-    return ActionMapper(
-        model.spec.action_space,
-        model.control_rate_hz,
-        p.linear_scale,
-        p.angular_scale,
-        p.gripper_threshold,
-    )
 
 
 class PolicyNode(LifecycleNode):
@@ -213,42 +111,7 @@ class PolicyNode(LifecycleNode):
     # -- parameters -----------------------------------------------------------------------
     def _read_params(self, changes: dict[str, object] | None = None) -> PolicyParams:
         """The parameters as they are, or as they would be with ``changes`` (name -> value)."""
-        changes = changes or {}
-        values = {}
-        for f in fields(PolicyParams):
-            v = changes[f.name] if f.name in changes else self.get_parameter(f.name).value
-            values[f.name] = (
-                _tuple(v)
-                if isinstance(v, (list, tuple, array.array)) and f.name != "camera_topics"
-                else v
-            )
-        values["camera_topics"] = tuple(str(t) for t in values["camera_topics"])
-        if values["workspace_min"] == (0.0,):
-            values["workspace_min"] = ()
-        if values["workspace_max"] == (0.0,):
-            values["workspace_max"] = ()
-        return PolicyParams(**values)
-
-    @staticmethod
-    def _safety_limits(p: PolicyParams) -> SafetyLimits:
-        """The safety filter's limits; ValueError for invalid ones, or for a workspace box
-        without a pose source (the fence needs the end effector's position)."""
-        if (p.workspace_min or p.workspace_max) and not p.proprio_topic:
-            raise ValueError(
-                "workspace_min/workspace_max set but proprio_topic is empty: the workspace "
-                "fence needs the end effector's position; set proprio_topic, or [0.0] for "
-                "both to turn the fence off"
-            )
-        return SafetyLimits(
-            max_linear_axis=p.max_linear_axis,
-            max_angular_axis=p.max_angular_axis,
-            max_linear_speed=p.max_linear_speed,
-            max_angular_speed=p.max_angular_speed,
-            max_linear_accel=p.max_linear_accel,
-            max_angular_accel=p.max_angular_accel,
-            workspace_min=p.workspace_min or None,
-            workspace_max=p.workspace_max or None,
-        )
+        return read_params(lambda name: self.get_parameter(name).value, changes)
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         """Validate a run-time change as a whole; apply safety limits at once when configured.
@@ -275,8 +138,8 @@ class PolicyNode(LifecycleNode):
         # Both built before anything changes: all of the change, or none of it.
         try:
             p = self._read_params(changes)
-            safety = SafetyFilter(self._safety_limits(p))
-            mapper = _action_mapper(self.model, p)
+            safety = SafetyFilter(safety_limits(p))
+            mapper = action_mapper(self.model, p)
         except (TypeError, ValueError) as err:
             return SetParametersResult(successful=False, reason=f"refused {applied}: {err}")
         safety.previous = self.safety.previous  # the rate limit continues from the last command
@@ -313,8 +176,8 @@ class PolicyNode(LifecycleNode):
                     f"camera_topics has {len(p.camera_topics)} topics {list(p.camera_topics)} "
                     f"but the model expects {len(model.cameras)} cameras {list(model.cameras)}"
                 )
-            self.safety = SafetyFilter(self._safety_limits(p))
-            self.mapper = _action_mapper(model, p)
+            self.safety = SafetyFilter(safety_limits(p))
+            self.mapper = action_mapper(model, p)
             rate_hz = p.control_rate_hz or model.control_rate_hz
             period = 1.0 / rate_hz
             if not 0 <= p.frame_wait_s < period:
