@@ -8,13 +8,18 @@ Parts:
   the same weights, inputs and thread count; an int8 (dynamic quantisation) variant with its
   parity error, judged against INT8_TOLERANCE;
 - node: a 30 Hz publisher of two cameras -> policy node (paper-size model) -> ~/cmd_twist;
-  latency from image stamp to command receipt (commands carrying a published frame's stamp),
+  latency from image stamp to command receipt (the stamp from ~/cmd_twist_image_time),
   the node's missed control ticks, and zero twists sent for a missing input;
 - training: samples/s of pretraining and fine-tuning steps at the small and paper presets;
 - learning (not with --quick): the demo's pipeline (``lawm_apps.demo``, LIBERO-Object): CCA of the
   latent actions, and closed-loop success of LAWM vs scratch at equal labelled data. It shares
   runs/demo with ``make demo``: cached data and finished training runs are reused, export and
   the closed loop run again.
+- command modes (not with --quick): the demo's exported scratch policy (the stronger one there)
+  in closed loop with the simulator driven by the raw ~/action vs by ~/cmd_twist +
+  ~/cmd_gripper (the real-arm path: ActionMapper, safety filter with libero_sim.yaml's limits,
+  conversion back to OSC_POSE deltas in the bridge), 10 episodes per task on the demo's unseen
+  init states; a note when the success counts differ by more than binomial noise.
 
 The last line printed is one JSON object with every figure; runs/bench/results.json keeps it.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -46,7 +52,7 @@ from lawm.config import preset
 from lawm.export import OnnxPolicy, example_inputs, export_policy, input_names
 from lawm.models.policy import Policy
 from lawm.objectives import FinetuneObjective, PretrainObjective
-from lawm_apps.demo import DemoConfig, run_demo
+from lawm_apps.demo import DEFAULT_OUT, DemoConfig, evaluate_ros, run_demo
 from lawm_apps.harness import (
     NodeProcess,
     wait_for_publishers,
@@ -55,6 +61,7 @@ from lawm_apps.harness import (
 )
 from lawm_core import contract
 from lawm_core.files import atomic_write_text
+from lawm_core.sidecar import PolicySidecar
 from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,20 +180,23 @@ def bench_node(
     diags: list[DiagnosticArray] = []
     counting = [False]
     sent: set[int] = set()  # stamps of the published frames, ns
-    stale = [0]
+    commands = [0]  # every ~/cmd_twist while counting
 
     def on_twist(msg: TwistStamped):
-        # Only commands computed from a frame carry its stamp; a zero twist sent for a missing
-        # input carries the node's own time and is counted apart, not as a latency.
-        if not counting[0]:
-            return
+        if counting[0]:
+            commands[0] += 1
+
+    def on_image_time(msg: TwistStamped):
+        # Sent right after each command computed from a frame, stamped with that frame's stamp;
+        # a zero twist sent for a missing input has none and is counted apart, not as a latency.
         stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        if stamp in sent:
+        if counting[0] and stamp in sent:
             latencies.append((node.get_clock().now().nanoseconds - stamp) / 1e6)
-        else:
-            stale[0] += 1
 
     sub = node.create_subscription(TwistStamped, "/lawm_policy/cmd_twist", on_twist, COMMAND)
+    image_time_sub = node.create_subscription(
+        TwistStamped, "/lawm_policy/cmd_twist_image_time", on_image_time, COMMAND
+    )
     node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8).tobytes() for _ in range(2)]
@@ -194,6 +204,7 @@ def bench_node(
         for pub in pubs:
             wait_for_subscribers(node, pub, timeout=60, procs=[proc])
         wait_for_publishers(node, sub, timeout=60, procs=[proc])
+        wait_for_publishers(node, image_time_sub, timeout=60, procs=[proc])
 
         def publish():
             stamp = node.get_clock().now().to_msg()
@@ -238,7 +249,8 @@ def bench_node(
         "node_command_rate_hz": len(latencies) / elapsed,
         "node_e2e_ms_p50": percentile(latencies, 50) if latencies else None,
         "node_e2e_ms_p99": percentile(latencies, 99) if latencies else None,
-        "node_stale_commands": stale[0],
+        # Commands not computed from a frame (one more or less at the interval's edges).
+        "node_stale_commands": max(0, commands[0] - len(latencies)),
         **{f"node_{key}": value for key, value in counts.items()},
     }
 
@@ -318,6 +330,42 @@ def bench_learning(progress: bool) -> dict:
     }
 
 
+def bench_command_modes(
+    model_dir: Path, log_dir: Path, progress: bool, episodes_per_task: int = 10
+) -> dict:
+    """Closed-loop success of one exported model with the bridge in ``action`` vs ``twist``
+    command mode (both at once, own ROS domains), on the demo's tasks and unseen init states."""
+    PolicySidecar.read(model_dir)  # a clear error for a missing or outdated export, up front
+    cfg = DemoConfig(eval_episodes=episodes_per_task)
+    modes = {"action": "action", "twist": "twist"}
+    loop = evaluate_ros(
+        cfg, {m: Path(model_dir) for m in modes}, log_dir, progress, command_modes=modes
+    )
+    n = episodes_per_task * len(cfg.tasks)
+    wins = {
+        m: sum(r["success"] for t in loop["models"][m]["tasks"].values() for r in t["episodes"])
+        for m in modes
+    }
+    # Two-proportion z-test with the pooled rate: |difference| > 2 standard errors.
+    pooled = (wins["action"] + wins["twist"]) / (2 * n)
+    se = math.sqrt(2 * pooled * (1 - pooled) / n)
+    diff = (wins["twist"] - wins["action"]) / n
+    out = {
+        "command_modes_model": str(model_dir),
+        "command_modes_episodes_per_mode": n,
+        "command_modes_success_action": wins["action"],
+        "command_modes_success_twist": wins["twist"],
+        "command_modes_steps_per_s": loop["sim_steps_per_s"],
+    }
+    if abs(diff) > 2 * se:
+        out["command_modes_note"] = (
+            f"twist mode {wins['twist']}/{n} vs action mode {wins['action']}/{n}: a difference "
+            f"of {diff:+.2f} is beyond binomial noise (2 SE = {2 * se:.2f}); look at the policy "
+            "node's safety limits in libero_sim.yaml (they clamp and ramp the twist) first"
+        )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -367,6 +415,18 @@ def main() -> int:
     else:
         say("learning: the demo pipeline (LIBERO-Object, LAWM vs scratch) ...")
         results.update(bench_learning(progress=not args.json))
+        say("command modes: raw ~/action vs ~/cmd_twist + ~/cmd_gripper driving the simulator ...")
+        results.update(
+            bench_command_modes(
+                DEFAULT_OUT / "export_scratch", args.out / "command_mode_logs", not args.json
+            )
+        )
+        say(
+            f"  successes: action {results['command_modes_success_action']}, twist "
+            f"{results['command_modes_success_twist']} of "
+            f"{results['command_modes_episodes_per_mode']} each"
+            + (f"; {results['command_modes_note']}" if "command_modes_note" in results else "")
+        )
     args.out.mkdir(parents=True, exist_ok=True)
 
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))

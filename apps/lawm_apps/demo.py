@@ -212,16 +212,27 @@ def inference_latency(model_dir: Path, n: int = 300) -> dict[str, Any]:
 
 # -- closed loop through ROS 2 ------------------------------------------------------------
 class _Lane:
-    """One model's evaluation: a bridge + policy node pair per task, in its own ROS domain."""
+    """One model's evaluation: a bridge + policy node pair per task, in its own ROS domain.
+    ``command_mode``: the bridge's (``action``: the raw ~/action drives the simulator; ``twist``:
+    ~/cmd_twist + ~/cmd_gripper, the real-arm path)."""
 
-    def __init__(self, name, model_dir, domain, cfg: DemoConfig, log_dir: Path, bar) -> None:
+    def __init__(
+        self,
+        name,
+        model_dir,
+        domain,
+        cfg: DemoConfig,
+        log_dir: Path,
+        bar,
+        command_mode: str = "action",
+    ) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
 
         self.name, self.model_dir, self.domain, self.cfg = name, Path(model_dir), domain, cfg
-        self.log_dir, self.bar = log_dir, bar
+        self.log_dir, self.bar, self.command_mode = log_dir, bar, command_mode
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)
         self.node = rclpy.create_node(f"lawm_demo_{name}", context=self.context)
@@ -277,6 +288,7 @@ class _Lane:
                 "episodes": self.cfg.eval_episodes,
                 "image_size": self.cfg.image_size,
                 "max_steps": self.cfg.max_steps,
+                "command_mode": self.command_mode,
             },
             env=self._env(),
         ).start()
@@ -340,8 +352,14 @@ class _Lane:
 
 
 def evaluate_ros(
-    cfg: DemoConfig, models: dict[str, Path], log_dir: Path, progress: bool
+    cfg: DemoConfig,
+    models: dict[str, Path],
+    log_dir: Path,
+    progress: bool,
+    command_modes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Closed-loop episodes of each model (name -> export dir), the models in parallel.
+    ``command_modes``: name -> the bridge's command_mode for that model (default: action)."""
 
     executable("lawm_policy", "libero_bridge")  # a clear error if the workspace is not built
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -349,7 +367,7 @@ def evaluate_ros(
     total = len(models) * len(cfg.tasks) * cfg.eval_episodes
     bar = tqdm(total=total, desc="closed loop (ROS 2)", unit="ep", disable=not progress)
     lanes = [
-        _Lane(name, path, base + i, cfg, log_dir, bar)
+        _Lane(name, path, base + i, cfg, log_dir, bar, (command_modes or {}).get(name, "action"))
         for i, (name, path) in enumerate(models.items())
     ]
     t0 = time.perf_counter()

@@ -68,19 +68,25 @@ def test_robot_params_bring_up_cameras_and_policy_on_the_servo_topic(
         remaps={"~/cmd_twist": "/servo_node/delta_twist_cmds"},
     )
     got: list[TwistStamped] = []
-    sub = ros_node.create_subscription(
-        TwistStamped, "/servo_node/delta_twist_cmds", got.append, COMMAND
-    )
-    wait_for_publishers(ros_node, sub, procs=[policy])
+    image_times: list[TwistStamped] = []  # one per command computed from camera frames
+    subs = [
+        ros_node.create_subscription(
+            TwistStamped, "/servo_node/delta_twist_cmds", got.append, COMMAND
+        ),
+        ros_node.create_subscription(
+            TwistStamped, "/lawm_policy/cmd_twist_image_time", image_times.append, COMMAND
+        ),
+    ]
+    for sub in subs:
+        wait_for_publishers(ros_node, sub, procs=[policy])
 
     def acting():
         return any(
-            t.header.stamp.sec
-            for t in got
-            if t.header.frame_id == "base_link" and abs(t.header.stamp.sec - time.time()) < 5
-        )
+            t.header.frame_id == "base_link" and abs(t.header.stamp.sec - time.time()) < 5
+            for t in image_times
+        ) and any(t.header.frame_id == "base_link" for t in got)
 
-    wait_until(ros_node, acting, 60, "commands stamped with camera frames", [policy])
+    wait_until(ros_node, acting, 60, "commands computed from camera frames", [policy])
 
 
 LAUNCH_FILES = sorted(p.name for p in (SRC / "launch").glob("*.launch.py"))

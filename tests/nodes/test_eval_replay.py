@@ -53,7 +53,7 @@ def test_live_outputs_are_matched_to_their_frames_and_ticks(bags):
         return [float(v)] * 7
 
     twists = [
-        (123, stamp[0] - 10 * ms, stamp[0] - 9 * ms),  # stale zero twist: stamp = "now"
+        (123, stamp[0] - 10 * ms, stamp[0] - 9 * ms),  # a stamp we never gave an image
         (stamp[0] + 1000, stamp[0] + 6 * ms, stamp[0] + 7 * ms),  # frame 0 via the wrist image
         (stamp[0] + 1000, stamp[0] + 30 * ms, stamp[0] + 31 * ms),  # frame 0 again: a repeat
         (stamp[1], stamp[1] + 5 * ms, stamp[1] + 9 * ms),  # frame 1; its action was lost

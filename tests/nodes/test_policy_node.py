@@ -51,7 +51,8 @@ class Rig:
         self.cams = [node.create_publisher(Image, t, SENSOR_LATEST) for t in CAM_TOPICS]
         self.instruction = node.create_publisher(String, "/lawm_policy/instruction", LATCHED)
         self.actions: list[tuple[float, list[float]]] = []
-        self.twists: list[TwistStamped] = []
+        self.twists: list[TwistStamped] = []  # ~/cmd_twist: stamped when published
+        self.image_times: list[TwistStamped] = []  # the acting ones, stamped with their image
         self.grippers: list[float] = []
         self.diags: list[DiagnosticArray] = []
         self.sent: dict[int, set[int]] = {}  # camera index -> stamps published, ns
@@ -66,6 +67,12 @@ class Rig:
                 TwistStamped, "/lawm_policy/cmd_twist", self.twists.append, COMMAND
             ),
             node.create_subscription(
+                TwistStamped,
+                "/lawm_policy/cmd_twist_image_time",
+                self.image_times.append,
+                COMMAND,
+            ),
+            node.create_subscription(
                 Float64,
                 "/lawm_policy/cmd_gripper",
                 lambda m: self.grippers.append(m.data),
@@ -77,7 +84,7 @@ class Rig:
     def connect(self):
         for pub in self.cams:
             wait_for_subscribers(self.node, pub, procs=[self.proc])
-        for sub in self.subs[:3]:
+        for sub in self.subs[:4]:
             wait_for_publishers(self.node, sub, procs=[self.proc])
         wait_for_subscribers(self.node, self.instruction, procs=[self.proc])
 
@@ -116,6 +123,12 @@ def _start(start_node, model_dir, **params):
     return start_node("lawm_policy", "policy_node", params=base)
 
 
+def _vec(twist: TwistStamped) -> np.ndarray:
+    """The twist as (6,): linear xyz, angular xyz."""
+    lin, ang = twist.twist.linear, twist.twist.angular
+    return np.array([lin.x, lin.y, lin.z, ang.x, ang.y, ang.z])
+
+
 def _expected_actions(model_dir, size, value):
     """Every value ~/action may take for a constant input: aggregation of 1..K equal chunks."""
     from lawm_core.aggregation import TemporalAggregator
@@ -144,17 +157,22 @@ def test_images_in_actions_out_with_stamp_and_core_values(ros_node, start_node, 
     key = (stamp.sec, stamp.nanosec)
 
     def acted():
-        return [t for t in rig.twists if (t.header.stamp.sec, t.header.stamp.nanosec) == key]
+        return [t for t in rig.image_times if (t.header.stamp.sec, t.header.stamp.nanosec) == key]
 
-    # The policy's commands carry the stamp of the newest image used; a tick that finds an
-    # input missing (before both cameras arrived) sends a zero twist stamped with its own time.
+    # Each command computed from images is repeated on ~/cmd_twist_image_time stamped with the
+    # newest image used; a tick that finds an input missing (before both cameras arrived) sends
+    # a zero twist and nothing there.
     wait_until(ros_node, lambda: rig.actions and acted() and rig.grippers, 30, "an action", [proc])
-    twist = acted()[0]
-    assert twist.header.frame_id == "base_link"
-    for other in rig.twists:
-        if (other.header.stamp.sec, other.header.stamp.nanosec) != key:
-            lin, ang = other.twist.linear, other.twist.angular
-            assert (lin.x, lin.y, lin.z, ang.x, ang.y, ang.z) == (0.0,) * 6, other
+    n = len(rig.twists)
+    end = time.monotonic() + 0.3  # the image-time twists of the commands received so far
+    while time.monotonic() < end:
+        ros_node.executor.spin_once(timeout_sec=0.01)
+    assert len(acted()) == len(rig.image_times)
+    assert all(t.header.frame_id == "base_link" for t in rig.image_times + rig.twists)
+    moving = [_vec(t) for t in rig.twists[:n] if _vec(t).any()]
+    assert moving and len(moving) <= len(rig.image_times)
+    for vec in moving:  # every moving command is one computed from the image
+        assert any(np.array_equal(vec, _vec(t)) for t in rig.image_times), vec
     expected = _expected_actions(model_dir, rig.size, 7)
     got = np.asarray(rig.actions[-1][1])
     dist = min(np.abs(got - e).max() for e in expected)
@@ -337,10 +355,10 @@ def test_ticks_wait_for_a_frame_about_to_arrive(ros_node, start_node, model_dir)
     )
     rig = Rig(ros_node, proc)
     rig.connect()
-    received: list[float] = []
+    received: list[float] = []  # receipt - image stamp of each command computed from images
     ros_node.create_subscription(
         TwistStamped,
-        "/lawm_policy/cmd_twist",
+        "/lawm_policy/cmd_twist_image_time",
         lambda m: received.append(
             ros_node.get_clock().now().nanoseconds * 1e-9
             - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)
@@ -353,7 +371,7 @@ def test_ticks_wait_for_a_frame_about_to_arrive(ros_node, start_node, model_dir)
     rig.stream(6.0, hz=10.0)
     rate = (len(rig.actions) - n0) / (time.monotonic() - t0)
     assert rate > 7.0, f"command rate {rate:.1f} Hz, expected 10"  # waiting costs no ticks
-    ages = [a for a in received if a < 1.0]  # zero twists before the inputs were fresh: skip
+    ages = received
     assert len(ages) > 30
     # Generous for a loaded machine; without the wait, 4 phases in 10 would exceed it.
     assert np.percentile(ages, 50) < 0.06, np.round(ages, 3)
@@ -377,9 +395,9 @@ def test_a_tick_waits_for_both_frames_of_a_camera_pair(ros_node, start_node, mod
     rig = Rig(ros_node, proc)
     rig.connect()
     rig.stream(2.0, hz=10.0, lag_ns=1000)  # warm up: the node learns both cameras' periods
-    n0 = len(rig.twists)
+    n0 = len(rig.image_times)
     rig.stream(6.0, hz=10.0, lag_ns=1000)
-    stamps = [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in rig.twists[n0:]]
+    stamps = [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in rig.image_times[n0:]]
     first = sum(s in rig.sent[0] for s in stamps)
     pair = sum(s in rig.sent[1] for s in stamps)
     assert first + pair > 30, (first, pair, len(stamps))

@@ -12,17 +12,19 @@ import numpy as np
 import pytest
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import TwistStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
+from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 from test_policy_node import INSTRUCTION, Rig, _image, _start
 
-from lawm_apps.harness import wait_for_subscribers, wait_until
-from lawm_policy.qos import LATCHED
+from lawm_apps.harness import wait_for_publishers, wait_for_subscribers, wait_until
+from lawm_policy.qos import COMMAND, LATCHED
 
 pytestmark = pytest.mark.ros
 
@@ -142,7 +144,7 @@ def test_a_failing_control_step_stops_the_arm_and_the_node_carries_on(
     ros_node, start_node, exported_debug_model
 ):
     # On sim time an image stamped before t = 0 is accepted (it is only seconds old) but a
-    # ROS Time cannot hold it: stamping the command with it raises inside the tick.
+    # ROS Time cannot hold it: taking it as the command's image time raises inside the tick.
     proc = _start(
         start_node,
         exported_debug_model,
@@ -315,3 +317,54 @@ def test_instructions_from_latched_and_plain_publishers_are_received(
     assert "instruction: 'pick up the black bowl'" in log
     # Both subscriptions get a latched message: it is applied once.
     assert log.count(f"instruction: {INSTRUCTION!r}") == 1, log
+
+
+def test_commands_are_stamped_when_sent_and_paired_with_their_image_time(
+    ros_node, start_node, exported_debug_model
+):
+    # Images 0.2 s old (within stale_timeout_s, 0.5 s) are acted on. A servo drops a command
+    # stamped more than 0.1 s before it arrives (MoveIt Servo's incoming_command_timeout), so
+    # the command carries the time it was sent; the image time goes to ~/cmd_twist_image_time,
+    # right after the command it belongs to.
+    proc = _start(start_node, exported_debug_model, instruction=INSTRUCTION)
+    rig = Rig(ros_node, proc)
+    rig.connect()
+    commands, image_times = [], []  # (source timestamp ns, receipt s, message)
+
+    def into(got):
+        def on(msg, info):
+            received = info.get("received_timestamp") or ros_node.get_clock().now().nanoseconds
+            got.append((info["source_timestamp"], received * 1e-9, msg))
+
+        return on
+
+    subs = [
+        ros_node.create_subscription(TwistStamped, f"/lawm_policy/{topic}", into(got), COMMAND)
+        for topic, got in (("cmd_twist", commands), ("cmd_twist_image_time", image_times))
+    ]
+    for sub in subs:
+        wait_for_publishers(ros_node, sub, procs=[proc])
+    end, next_t = time.monotonic() + 10.0, time.monotonic()
+    while time.monotonic() < end and len(image_times) < 40:
+        if time.monotonic() >= next_t:
+            now_ns = ros_node.get_clock().now().nanoseconds
+            rig.publish(stamp=Time(nanoseconds=now_ns - 200_000_000).to_msg())
+            next_t += 1.0 / 30.0
+        ros_node.executor.spin_once(timeout_sec=0.005)
+    assert proc.alive(), proc.tail()
+    assert len(image_times) >= 40, (len(image_times), len(commands))
+
+    ages = []
+    for source, received, msg in image_times:
+        image_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        assert image_ns in rig.sent[1]  # the newest image used
+        assert received - image_ns * 1e-9 >= 0.2
+        # Its command: the one published just before it, with the same twist.
+        command = max((c for c in commands if c[0] < source), key=lambda c: c[0])
+        np.testing.assert_array_equal(_vec(command[2]), _vec(msg))
+        stamp = command[2].header.stamp
+        ages.append(command[1] - (stamp.sec + stamp.nanosec * 1e-9))
+    assert _vec(image_times[-1][2]).any(), "the policy never moved"
+    # Margins for a loaded machine; stamped with the image, every age would be >= 0.2 s.
+    assert np.percentile(ages, 90) < 0.1 and np.median(ages) < 0.03, np.round(ages, 3)
+    assert min(ages) > -0.01, np.round(ages, 3)  # stamped before it was received

@@ -1,11 +1,28 @@
-"""A LIBERO task as a ROS 2 robot: camera images, proprio and /clock out, 7-D actions in.
+"""A LIBERO task as a ROS 2 robot: camera images, proprio and /clock out, commands in.
 
     libero_bridge --ros-args -p suite:=libero_object -p task_id:=3 -p episodes:=10
 
 The bridge is the simulated world and its clock. Run the policy node with ``use_sim_time: true``
 (``lawm_bringup/config/libero_sim.yaml``): it ticks on the bridge's ``/clock``, acts on images
-stamped with the same time, and its ``~/action`` (the raw 7-D action in the simulator's units)
-drives the simulator.
+stamped with the same time, and its commands drive the simulator.
+
+Command modes (``command_mode``):
+    action (default): the policy's ``~/action`` (the raw 7-D action in the simulator's units,
+        OSC_POSE deltas + gripper) is applied as is.
+    twist: the arm interface a real robot gets, ``~/cmd_twist`` (geometry_msgs/TwistStamped, m/s
+        and rad/s) + ``~/cmd_gripper`` (std_msgs/Float64, +1 close, -1 open), converted back
+        to OSC_POSE deltas as a velocity servo would: over one control period (0.05 s) a linear
+        velocity v moves v * 0.05 m, i.e. v * 0.05 / ``contract.OSC_POSE_LINEAR_M`` units
+        (rotation: w * 0.05 / ``contract.OSC_POSE_ANGULAR_RAD``), clipped to [-1, 1] like the
+        controller's own input clip. Frame: robosuite's OSC_POSE takes its deltas (position and
+        axis-angle rotation) in the world frame, and LIBERO's Panda base is not rotated
+        against it, so a twist in the robot base frame (the policy's ``frame_id``, checked
+        against ``twist_frame_id``) maps axis for axis; the training data's actions are in the
+        same frame. The gripper holds the last ``cmd_gripper`` value until a new one arrives
+        (0, "keep the fingers where they are", at every episode start); the policy sends one
+        each time it acts, right after the twist, so in lockstep a twist is applied
+        ``GRIPPER_GRACE_S`` after it arrives, once that tick's gripper command is in. Every
+        twist is a step, a zero twist (the policy holding still, e.g. inputs missing) included.
 
 Time: the bridge owns a simulated clock that starts at one control period (0.05 s, 20 Hz) and
 advances by one period with every observation it publishes: a simulator step, the first
@@ -23,7 +40,7 @@ Modes:
         valid action; with none (or none for ``action_timeout_s``) it holds still.
 
 Parameters: see ``PARAMETERS`` (suite, task_id, init_state, image_size, episodes, max_steps,
-lockstep, exit_when_done, action_timeout_s and the topic names).
+lockstep, exit_when_done, action_timeout_s, command_mode, twist_frame_id and the topic names).
 
 Publishes (per observation, in this order; /clock last, so the images of a time are out before
 the clock reaches it):
@@ -36,18 +53,23 @@ the clock reaches it):
     Per episode: ``result_topic`` (std_msgs/String, a JSON object: suite, task_id, task,
         init_state, episode, success, steps, reason ("success" | "timeout" | "sim_error"),
         invalid_actions, action_timeouts, sim_time_s; reliable, transient-local, depth 10).
-Subscribes: ``action_topic`` (std_msgs/Float32MultiArray, 7 values; ``qos.COMMAND``).
+    Per step: ``applied_topic`` (std_msgs/Float32MultiArray, the 7 values given to the
+        simulator, in either command mode; reliable, depth 100; '' for none).
+Subscribes: ``action_topic`` (std_msgs/Float32MultiArray, 7 values; ``qos.COMMAND``), or in
+    twist mode ``twist_topic`` (geometry_msgs/TwistStamped) and ``gripper_topic``
+    (std_msgs/Float64), both ``qos.COMMAND``.
 Calls: ``reset_service`` (std_srvs/Trigger, asynchronously, if it is available) at the start of
     every episode, so the policy drops its action history from the previous episode.
 
 Episodes run from ``init_state`` on through the following init states (wrapping). An episode
 ends on success or after ``max_steps`` steps (the suite's evaluation horizon by default); its
 terminal observation is not published (nothing acts on it), the result is, and the next episode
-starts. A non-finite or wrong-length action is never applied: the bridge holds still, warns
-(throttled) and counts it. A simulator exception fails the episode (``sim_error``) and the
-bridge carries on with the next init state. Bad parameters (unknown suite, task, init state,
-...) end the process with one error naming the valid values and exit code 2; after
-``episodes`` episodes it exits 0 (``exit_when_done``).
+starts. A non-finite or wrong-length action (twist mode: a non-finite twist or gripper value, or
+a twist in another frame) is never applied: the bridge holds still, warns (throttled) and counts
+it (``invalid_actions`` of the episode result). A simulator exception fails the episode
+(``sim_error``) and the bridge carries on with the next init state. Bad parameters (unknown
+suite, task, init state, ...) end the process with one error naming the valid values and exit
+code 2; after ``episodes`` episodes it exits 0 (``exit_when_done``).
 """
 
 from __future__ import annotations
@@ -64,6 +86,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
@@ -79,10 +102,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image
-from std_msgs.msg import Float32MultiArray, String
+from std_msgs.msg import Float32MultiArray, Float64, String
 from std_srvs.srv import Trigger
 
-from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
+from lawm_core import contract
+from lawm_policy.qos import COMMAND, COMMAND_RECORDER, LATCHED, SENSOR_LATEST
 from lawm_sim import libero_env
 
 NODE_NAME = "libero_bridge"
@@ -90,6 +114,11 @@ CONTROL_RATE_HZ = 20  # LIBERO's control rate; one simulator step = one period o
 PERIOD_NS = 1_000_000_000 // CONTROL_RATE_HZ
 ACTION_DIM = 7
 HOLD_STILL = np.zeros(ACTION_DIM)  # zero deltas; 0 on the gripper keeps it where it is
+COMMAND_MODES = ("action", "twist")
+# Twist mode: OSC_POSE units per m/s and per rad/s (displacement over one control period).
+UNITS_PER_M_S = 1.0 / (CONTROL_RATE_HZ * contract.OSC_POSE_LINEAR_M)
+UNITS_PER_RAD_S = 1.0 / (CONTROL_RATE_HZ * contract.OSC_POSE_ANGULAR_RAD)
+GRIPPER_GRACE_S = 0.005  # lockstep twist mode: wait for the gripper command of the same tick
 MAX_RESET_FAILURES = 3  # consecutive failed resets before the bridge gives up (exit 1)
 WARN_THROTTLE_S = 2.0
 # Camera names of lawm.keys / LiberoEnv; frame ids are robosuite's camera names.
@@ -125,7 +154,19 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "/clock advances one period without stepping. Free-running: age after which the newest "
         "action is no longer applied.",
     ),
+    "command_mode": (
+        "action",
+        "What drives the simulator: 'action' (the raw 7-D ~/action) or 'twist' (~/cmd_twist + "
+        "~/cmd_gripper, as a real arm).",
+    ),
     "action_topic": ("/lawm_policy/action", "Raw 7-D actions in (std_msgs/Float32MultiArray)."),
+    "twist_topic": ("/lawm_policy/cmd_twist", "Twist mode: velocity commands in."),
+    "gripper_topic": ("/lawm_policy/cmd_gripper", "Twist mode: gripper commands in (+1 close)."),
+    "twist_frame_id": (
+        "base_link",
+        "Twist mode: the only frame_id accepted on twists (the robot base; '': any).",
+    ),
+    "applied_topic": ("/libero/applied_action", "7-D action given to each step out ('': none)."),
     "agentview_topic": ("/libero/agentview/image_raw", "Scene camera out (sensor_msgs/Image)."),
     "eye_in_hand_topic": ("/libero/eye_in_hand/image_raw", "Wrist camera out."),
     "proprio_topic": ("/libero/proprio", "[ee_x, ee_y, ee_z, finger_l, finger_r] out."),
@@ -157,7 +198,12 @@ class BridgeParams:
     lockstep: bool
     exit_when_done: bool
     action_timeout_s: float
+    command_mode: str
     action_topic: str
+    twist_topic: str
+    gripper_topic: str
+    twist_frame_id: str
+    applied_topic: str
     agentview_topic: str
     eye_in_hand_topic: str
     proprio_topic: str
@@ -180,7 +226,15 @@ class BridgeParams:
                 f"action_timeout_s must be a positive number of seconds, got "
                 f"{self.action_timeout_s}"
             )
-        for name in ("action_topic", "agentview_topic", "eye_in_hand_topic", "proprio_topic"):
+        if self.command_mode not in COMMAND_MODES:
+            raise BridgeConfigError(
+                f"command_mode must be one of {', '.join(COMMAND_MODES)}, got "
+                f"{self.command_mode!r}"
+            )
+        inputs = ("action_topic",) if self.command_mode == "action" else ("twist_topic",)
+        if self.command_mode == "twist":
+            inputs += ("gripper_topic",)
+        for name in (*inputs, "agentview_topic", "eye_in_hand_topic", "proprio_topic"):
             if not getattr(self, name):
                 raise BridgeConfigError(f"parameter {name} must not be empty")
         if not self.result_topic:
@@ -243,6 +297,18 @@ def check_action(values: Any) -> np.ndarray:
     return a
 
 
+def twist_to_delta(msg: TwistStamped) -> np.ndarray:
+    """Twist (m/s, rad/s) -> (6,) OSC_POSE deltas [dx, dy, dz, droll, dpitch, dyaw] for one
+    control period, clipped to [-1, 1]; ValueError for a non-finite value."""
+    lin, ang = msg.twist.linear, msg.twist.angular
+    v = np.array([lin.x, lin.y, lin.z, ang.x, ang.y, ang.z], dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"non-finite values {v.tolist()}")
+    v[:3] *= UNITS_PER_M_S
+    v[3:] *= UNITS_PER_RAD_S
+    return np.clip(v, -1.0, 1.0)
+
+
 def image_msg(pixels: np.ndarray, stamp, frame_id: str) -> Image:
     """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8."""
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -290,6 +356,11 @@ class LiberoBridge(Node):
         )
         self._pub_clock = self.create_publisher(ClockMsg, "/clock", CLOCK_QOS)
         self._pub_result = self.create_publisher(String, p.result_topic, RESULTS)
+        self._pub_applied = (
+            self.create_publisher(Float32MultiArray, p.applied_topic, COMMAND_RECORDER)
+            if p.applied_topic
+            else None
+        )
         self._pub_instruction = (
             self.create_publisher(String, p.instruction_topic, LATCHED)
             if p.instruction_topic
@@ -318,6 +389,7 @@ class LiberoBridge(Node):
             f"simulator built in {build_s:.1f} s, {p.image_size} px, "
             f"{self.max_steps} steps per episode, "
             + ("lockstep" if p.lockstep else f"free-running at {CONTROL_RATE_HZ} Hz")
+            + f", driven by {p.command_mode}"
         )
 
         # State. ticks: sim time in control periods (see the module docstring).
@@ -332,16 +404,30 @@ class LiberoBridge(Node):
         self.failure: str | None = None  # set on a fatal simulator problem; main() exits 1
         self._obs: dict[str, Any] | None = None
         self._last_publish = time.monotonic()
-        self._latest: tuple[float, np.ndarray] | None = None  # free-running: (when, action)
+        # Free-running: (when, action (7,) or, twist mode, deltas (6,)).
+        self._latest: tuple[float, np.ndarray] | None = None
+        self._gripper = 0.0  # twist mode: the held gripper command
+        self._pending: np.ndarray | None = None  # lockstep twist mode: deltas (6,) to apply
         self._episode_wall = self._first_step_wall = time.monotonic()
         self._reset_futures: list = []
 
         if self._pub_instruction is not None:
             self._pub_instruction.publish(String(data=self.instruction))
-        self._sub_action = self.create_subscription(
-            Float32MultiArray, p.action_topic, self._on_action, COMMAND
-        )
         steady = Clock(clock_type=ClockType.STEADY_TIME)
+        if p.command_mode == "action":
+            self._sub_action = self.create_subscription(
+                Float32MultiArray, p.action_topic, self._on_action, COMMAND
+            )
+        else:
+            self._sub_action = self.create_subscription(
+                TwistStamped, p.twist_topic, self._on_twist, COMMAND
+            )
+            self._sub_gripper = self.create_subscription(
+                Float64, p.gripper_topic, self._on_gripper, COMMAND
+            )
+            self._grace = self.create_timer(
+                GRIPPER_GRACE_S, self._apply_pending, clock=steady, autostart=False
+            )
         if p.lockstep:
             self._timer = self.create_timer(0.05, self._check_action_timeout, clock=steady)
         else:
@@ -366,24 +452,63 @@ class LiberoBridge(Node):
         self._last_publish = time.monotonic()
 
     # -- actions -------------------------------------------------------------------------------
+    def _refuse(self, what: str, topic: str, err: Exception) -> None:
+        self.invalid_actions += 1
+        self._latest = None  # free-running: hold still rather than repeat an older command
+        self.get_logger().warning(
+            f"ignored {what} on {topic} ({err}); holding still "
+            f"({self.invalid_actions} invalid this episode)",
+            throttle_duration_sec=WARN_THROTTLE_S,
+        )
+
     def _on_action(self, msg: Float32MultiArray) -> None:
         if self.done:
             return
         try:
             action = check_action(msg.data)
         except ValueError as err:
-            self.invalid_actions += 1
-            self._latest = None  # free-running: hold still rather than repeat an older action
-            self.get_logger().warning(
-                f"ignored action on {self._sub_action.topic_name} ({err}); holding still "
-                f"({self.invalid_actions} invalid this episode)",
-                throttle_duration_sec=WARN_THROTTLE_S,
-            )
+            self._refuse("action", self._sub_action.topic_name, err)
             return
         if self.params.lockstep:
             self._step(action)
         else:
             self._latest = (time.monotonic(), action)
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        if self.done:
+            return
+        frame = self.params.twist_frame_id
+        try:
+            if frame and msg.header.frame_id != frame:
+                raise ValueError(
+                    f"frame_id {msg.header.frame_id!r}, expected {frame!r} (twist_frame_id)"
+                )
+            delta = twist_to_delta(msg)
+        except ValueError as err:
+            self._refuse("twist", self._sub_action.topic_name, err)
+            return
+        if not self.params.lockstep:
+            self._latest = (time.monotonic(), delta)
+            return
+        if self._pending is not None:  # the previous twist is still waiting: it goes first
+            self._apply_pending()
+        self._pending = delta
+        self._grace.reset()
+
+    def _on_gripper(self, msg: Float64) -> None:
+        if self.done:
+            return
+        value = float(msg.data)
+        if not math.isfinite(value):
+            self._refuse("gripper command", self._sub_gripper.topic_name, ValueError(value))
+            return
+        self._gripper = min(1.0, max(-1.0, value))
+
+    def _apply_pending(self) -> None:
+        self._grace.cancel()
+        delta, self._pending = self._pending, None
+        if delta is not None and not self.done:
+            self._step(np.append(delta, self._gripper))
 
     def _check_action_timeout(self) -> None:
         if self.done or self._obs is None:
@@ -393,7 +518,8 @@ class LiberoBridge(Node):
             return
         self.action_timeouts += 1
         self.get_logger().info(
-            f"no action for {waited:.1f} s (step {self.steps}): republishing the observation "
+            f"no {self.params.command_mode} for {waited:.1f} s (step {self.steps}): "
+            "republishing the observation "
             f"and advancing /clock to {self.sim_time_s + PERIOD_NS * 1e-9:.2f} s without stepping "
             f"({self.action_timeouts} time(s) this episode)",
             throttle_duration_sec=10.0,
@@ -405,10 +531,18 @@ class LiberoBridge(Node):
             return
         latest = self._latest
         fresh = latest is not None and time.monotonic() - latest[0] <= self.params.action_timeout_s
-        self._step(latest[1] if fresh else HOLD_STILL)
+        if not fresh:
+            self._step(HOLD_STILL)
+        elif self.params.command_mode == "twist":
+            self._step(np.append(latest[1], self._gripper))
+        else:
+            self._step(latest[1])
 
     # -- episodes ------------------------------------------------------------------------------
     def _step(self, action: np.ndarray) -> None:
+        """One simulator step with ``action`` (7,)."""
+        if self._pub_applied is not None:
+            self._pub_applied.publish(Float32MultiArray(data=[float(v) for v in action]))
         try:
             obs, success, _info = self.env.step(action)
         except Exception as err:
@@ -480,7 +614,8 @@ class LiberoBridge(Node):
         failures = 0
         while not self.done:
             self.steps = self.invalid_actions = self.action_timeouts = 0
-            self._latest = None
+            self._latest = self._pending = None
+            self._gripper = 0.0
             self._episode_wall = time.monotonic()
             try:
                 self.env.set_init_state(self.init_index)

@@ -25,8 +25,16 @@ the command then reflects images a few ms old instead of up to a camera period o
 30 Hz), which is most of the end-to-end latency of a timer-driven loop, and cameras triggered
 together are used together. Not on sim time (there frames follow actions).
 
-Outputs: ``~/action`` (raw 7-D action in the training data's units),
-``~/cmd_twist`` (stamped with the newest image used), ``~/cmd_gripper`` and ``/diagnostics``.
+Outputs: ``~/action`` (raw 7-D action in the training data's units), ``~/cmd_twist``,
+``~/cmd_twist_image_time``, ``~/cmd_gripper`` and ``/diagnostics``. Every ``~/cmd_twist`` is
+stamped with the node's clock when it is published (sim time on sim time): an arm servo drops
+commands older than its timeout (MoveIt Servo: ``incoming_command_timeout``, 0.1 s), and the
+images a command acts on may be up to ``stale_timeout_s`` old. What a command was computed
+from goes to ``~/cmd_twist_image_time``: right after each ``~/cmd_twist`` computed from images,
+the same twist stamped with the newest image used (zero twists for stale or missing inputs,
+stops and failed steps have no image and none). In a tick the order is ``~/action``,
+``~/cmd_twist``, ``~/cmd_twist_image_time``: tools pair an image stamp with its command and raw
+action by that order (the publishers' source timestamps), latency = receipt - image stamp.
 Stale or missing inputs give a zero twist each tick and a diagnostic warning; the node resumes
 by itself when they return.
 """
@@ -102,6 +110,7 @@ class PolicyNode(LifecycleNode):
         self._awaited: set[str] = set()  # cameras the current wait still needs (empty: none)
         self._pubs_ready = False
         self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
+        self.pub_image_time = None
         self._reset_srv = self._enable_srv = None
         self.enabled = False  # False: dry run (zero twists, no gripper); set at configure
         self.tick_error: str | None = None  # the failing control step's error (None: fine)
@@ -214,6 +223,9 @@ class PolicyNode(LifecycleNode):
         self.frame_wait_timeouts = 0  # waits that ended without every awaited frame
         self.pub_action = self.create_lifecycle_publisher(Float32MultiArray, "~/action", COMMAND)
         self.pub_twist = self.create_lifecycle_publisher(TwistStamped, "~/cmd_twist", COMMAND)
+        self.pub_image_time = self.create_lifecycle_publisher(
+            TwistStamped, "~/cmd_twist_image_time", COMMAND
+        )
         self.pub_gripper = self.create_lifecycle_publisher(Float64, "~/cmd_gripper", COMMAND)
         self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
@@ -286,19 +298,21 @@ class PolicyNode(LifecycleNode):
     def send_zero(self) -> None:
         """Publish one zero twist now (no gripper command) if the command publisher is active."""
         if self.pub_twist is not None and self.pub_twist.is_activated:
-            self._publish_command(Command.zero(), self.get_clock().now(), gripper=False)
+            self._publish_command(Command.zero(), gripper=False)
 
     def _release(self) -> None:
         """Stop the loop and destroy what configure created (all of it, or the part a failed
         configure got to)."""
         self._stop_io()
-        for pub in (self.pub_action, self.pub_twist, self.pub_gripper, self.pub_diag):
+        pubs = (self.pub_action, self.pub_twist, self.pub_image_time, self.pub_gripper)
+        for pub in (*pubs, self.pub_diag):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         for srv in (self._reset_srv, self._enable_srv):
             if srv is not None:
                 self.destroy_service(srv)
         self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
+        self.pub_image_time = None
         self._reset_srv = self._enable_srv = None
         self.params = self.model = self.runner = self.text_encoder = None
         self.enabled = False
@@ -505,7 +519,7 @@ class PolicyNode(LifecycleNode):
                 self.safety.reset()
             else:
                 self._warn("inference", f"inference skipped: {result.error}")
-            self._publish_command(Command.zero(), now, gripper=False)
+            self._publish_command(Command.zero(), gripper=False)
             return
         if result.was_missing:
             self.get_logger().info("inputs back: acting")
@@ -520,27 +534,34 @@ class PolicyNode(LifecycleNode):
             self.warnings["safety"] = ", ".join(reasons)
         else:
             self.warnings.pop("safety", None)
-        # Stamped with the newest image used.
+        # Validated before anything goes out (a stamp a ROS Time cannot hold raises here).
         newest = max(
             Time.from_msg(self.latest[cam][1], clock_type=now.clock_type)
             for cam in self.model.cameras
         )
-        self._publish_command(cmd, newest)
+        self._publish_command(cmd, image_time=newest)
 
-    def _publish_command(self, cmd: Command, stamp: Time, gripper: bool = True) -> None:
-        """Publish the twist; the gripper command only when the policy acted (a stale or
+    def _publish_command(
+        self, cmd: Command, gripper: bool = True, image_time: Time | None = None
+    ) -> None:
+        """Publish the twist stamped now; then, for a command computed from images
+        (``image_time``: the newest image used), the same twist stamped ``image_time`` on
+        ``~/cmd_twist_image_time``; the gripper command only when the policy acted (a stale or
         stopped policy holds the gripper as it is rather than opening or closing it).
         Disabled (dry run): a zero twist and no gripper command, whatever ``cmd`` is."""
         if not self.enabled:
             cmd, gripper = Command.zero(), False
         msg = TwistStamped()
-        msg.header.stamp = stamp.to_msg()
         msg.header.frame_id = self.params.frame_id
         lin = np.nan_to_num(cmd.linear, nan=0.0, posinf=0.0, neginf=0.0)
         ang = np.nan_to_num(cmd.angular, nan=0.0, posinf=0.0, neginf=0.0)
         msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in lin)
         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in ang)
+        msg.header.stamp = self.get_clock().now().to_msg()  # last: as close to sending as can be
         self.pub_twist.publish(msg)
+        if image_time is not None:
+            msg.header.stamp = image_time.to_msg()
+            self.pub_image_time.publish(msg)
         if gripper:
             self.pub_gripper.publish(Float64(data=float(np.clip(cmd.gripper, -1.0, 1.0))))
 

@@ -21,9 +21,11 @@ names**: configure the policy node's ``camera_topics`` (model camera order) and
 time as each message goes out, at the recorded pacing (log times) scaled by ``--rate``;
 compressed camera messages go out decoded, as rgb8 Images. The instruction goes latched to
 ``<policy-ns>/instruction``. Before playing it waits (up to ``--wait-timeout`` s) for the
-policy's camera subscriptions, its ``action`` and ``cmd_twist`` publishers and a first
-``cmd_twist`` (the node is active). A ``cmd_twist`` whose header stamp is one of our image
-stamps answers that image's frame: latency = receipt - stamp; the raw 7-D prediction is the
+policy's camera subscriptions, its ``action``, ``cmd_twist`` and ``cmd_twist_image_time``
+publishers and a first ``cmd_twist`` (the node is active). A ``cmd_twist_image_time`` twist
+(sent right after each command computed from images, stamped with the newest image used; the
+``cmd_twist`` itself carries its publish time) whose header stamp is one of our image stamps
+answers that image's frame: latency = receipt - stamp; the raw 7-D prediction is the
 ``action`` of the same tick. Frames published but never answered are "dropped".
 
 Offline mode (``--offline --model-dir DIR``) runs the runtime core per frame (preprocess,

@@ -4,8 +4,8 @@
 remapping of this node's publishers moves them), at the recorded pacing scaled by ``rate``,
 each camera header restamped with the current time as it goes out: raw ``Image`` messages as
 recorded, ``CompressedImage`` ones decoded (``lawm_core.bags``) and sent as rgb8 ``Image``
-(the policy node takes raw images). ``match_live_outputs`` pairs the policy's ``cmd_twist``
-and ``action`` messages with the frames they answer.
+(the policy node takes raw images). ``match_live_outputs`` pairs the policy's
+``cmd_twist_image_time`` and ``action`` messages with the frames they answer.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class LiveOutputs:
     """What a live replay saw. Times are ns on the system clock (ROS time, no sim time).
 
     ``image_stamps``: restamped header stamp -> (topic, k-th message on that topic).
-    ``twists``: (header stamp, source timestamp, receipt time) per ``cmd_twist`` message.
+    ``twists``: (header stamp, source timestamp, receipt time) per ``cmd_twist_image_time``
+    message (the twist of a command computed from images, stamped with the newest image used).
     ``actions``: (source timestamp, receipt time, values) per ``action`` message.
     """
 
@@ -61,12 +62,13 @@ class LiveOutputs:
 def match_live_outputs(index: BagIndex, outputs: LiveOutputs) -> Evaluation:
     """Match the policy's outputs to the frames they came from.
 
-    A twist whose header stamp is a stamp we gave an image answers that image's frame (the
-    policy stamps its command with the newest image it used); the first such twist per frame
-    counts, its latency is receipt - stamp. Its raw action is the ``~/action`` the node
-    published in the same tick, just before the twist: in source-time order, the action seen
-    since the previous twist. Zero twists of a stale policy carry the current time, match no
-    image, and close no action.
+    A ``cmd_twist_image_time`` twist whose header stamp is a stamp we gave an image answers
+    that image's frame (the policy publishes it right after each ``cmd_twist`` computed from
+    images, stamped with the newest image used; ``cmd_twist`` itself carries its publish time);
+    the first such twist per frame counts, its latency is receipt - stamp. Its raw action is the
+    ``~/action`` the node published in the same tick, just before the twist: in source-time
+    order, the action seen since the previous twist. A twist with a stamp we never gave (another
+    publisher's images) matches no frame and closes no action.
     """
     n = index.n_frames
     predicted = np.full((n, contract.ACTION_DIM), np.nan)
@@ -110,8 +112,9 @@ def match_live_outputs(index: BagIndex, outputs: LiveOutputs) -> Evaluation:
         latency_ms=latency,
         answered=answered,
         published=outputs.published_frames,
-        latency_what="restamped image header stamp -> cmd_twist receipt (includes waiting "
-        "for the policy's next control tick)",
+        latency_what="restamped image header stamp -> receipt of its command (the "
+        "cmd_twist_image_time twist sent right after the cmd_twist; includes waiting for the "
+        "policy's next control tick)",
         extra={
             "outputs": {
                 "twists": len(outputs.twists),
@@ -150,6 +153,7 @@ class PolicyTopics:
 
     action: str
     cmd_twist: str
+    cmd_twist_image_time: str
     instruction: str
 
     @classmethod
@@ -157,6 +161,7 @@ class PolicyTopics:
         return cls(
             action=ns_topic(policy_ns, "action"),
             cmd_twist=ns_topic(policy_ns, "cmd_twist"),
+            cmd_twist_image_time=ns_topic(policy_ns, "cmd_twist_image_time"),
             instruction=ns_topic(policy_ns, "instruction"),
         )
 
@@ -203,17 +208,23 @@ class _Counts:
 class _OutputRecorder:
     """The policy's outputs as they arrive (executor thread) and the stamps given to the
     images sent (playing thread), behind one lock. Same layouts as ``LiveOutputs``:
-    ``twists`` (header stamp, source timestamp, receipt time) ns, ``actions`` (source
-    timestamp, receipt time, values (ACTION_DIM,)), ``image_stamps`` stamp -> (topic, k)."""
+    ``twists`` (header stamp, source timestamp, receipt time) ns of ``cmd_twist_image_time``,
+    ``actions`` (source timestamp, receipt time, values (ACTION_DIM,)), ``image_stamps``
+    stamp -> (topic, k); ``commands``: how many ``cmd_twist`` arrived (any: the node acts)."""
 
     def __init__(self, now_ns: Callable[[], int]) -> None:
         self._now_ns = now_ns
         self.lock = threading.Lock()
+        self.commands = 0
         self.twists: list[tuple[int, int, int]] = []
         self.actions: list[tuple[int, int, list[float]]] = []
         self.image_stamps: dict[int, tuple[str, int]] = {}
 
-    def on_twist(self, msg: TwistStamped, info) -> None:
+    def on_command(self, msg: TwistStamped) -> None:
+        with self.lock:
+            self.commands += 1
+
+    def on_image_time(self, msg: TwistStamped, info) -> None:
         received = int(info.get("received_timestamp") or 0) or self._now_ns()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
@@ -224,8 +235,9 @@ class _OutputRecorder:
         with self.lock:
             self.actions.append((int(info.get("source_timestamp") or 0), received, list(msg.data)))
 
-    def has_twist(self) -> bool:
-        return len(self.twists) > 0
+    def has_command(self) -> bool:
+        with self.lock:
+            return self.commands > 0
 
     def counts(self) -> _Counts:
         with self.lock:
@@ -274,6 +286,7 @@ class _Endpoints:
     instruction: Publisher | None  # latched; None without an instruction
     action_sub: Subscription
     twist_sub: Subscription
+    image_time_sub: Subscription
 
     @classmethod
     def open(
@@ -295,13 +308,16 @@ class _Endpoints:
             Float32MultiArray, topics.action, recorder.on_action, COMMAND_RECORDER
         )
         twist_sub = node.create_subscription(
-            TwistStamped, topics.cmd_twist, recorder.on_twist, COMMAND_RECORDER
+            TwistStamped, topics.cmd_twist, recorder.on_command, COMMAND_RECORDER
+        )
+        image_time_sub = node.create_subscription(
+            TwistStamped, topics.cmd_twist_image_time, recorder.on_image_time, COMMAND_RECORDER
         )
         instruction_pub = None
         if instruction:
             instruction_pub = node.create_publisher(String, topics.instruction, LATCHED)
             instruction_pub.publish(String(data=instruction))
-        return cls(cameras, proprio, instruction_pub, action_sub, twist_sub)
+        return cls(cameras, proprio, instruction_pub, action_sub, twist_sub, image_time_sub)
 
     def published_topics(self, proprio_topic: str | None) -> dict[str, str]:
         """Bag topic -> the topic its messages go out on, after ROS remapping."""
@@ -341,8 +357,9 @@ def _wait_for_policy(
     wait_timeout: float,
 ) -> None:
     """Wait, up to ``wait_timeout`` s in all, for the policy node: subscribers on our camera
-    topics, publishers of ``action`` and ``cmd_twist``, the instruction acknowledged, then a
-    first ``cmd_twist`` (the node is active). ReplayError (exit code 1) when one never comes."""
+    topics, publishers of ``action``, ``cmd_twist`` and ``cmd_twist_image_time``, the
+    instruction acknowledged, then a first ``cmd_twist`` (the node is active). ReplayError
+    (exit code 1) when one never comes."""
     deadline = time.monotonic() + wait_timeout
 
     def wait(cond: Callable[[], bool], what: str) -> None:
@@ -363,6 +380,10 @@ def _wait_for_policy(
         lambda: endpoints.twist_sub.get_publisher_count() > 0,
         f"a publisher on {topics.cmd_twist}",
     )
+    wait(
+        lambda: endpoints.image_time_sub.get_publisher_count() > 0,
+        f"a publisher on {topics.cmd_twist_image_time}",
+    )
     instr_pub = endpoints.instruction
     if instr_pub is not None:
         wait(
@@ -375,7 +396,7 @@ def _wait_for_policy(
                 f"the instruction on {topics.instruction} was never acknowledged",
                 exit_code=1,
             )
-    wait(recorder.has_twist, f"a first command on {topics.cmd_twist} (node not active?)")
+    wait(recorder.has_command, f"a first command on {topics.cmd_twist} (node not active?)")
 
 
 def _sleep_until(target: float) -> None:
@@ -470,6 +491,7 @@ def _replay_summary(
         "policy_topics": {
             "action": topics.action,
             "cmd_twist": topics.cmd_twist,
+            "cmd_twist_image_time": topics.cmd_twist_image_time,
             "instruction": topics.instruction if instruction else None,
         },
         # After ROS remapping (--ros-args -r bag_topic:=live_topic).
@@ -489,7 +511,8 @@ def run_live(
     """Play the bag to the policy node under ``policy_ns`` and match its outputs.
 
     Before playing, wait (up to ``wait_timeout`` s) for the policy's camera subscriptions, its
-    ``action`` and ``cmd_twist`` publishers, the instruction's acknowledgement and a first
+    ``action``, ``cmd_twist`` and ``cmd_twist_image_time`` publishers, the instruction's
+    acknowledgement and a first
     ``cmd_twist`` (the node is active); ReplayError (exit code 1) when one never comes.
     """
     sel = index.selection
