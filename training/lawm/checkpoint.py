@@ -14,9 +14,6 @@ never leaves a half checkpoint that ``latest`` points at.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from lawm.config import ConfigError, LawmConfig
 from lawm.models.policy import Policy
-from lawm_core.files import atomic_path, atomic_write_text
+from lawm_core.files import atomic_dir, atomic_path, atomic_write_text
 
 
 class CheckpointError(RuntimeError):
@@ -111,8 +108,8 @@ def save_checkpoint(
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=ckpt_root))
-    try:
+    with atomic_dir(final) as tmp:
+        tmp.mkdir()
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
             str(tmp / "model.safetensors"),
@@ -124,13 +121,6 @@ def save_checkpoint(
         )
         full = dict(state, step=step, param_groups=groups)
         (tmp / "state.json").write_text(json.dumps(full, indent=2, sort_keys=True))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
     return final
 

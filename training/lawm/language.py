@@ -77,12 +77,6 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file that then replaces ``path``."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 # -- model ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MiniLMConfig:
@@ -395,7 +389,8 @@ class EmbeddingCache:
             "texts": json.dumps(texts, sort_keys=True, ensure_ascii=False),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, lambda tmp: save_numpy(vectors, str(tmp), metadata=meta))
+        with atomic_path(self.path) as tmp:
+            save_numpy(vectors, str(tmp), metadata=meta)
         self._vectors, self._texts, self._dirty = vectors, texts, False
 
 

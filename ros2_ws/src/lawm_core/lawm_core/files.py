@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+DIR_MODE = 0o755
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a not-yet-existing folder path beside ``path`` (some writers, e.g. rosbag2's, must
+    create the folder themselves); when the block succeeds, the folder and its files get the
+    project's modes and it replaces ``path`` (an old one is moved aside first, then removed).
+    An exception, or a crash, leaves the old folder or none, and at most a hidden temporary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        new = staging / "new"
+        yield new
+        for root, _dirs, files in os.walk(new):
+            os.chmod(root, DIR_MODE)
+            for name in files:
+                os.chmod(os.path.join(root, name), FILE_MODE)
+        if path.exists():
+            os.replace(path, staging / "old")
+        os.replace(new, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

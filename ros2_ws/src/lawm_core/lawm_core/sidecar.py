@@ -221,13 +221,41 @@ def _to_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+class _JsonFile:
+    """A sidecar stored as one JSON file in the export folder: ``FILE_NAME``, what it
+    describes (``WHAT``, for messages), ``to_dict`` and ``from_dict`` given by the subclass."""
+
+    FILE_NAME: ClassVar[str]
+    WHAT: ClassVar[str]
+
+    def to_json(self) -> str:
+        return _to_json(self.to_dict())
+
+    def write(self, folder: Path | str) -> Path:
+        """Write ``folder/FILE_NAME`` atomically; returns its path."""
+        path = Path(folder) / self.FILE_NAME
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, folder_or_path: Path | str):
+        """Read and check the sidecar file (or the folder holding it)."""
+        path = Path(folder_or_path)
+        if path.is_dir() or path.suffix != ".json":
+            path = path / cls.FILE_NAME
+        return cls.from_dict(_read_object(path, cls.WHAT), path)
+
+
 # -- text encoder ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TextEncoderSidecar:
+class TextEncoderSidecar(_JsonFile):
     """``text_encoder.json``: what ``text_encoder.onnx`` + ``tokenizer.json`` are and how they
     were made. ``inputs``/``outputs`` follow from ``contract.TEXT_INPUT_NAMES``,
     ``contract.TEXT_OUTPUT_NAME`` and ``embedding_dim``; the fixed file names and pipeline
     descriptions are class constants."""
+
+    FILE_NAME: ClassVar[str] = contract.TEXT_ENCODER_SIDECAR_FILE
+    WHAT: ClassVar[str] = "text encoder"
 
     onnx_sha256: str
     tokenizer_sha256: str
@@ -314,23 +342,6 @@ class TextEncoderSidecar:
             "text_normalization": self.TEXT_NORMALIZATION,
             "tokenizer_settings": self.TOKENIZER_SETTINGS,
         }
-
-    def to_json(self) -> str:
-        return _to_json(self.to_dict())
-
-    def write(self, folder: Path | str) -> Path:
-        """Write ``folder/text_encoder.json`` atomically; returns its path."""
-        path = Path(folder) / contract.TEXT_ENCODER_SIDECAR_FILE
-        atomic_write_text(path, self.to_json())
-        return path
-
-    @classmethod
-    def read(cls, folder_or_path: Path | str) -> TextEncoderSidecar:
-        """Read and check ``text_encoder.json`` (or the folder holding it)."""
-        path = Path(folder_or_path)
-        if path.is_dir() or path.suffix != ".json":
-            path = path / contract.TEXT_ENCODER_SIDECAR_FILE
-        return cls.from_dict(_read_object(path, "text encoder"), path)
 
     @classmethod
     def from_dict(
@@ -534,13 +545,16 @@ class ActionSpace:
 
 
 @dataclass(frozen=True)
-class PolicySidecar:
+class PolicySidecar(_JsonFile):
     """``policy.json``: the contract between an exported ``policy.onnx`` and the runtime.
 
     ``inputs`` (image_<camera> uint8 (batch, S, S, 3) per camera, proprio float32
     (batch, proprio_dim), lang float32 (batch, lang_dim)) and ``outputs`` (actions float32
     (batch, chunk_size, action_dim)) are derived from the contract's names and these sizes.
     """
+
+    FILE_NAME: ClassVar[str] = contract.SIDECAR_FILE
+    WHAT: ClassVar[str] = "policy"
 
     onnx_sha256: str
     opset: int
@@ -639,23 +653,6 @@ class PolicySidecar:
         if self.text_encoder is not None:
             out["text_encoder"] = self.text_encoder.to_dict()
         return out
-
-    def to_json(self) -> str:
-        return _to_json(self.to_dict())
-
-    def write(self, folder: Path | str) -> Path:
-        """Write ``folder/policy.json`` atomically; returns its path."""
-        path = Path(folder) / contract.SIDECAR_FILE
-        atomic_write_text(path, self.to_json())
-        return path
-
-    @classmethod
-    def read(cls, folder_or_path: Path | str) -> PolicySidecar:
-        """Read and check ``policy.json`` (or the folder holding it)."""
-        path = Path(folder_or_path)
-        if path.is_dir() or path.suffix != ".json":
-            path = path / contract.SIDECAR_FILE
-        return cls.from_dict(_read_object(path, "policy"), path)
 
     @classmethod
     def from_dict(cls, data: Any, source: Path | str = contract.SIDECAR_FILE) -> PolicySidecar:

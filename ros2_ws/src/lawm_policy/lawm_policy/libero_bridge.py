@@ -110,10 +110,9 @@ from lawm_policy.qos import COMMAND, COMMAND_RECORDER, LATCHED, SENSOR_LATEST
 from lawm_sim import libero_env
 
 NODE_NAME = "libero_bridge"
-CONTROL_RATE_HZ = 20  # LIBERO's control rate; one simulator step = one period of sim time
+CONTROL_RATE_HZ = libero_env.CONTROL_FREQ  # one simulator step = one period of sim time
 PERIOD_NS = 1_000_000_000 // CONTROL_RATE_HZ
-ACTION_DIM = 7
-HOLD_STILL = np.zeros(ACTION_DIM)  # zero deltas; 0 on the gripper keeps it where it is
+HOLD_STILL = np.zeros(contract.ACTION_DIM)  # zero deltas; 0 on the gripper keeps it where it is
 COMMAND_MODES = ("action", "twist")
 # Twist mode: OSC_POSE units per m/s and per rad/s (displacement over one control period).
 UNITS_PER_M_S = 1.0 / (CONTROL_RATE_HZ * contract.OSC_POSE_LINEAR_M)
@@ -121,10 +120,10 @@ UNITS_PER_RAD_S = 1.0 / (CONTROL_RATE_HZ * contract.OSC_POSE_ANGULAR_RAD)
 GRIPPER_GRACE_S = 0.005  # lockstep twist mode: wait for the gripper command of the same tick
 MAX_RESET_FAILURES = 3  # consecutive failed resets before the bridge gives up (exit 1)
 WARN_THROTTLE_S = 2.0
-# Camera names of lawm.keys / LiberoEnv; frame ids are robosuite's camera names.
-CAMERA_AGENTVIEW = "agentview"
-CAMERA_EYE_IN_HAND = "eye_in_hand"
-FRAME_IDS = {CAMERA_AGENTVIEW: "agentview", CAMERA_EYE_IN_HAND: "robot0_eye_in_hand"}
+# Camera names of the contract; frame ids are robosuite's camera names.
+CAMERA_AGENTVIEW = contract.AGENTVIEW
+CAMERA_EYE_IN_HAND = contract.EYE_IN_HAND
+FRAME_IDS = libero_env.ROBOSUITE_CAMERAS
 
 # Episode results: reliable and kept for late subscribers (the last few episodes).
 RESULTS = QoSProfile(
@@ -290,8 +289,8 @@ def make_libero_env(p: BridgeParams) -> Any:
 def check_action(values: Any) -> np.ndarray:
     """The action as 7 finite float64 values; ValueError saying what is wrong otherwise."""
     a = np.asarray(values, dtype=np.float64)
-    if a.shape != (ACTION_DIM,):
-        raise ValueError(f"{a.size} values, need {ACTION_DIM}")
+    if a.shape != (contract.ACTION_DIM,):
+        raise ValueError(f"{a.size} values, need {contract.ACTION_DIM}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"non-finite values {a.tolist()}")
     return a

@@ -108,7 +108,6 @@ class PolicyNode(LifecycleNode):
         self._diag_timer = None
         self._wait_timer = None  # a wait's timeout: reset when a tick waits, cancelled at its end
         self._awaited: set[str] = set()  # cameras the current wait still needs (empty: none)
-        self._pubs_ready = False
         self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
         self.pub_image_time = None
         self._reset_srv = self._enable_srv = None

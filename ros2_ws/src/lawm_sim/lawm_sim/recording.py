@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +25,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from lawm_core import contract
 from lawm_core.bags import typestore
-from lawm_core.files import atomic_path, atomic_write_text
+from lawm_core.files import atomic_dir, atomic_path, atomic_write_text
 from lawm_sim import libero_env
 
 try:  # PyAV writes the clips; OpenCV alone cannot choose the codec settings used here.
@@ -245,52 +242,40 @@ def write_rosbag(folder: Path, ep: Episode) -> Path:
     if len(stamps) and stamps[0] <= 0:  # a zero header stamp reads as "unset"
         stamps = stamps - stamps[0] + 1_000_000_000
     final = Path(folder) / ep.stem
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{ep.stem}.", dir=final.parent))
-    bag = staging / "bag"
-    try:
-        with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as w:
-            conns = {
-                cam: w.add_connection(ROSBAG_TOPICS[cam], image_t, typestore=ts)
-                for cam in ep.images
-            }
-            proprio = w.add_connection(ROSBAG_TOPICS["proprio"], array_t, typestore=ts)
-            action = w.add_connection(ROSBAG_TOPICS["action"], array_t, typestore=ts)
-            text = w.add_connection(ROSBAG_TOPICS["instruction"], string_t, typestore=ts)
-            t0 = int(stamps[0]) if len(stamps) else 1_000_000_000
-            w.write(text, t0, ts.serialize_cdr(T[string_t](data=ep.instruction), string_t))
-            for t, stamp in enumerate(stamps):
-                stamp = int(stamp)
-                sec, nsec = divmod(stamp, 1_000_000_000)
-                header = T["std_msgs/msg/Header"](
-                    stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
-                    frame_id="",
+    with (
+        atomic_dir(final) as bag,
+        Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as w,
+    ):
+        conns = {
+            cam: w.add_connection(ROSBAG_TOPICS[cam], image_t, typestore=ts) for cam in ep.images
+        }
+        proprio = w.add_connection(ROSBAG_TOPICS["proprio"], array_t, typestore=ts)
+        action = w.add_connection(ROSBAG_TOPICS["action"], array_t, typestore=ts)
+        text = w.add_connection(ROSBAG_TOPICS["instruction"], string_t, typestore=ts)
+        t0 = int(stamps[0]) if len(stamps) else 1_000_000_000
+        w.write(text, t0, ts.serialize_cdr(T[string_t](data=ep.instruction), string_t))
+        for t, stamp in enumerate(stamps):
+            stamp = int(stamp)
+            sec, nsec = divmod(stamp, 1_000_000_000)
+            header = T["std_msgs/msg/Header"](
+                stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
+                frame_id="",
+            )
+            for cam, conn in conns.items():
+                img = np.ascontiguousarray(ep.images[cam][t])
+                h, wd = img.shape[:2]
+                msg = T[image_t](
+                    header=header,
+                    height=h,
+                    width=wd,
+                    encoding="rgb8",
+                    is_bigendian=0,
+                    step=wd * 3,
+                    data=img.reshape(-1),
                 )
-                for cam, conn in conns.items():
-                    img = np.ascontiguousarray(ep.images[cam][t])
-                    h, wd = img.shape[:2]
-                    msg = T[image_t](
-                        header=header,
-                        height=h,
-                        width=wd,
-                        encoding="rgb8",
-                        is_bigendian=0,
-                        step=wd * 3,
-                        data=img.reshape(-1),
-                    )
-                    w.write(conn, stamp, ts.serialize_cdr(msg, image_t))
-                state = np.concatenate([ep.obs["ee_pos"][t], ep.obs["gripper_states"][t]])
-                for conn, values in ((proprio, state), (action, ep.actions[t])):
-                    msg = T[array_t](layout=layout, data=np.asarray(values, dtype=np.float32))
-                    w.write(conn, stamp, ts.serialize_cdr(msg, array_t))
-        if final.exists():
-            old = final.parent / f".{ep.stem}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(bag, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(bag, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                w.write(conn, stamp, ts.serialize_cdr(msg, image_t))
+            state = np.concatenate([ep.obs["ee_pos"][t], ep.obs["gripper_states"][t]])
+            for conn, values in ((proprio, state), (action, ep.actions[t])):
+                msg = T[array_t](layout=layout, data=np.asarray(values, dtype=np.float32))
+                w.write(conn, stamp, ts.serialize_cdr(msg, array_t))
     return final
