@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lawm_core import contract
 from lawm_core.errors import InputError
-from lawm_core.preprocess import image_from_msg_fields
+from lawm_core.preprocess import image_from_compressed, image_from_msg_fields
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -230,7 +229,7 @@ def decode_image(raw: bytes | memoryview, msgtype: str) -> np.ndarray:
     """A CDR ``sensor_msgs/Image`` or ``CompressedImage`` -> (H, W, 3) uint8 RGB, a new array.
 
     Raw images go through the policy node's decoder (``image_from_msg_fields``); compressed
-    ones through ``cv2.imdecode`` (which gives BGR whatever ``format`` says). InputError saying
+    ones through ``image_from_compressed``. InputError saying
     why for a damaged message, an unsupported encoding or size, or undecodable bytes.
     """
     if msgtype not in IMAGE_TYPES:
@@ -241,13 +240,7 @@ def decode_image(raw: bytes | memoryview, msgtype: str) -> np.ndarray:
         raise InputError(f"damaged {msgtype} message: {type(err).__name__}: {err}") from err
     if msgtype == IMAGE:
         return image_from_msg_fields(msg.data, msg.encoding, msg.height, msg.width, msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise InputError(
-            f"cannot decode CompressedImage ({data.size} bytes, format {msg.format!r})"
-        )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return image_from_compressed(msg.data, msg.format)
 
 
 def message_values(msg: Any, msgtype: str) -> np.ndarray:

@@ -107,6 +107,15 @@ class ActionMapper:
         if not 0 < self.gripper_threshold < 1:
             raise ValueError(f"gripper_threshold must be in (0, 1), got {gripper_threshold!r}")
 
+    def closing(self, raw: np.ndarray) -> float:
+        """How far the raw gripper value is from the declared open value towards the closed
+        one (0 open, 1 closed; beyond either end outside [0, 1]); NaN for a non-finite value."""
+        grip = float(np.asarray(raw, dtype=np.float64).reshape(-1)[contract.GRIPPER_INDEX])
+        if not np.isfinite(grip):
+            return float("nan")
+        space = self.space
+        return (grip - space.gripper_open) / (space.gripper_closed - space.gripper_open)
+
     def to_command(self, raw: np.ndarray) -> Command:
         """Raw (denormalised) action (7,) -> Command. Non-finite values come out non-finite (a
         NaN gripper stays NaN) for the safety filter to catch."""
@@ -115,16 +124,62 @@ class ActionMapper:
             raise InputError(
                 f"action has shape {np.shape(raw)}, expected ({contract.ACTION_DIM},)"
             )
-        grip = a[contract.GRIPPER_INDEX]
-        if not np.isfinite(grip):
+        closing = self.closing(a)
+        if not np.isfinite(closing):
             gripper = float("nan")
+        elif closing > self.gripper_threshold:
+            gripper = contract.GRIPPER_CLOSE
         else:
-            space = self.space
-            closing = (grip - space.gripper_open) / (space.gripper_closed - space.gripper_open)
-            close = closing > self.gripper_threshold
-            gripper = contract.GRIPPER_CLOSE if close else contract.GRIPPER_OPEN
+            gripper = contract.GRIPPER_OPEN
         return Command(
             a[:3] * (self.linear_per_unit * self.linear_scale),
             a[3:6] * (self.angular_per_unit * self.angular_scale),
             gripper,
         )
+
+
+class GripperSwitch:
+    """Open/close decisions with hysteresis, reported only when they change.
+
+    ``update(closing)`` takes ``ActionMapper.closing`` of each action and returns the new
+    command (``GRIPPER_CLOSE`` / ``GRIPPER_OPEN``) when the gripper should change, else None:
+    it closes once ``closing`` exceeds ``threshold + hysteresis / 2`` and opens once it falls
+    below ``threshold - hysteresis / 2``, so a value hovering at the threshold never makes the
+    gripper chatter. The first decision after ``reset`` (start, enable, an episode start) is
+    always sent, against the plain threshold. A non-finite ``closing`` changes nothing.
+    """
+
+    def __init__(self, threshold: float = 0.5, hysteresis: float = 0.1) -> None:
+        self.threshold = float(threshold)
+        self.hysteresis = float(hysteresis)
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"gripper_threshold must be in (0, 1), got {threshold!r}")
+        band = self.hysteresis / 2
+        if not (np.isfinite(band) and band >= 0):
+            raise ValueError(f"gripper_hysteresis must be >= 0, got {hysteresis!r}")
+        if not 0 < self.threshold - band <= self.threshold + band < 1:
+            raise ValueError(
+                f"gripper_hysteresis {hysteresis!r} around gripper_threshold {threshold!r} must "
+                "keep threshold +- hysteresis / 2 inside (0, 1)"
+            )
+        self.state: float | None = None  # the last command sent (None: none since reset)
+
+    def reset(self) -> None:
+        """Forget the last command: the next decision is sent."""
+        self.state = None
+
+    def update(self, closing: float) -> float | None:
+        """The gripper command to send now, or None (no change)."""
+        if not np.isfinite(closing):
+            return None
+        band = self.hysteresis / 2
+        if self.state is None:
+            want = contract.GRIPPER_CLOSE if closing > self.threshold else contract.GRIPPER_OPEN
+        elif self.state == contract.GRIPPER_CLOSE:
+            want = contract.GRIPPER_OPEN if closing < self.threshold - band else self.state
+        else:
+            want = contract.GRIPPER_CLOSE if closing > self.threshold + band else self.state
+        if want == self.state:
+            return None
+        self.state = want
+        return want

@@ -1,7 +1,8 @@
 """Camera frames -> the model's input: raw ``sensor_msgs/Image`` fields to RGB, then square.
 
 ``image_from_msg_fields`` takes the message's fields (not the message, so the core needs no
-ROS) and returns a fresh (H, W, 3) uint8 RGB array that does not alias the message buffer.
+ROS) and returns a fresh (H, W, 3) uint8 RGB array that does not alias the message buffer;
+``image_from_compressed`` does the same for a ``sensor_msgs/CompressedImage`` (jpeg or png).
 ``fit_image`` does what training does (``lawm.data.dataset.square_resize``): centre crop to a
 square, then ``cv2.INTER_AREA`` resize.
 """
@@ -85,6 +86,45 @@ def image_from_msg_fields(
     if channels == 1:
         img = img[:, :, 0]
     return cv2.cvtColor(np.ascontiguousarray(img), conversion)
+
+
+# A compressed camera frame larger than this is refused before decoding (a 4K png is ~25 MB).
+MAX_COMPRESSED_BYTES = 64 * 1024 * 1024
+MAX_DECODED_PIXELS = 4096 * 4096
+
+
+def image_from_compressed(data: bytes | memoryview | np.ndarray, fmt: str = "") -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` fields -> (H, W, 3) uint8 RGB, a new array.
+
+    jpeg and png as image_transport's ``compressed`` plugin writes them (``format`` such as
+    ``"jpeg"``, ``"png"`` or ``"rgb8; jpeg compressed bgr8"``: the bytes decode to BGR whatever
+    the source encoding, so the result is converted to RGB; grey and 16-bit pngs come out as
+    8-bit RGB). InputError, saying why, for a depth image (``compressedDepth``), empty,
+    oversized or undecodable bytes.
+    """
+    text = str(fmt)
+    if "compresseddepth" in text.lower().replace(" ", ""):
+        raise InputError(f"CompressedImage format {fmt!r} is a depth image, not a camera frame")
+    flat = _as_bytes(data)
+    if flat.size == 0:
+        raise InputError("CompressedImage has no data")
+    if flat.size > MAX_COMPRESSED_BYTES:
+        raise InputError(
+            f"CompressedImage of {flat.size} bytes is larger than {MAX_COMPRESSED_BYTES}"
+        )
+    try:
+        bgr = cv2.imdecode(flat, cv2.IMREAD_COLOR)
+    except cv2.error as err:
+        bgr, why = None, str(err).strip().splitlines()[-1]
+    else:
+        why = "not a jpeg or png image, or truncated"
+    if bgr is None:
+        raise InputError(
+            f"cannot decode CompressedImage ({flat.size} bytes, format {fmt!r}): {why}"
+        )
+    if bgr.shape[0] * bgr.shape[1] > MAX_DECODED_PIXELS:
+        raise InputError(f"CompressedImage decodes to {bgr.shape[1]}x{bgr.shape[0]}: too large")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def fit_image(img: np.ndarray, size: int) -> np.ndarray:
