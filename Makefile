@@ -6,13 +6,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo smoke bench lint clean
+.PHONY: setup test colcon-test demo smoke bench lint clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The ROS packages' own tests (each package's test/: ruff over its sources, lawm_core's contract
+# checks) through colcon, on the workspace `setup` built, in the environment it builds in;
+# tests/test_colcon_test.py runs the same in a temporary workspace.
+colcon-test: setup
+	cd ros2_ws && unset AMENT_PREFIX_PATH COLCON_PREFIX_PATH PYTHONPATH \
+	  && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  && colcon --log-base log test --event-handlers console_direct+ \
+	  && colcon --log-base log test-result --verbose
 
 demo: setup
 	$(PY) training/train.py demo

@@ -13,11 +13,16 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The rosdep keys of the runtime packages' package.xml files as Ubuntu packages (most come with
-# ros-base already; listed so the image does not rely on that; tests/test_docker.py keeps the two
-# in step), the real cv_bridge, and the numpy 1.26 / OpenCV 4.6 of Ubuntu 24.04 that it and the
-# ROS message packages are compiled against: a pip numpy 2 (which opencv-python-headless 4.14
-# requires) breaks their import, so neither comes from pip here. matplotlib: replay_eval's plot.
+# The rosdep keys (exec_depend and test_depend) of the runtime packages' package.xml files as
+# Ubuntu packages (many come with ros-base already; listed so the image does not rely on that;
+# tests/test_docker.py keeps the two in step), the real cv_bridge, and the numpy 1.26 / OpenCV 4.6
+# of Ubuntu 24.04 that it and the ROS message packages are compiled against: a pip numpy 2 (which
+# opencv-python-headless 4.14 requires) breaks their import, so neither comes from pip here.
+# matplotlib: replay_eval's plot. For the arm: MoveIt Servo's command type service
+# (moveit_msgs), the GripperCommand action (control_msgs), JointTrajectory, TF lookups (tf2_ros).
+# For the cameras: the RealSense ROS driver (realsense2_camera, an alternative to lawm_policy's
+# own camera node) and image_transport with its plugins (compressed images). ros2cli and
+# ros2launch: the `ros2` commands the entrypoint runs. pytest: `colcon test` below.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3-pip \
@@ -36,9 +41,19 @@ RUN apt-get update \
       ros-jazzy-std-srvs \
       ros-jazzy-diagnostic-msgs \
       ros-jazzy-lifecycle-msgs \
+      ros-jazzy-trajectory-msgs \
+      ros-jazzy-moveit-msgs \
+      ros-jazzy-control-msgs \
+      ros-jazzy-tf2-ros \
       ros-jazzy-launch \
       ros-jazzy-launch-ros \
       ros-jazzy-ament-index-python \
+      ros-jazzy-ros2cli \
+      ros-jazzy-ros2launch \
+      ros-jazzy-realsense2-camera \
+      ros-jazzy-image-transport \
+      ros-jazzy-image-transport-plugins \
+      python3-pytest \
  && rm -rf /var/lib/apt/lists/*
 
 # Python packages live in a venv that also sees the system site-packages (ROS, numpy, OpenCV):
@@ -75,11 +90,16 @@ RUN find "$VIRTUAL_ENV" -path '*/nvidia/*' -name 'lib*.so*' -printf '%h\n' | sor
       > /etc/ld.so.conf.d/lawm-nvidia.conf \
  && ldconfig
 
-# The workspace, built (copied, not symlinked) with the venv's colcon over /opt/ros/jazzy.
+# The workspace, built (copied, not symlinked) with the venv's colcon over /opt/ros/jazzy, then
+# its packages' own tests (`colcon test`, as `make colcon-test` runs them): lawm_core's checks run
+# here; the lint tests say they skipped (no ruff and no ruff settings in the image: the sources
+# are linted in the repository).
 COPY ros2_ws/src /opt/lawm/ws/src
 RUN . /opt/ros/jazzy/setup.sh \
  && cd /opt/lawm/ws \
  && colcon build \
+ && colcon test --event-handlers console_direct+ \
+ && colcon test-result --verbose \
  && rm -rf build log
 
 # Camera-sized DDS transports (see lawm_bringup/config/fastdds.xml).

@@ -83,6 +83,10 @@ def test_ros_image_installs_gpu_onnxruntime_and_lock_pins():
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
     assert "ros-jazzy-cv-bridge" in runs and "libusb-1.0-0" in runs
     assert "colcon build" in runs and "--symlink-install" not in runs
+    # The packages' own tests run on the built workspace, and a failure fails the build.
+    assert (
+        runs.index("colcon build") < runs.index("colcon test ") < runs.index("colcon test-result")
+    )
 
     names = {re.split(r"[\[<>=!~]", req)[0].lower(): req for req in _pip_requirements(dockerfile)}
     assert "onnxruntime-gpu" in names
@@ -114,16 +118,38 @@ def _apt_packages(dockerfile: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", ["lawm_core", "lawm_policy", "lawm_bringup"])
 def test_ros_image_installs_the_rosdep_keys_of_the_runtime_packages(package):
-    # The Ubuntu package of each rosdep key, as rosdep resolves it on Ubuntu 24.04 for Jazzy.
+    # The Ubuntu package of each rosdep key, as rosdep resolves it on Ubuntu 24.04 for Jazzy:
+    # what the nodes import, and what their tests need (the image runs `colcon test`).
     # (lawm_sim's are left out: the image runs no simulator.)
     apt = _apt_packages(DOCKER / "ros.Dockerfile")
     root = ET.parse(ROOT / "ros2_ws" / "src" / package / "package.xml").getroot()
-    for dep in root.iter("exec_depend"):
+    deps = [*root.iter("depend"), *root.iter("exec_depend"), *root.iter("test_depend")]
+    assert deps, f"{package}/package.xml names no dependencies"
+    for dep in deps:
         key = dep.text.strip()
         if key.startswith("lawm_"):
             continue  # built from ros2_ws/src
         name = key if key.startswith("python3-") else "ros-jazzy-" + key.replace("_", "-")
         assert name in apt, f"{package} needs {key}: apt-get install {name}"
+
+
+def test_ros_image_installs_the_arm_and_camera_interfaces():
+    # The arm interfaces are also lawm_policy exec_depends (checked above); the RealSense ROS
+    # driver and image_transport's plugins are imported by no node of ours, but the image
+    # carries them so a launch can start the standard driver and use compressed transports.
+    apt = _apt_packages(DOCKER / "ros.Dockerfile")
+    wanted = {
+        "ros-jazzy-moveit-msgs",  # MoveIt Servo's ServoCommandType
+        "ros-jazzy-control-msgs",  # GripperCommand
+        "ros-jazzy-trajectory-msgs",
+        "ros-jazzy-tf2-ros",
+        "ros-jazzy-realsense2-camera",
+        "ros-jazzy-image-transport",
+        "ros-jazzy-image-transport-plugins",  # compressed images
+        "ros-jazzy-ros2cli",
+        "ros-jazzy-ros2launch",
+    }
+    assert wanted <= apt, wanted - apt
 
 
 def test_ros_image_points_fastdds_at_the_installed_profile():

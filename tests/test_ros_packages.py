@@ -3,8 +3,10 @@
 Every module a package imports from outside itself and the standard library (every import
 statement, those inside functions included) must be an exec_depend of its package.xml, as its
 rosdep key, or be named on the manifest's ``pip-only:`` comment line (modules that come from pip,
-pinned by requirements/lock.txt, rather than through rosdep). A missing dependency shows only on
-a fresh install (``rosdep install`` leaves the module out); this catches it when it is written.
+pinned by requirements/lock.txt, rather than through rosdep). The package's tests (its ``test/``
+folder, run by ``colcon test``) may also use its test_depend keys. A missing dependency shows
+only on a fresh install (``rosdep install`` leaves the module out); this catches it when it is
+written.
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ ROSDEP_KEYS = {
     "matplotlib": "python3-matplotlib",
     "h5py": "python3-h5py",
     "tqdm": "python3-tqdm",
+    "pytest": "python3-pytest",
 }
+TEST_DIR = "test"  # a package's tests: ``colcon test`` runs them with pytest
 
 
-def manifest(package: str) -> tuple[set[str], set[str]]:
-    """(exec_depend and depend keys, pip-only modules) of ``package``'s package.xml."""
+def manifest(package: str, *, tests: bool = False) -> tuple[set[str], set[str]]:
+    """(exec_depend and depend keys, pip-only modules) of ``package``'s package.xml; with
+    ``tests``, the test_depend keys are among the keys too."""
     path = SRC / package / "package.xml"
     root = ET.parse(path).getroot()
-    keys = {e.text.strip() for tag in ("depend", "exec_depend") for e in root.iter(tag)}
+    tags = ("depend", "exec_depend", "test_depend") if tests else ("depend", "exec_depend")
+    keys = {e.text.strip() for tag in tags for e in root.iter(tag)}
     pip_only = set()
     for comment in re.findall(r"<!--(.*?)-->", path.read_text(), re.S):
         for line in comment.splitlines():
@@ -43,12 +49,16 @@ def manifest(package: str) -> tuple[set[str], set[str]]:
     return keys, pip_only
 
 
-def imported_modules(package: str) -> dict[str, set[str]]:
+def imported_modules(package: str, *, tests: bool | None = None) -> dict[str, set[str]]:
     """Top-level module -> the files of ``package`` importing it, for modules from outside the
-    package and the standard library. setup.py (a build step, setuptools) is left out."""
+    package and the standard library. setup.py (a build step, setuptools) is left out.
+    ``tests``: only the files of its test/ folder (True), only the others (False), all (None)."""
     found: dict[str, set[str]] = {}
     for path in sorted((SRC / package).rglob("*.py")):
         if path.name == "setup.py":
+            continue
+        in_tests = path.relative_to(SRC / package).parts[0] == TEST_DIR
+        if tests is not None and in_tests != tests:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -70,18 +80,19 @@ def test_every_ros_package_is_checked():
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_package_xml_covers_every_imported_module(package):
-    keys, pip_only = manifest(package)
     imported = imported_modules(package)
     assert imported, f"{package}: no imports found"
-    missing = {
-        module: sorted(files)
-        for module, files in imported.items()
-        if ROSDEP_KEYS.get(module, module) not in keys and module not in pip_only
-    }
-    assert not missing, (
-        f"{package}/package.xml lacks an exec_depend (rosdep key) or a pip-only entry for "
-        f"{missing}"
-    )
+    _, pip_only = manifest(package)
+    for tests, kind in ((False, "an exec_depend"), (True, "an exec_depend or test_depend")):
+        keys, _ = manifest(package, tests=tests)
+        missing = {
+            module: sorted(files)
+            for module, files in imported_modules(package, tests=tests).items()
+            if ROSDEP_KEYS.get(module, module) not in keys and module not in pip_only
+        }
+        assert not missing, (
+            f"{package}/package.xml lacks {kind} (rosdep key) or a pip-only entry for {missing}"
+        )
     # The pip-only line names only what the sources import: it stays a true list.
     stale = pip_only - set(imported)
     assert not stale, f"{package}/package.xml: pip-only names modules nothing imports: {stale}"
@@ -107,17 +118,28 @@ def test_manifest_reads_pip_only_and_flags_a_missing_dependency(tmp_path, monkey
     (pkg / "package.xml").write_text(
         '<?xml version="1.0"?>\n<package format="3"><name>demo_pkg</name>\n'
         "<exec_depend>python3-numpy</exec_depend>\n"
+        "<test_depend>python3-pytest</test_depend>\n"
         "<!-- from pip.\n     pip-only: onnxruntime -->\n</package>\n"
     )
     (pkg / "demo_pkg" / "m.py").write_text(
         "import os\nimport numpy\nimport onnxruntime\n\ndef f():\n    import h5py\n"
     )
+    (pkg / "test").mkdir()
+    (pkg / "test" / "test_m.py").write_text("import numpy\nimport pytest\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
     keys, pip_only = manifest("demo_pkg")
     assert keys == {"python3-numpy"} and pip_only == {"onnxruntime"}
-    assert set(imported_modules("demo_pkg")) == {"numpy", "onnxruntime", "h5py"}
+    assert manifest("demo_pkg", tests=True)[0] == {"python3-numpy", "python3-pytest"}
+    assert set(imported_modules("demo_pkg")) == {"numpy", "onnxruntime", "h5py", "pytest"}
+    assert set(imported_modules("demo_pkg", tests=True)) == {"numpy", "pytest"}
     with pytest.raises(AssertionError, match="h5py"):
         test_package_xml_covers_every_imported_module("demo_pkg")
+    # A test_depend covers the tests only: the same import outside test/ is reported.
+    (pkg / "demo_pkg" / "m.py").write_text("import numpy\nimport onnxruntime\nimport pytest\n")
+    with pytest.raises(AssertionError, match="lacks an exec_depend .*pytest"):
+        test_package_xml_covers_every_imported_module("demo_pkg")
+    (pkg / "demo_pkg" / "m.py").write_text("import numpy\nimport onnxruntime\n")
+    test_package_xml_covers_every_imported_module("demo_pkg")
 
 
 def test_rosdep_key_table_names_real_modules():

@@ -25,8 +25,9 @@ from test_libero_bridge import (
 )
 
 from lawm_apps.harness import wait_for_subscribers, wait_until
-from lawm_core.command import ActionMapper
+from lawm_core.command import ActionMapper, GripperSwitch
 from lawm_core.sidecar import PolicySidecar
+from lawm_policy.policy_params import PARAMETERS
 from lawm_policy.qos import COMMAND
 
 TWIST = "/lawm_policy/cmd_twist"
@@ -169,13 +170,16 @@ def test_twist_mode_applies_what_raw_mode_would(ros_node, start_node, exported_d
     assert "driven by twist" in bridge.tail(200)
 
     # What raw mode would give the simulator for each of the policy's actions: the action
-    # itself, which OSC_POSE clips to [-1, 1]; the gripper is the node's +-1 for it.
+    # itself, which OSC_POSE clips to [-1, 1]; the gripper is the node's +-1 decision for it
+    # (sent on change with the default hysteresis; the bridge holds the last one).
     mapper = ActionMapper(PolicySidecar.read(exported_debug_model).action_space, 20.0)
+    switch = GripperSwitch(PARAMETERS["gripper_threshold"][0], PARAMETERS["gripper_hysteresis"][0])
     assert len(seen.actions) >= 3, f"too few of the policy's ~/action seen: {seen.actions}"
     applied = [np.asarray(a) for a in seen.applied]
     i = 0
     for raw in seen.actions:  # in order: a subsequence of the applied actions
-        want = np.append(np.clip(raw[:6], -1.0, 1.0), mapper.to_command(raw).gripper)
+        switch.update(mapper.closing(raw))
+        want = np.append(np.clip(raw[:6], -1.0, 1.0), switch.state)
         while i < len(applied) and not np.allclose(applied[i], want, atol=1e-5):
             i += 1
         assert i < len(applied), f"raw action {raw} was not applied as {want}: {seen.applied}"

@@ -16,6 +16,8 @@ setup(
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
     install_requires=["setuptools"],
+    # `colcon test` runs pytest over test/ when pytest is a test requirement.
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="LAWM maintainers",
     maintainer_email="lawm@example.org",

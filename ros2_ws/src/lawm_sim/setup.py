@@ -13,6 +13,8 @@ setup(
         ("share/" + package_name, ["package.xml"]),
     ],
     install_requires=["setuptools"],
+    # `colcon test` runs pytest over test/ when pytest is a test requirement.
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="LAWM maintainers",
     maintainer_email="lawm@example.org",

@@ -58,19 +58,20 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
-from sensor_msgs.msg import Image
-from std_msgs.msg import Float32MultiArray, Float64, String
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
 from lawm_core.command import Command
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.frame_phase import FrameWait
 from lawm_core.model import PolicyModel
-from lawm_core.preprocess import image_from_msg_fields
-from lawm_core.runner import INSTRUCTION, PROPRIO, PolicyRunner
+from lawm_core.preprocess import image_from_compressed, image_from_msg_fields
+from lawm_core.runner import INSTRUCTION, PolicyRunner
 from lawm_core.safety import SafetyFilter
 from lawm_core.text_encoder import TextEncoderRuntime
 from lawm_core.watchdog import StalenessWatchdog
+from lawm_policy.arm_io import EE_POSE, GripperOutput, PoseTarget, RobotState, ServoControl
 from lawm_policy.policy_params import (
     ANY_TIME_PARAMETERS,
     GAIN_PARAMETERS,
@@ -78,6 +79,8 @@ from lawm_policy.policy_params import (
     SAFETY_PARAMETERS,
     PolicyParams,
     action_mapper,
+    check_robot_io,
+    gripper_switch,
     read_params,
     safety_limits,
 )
@@ -108,8 +111,12 @@ class PolicyNode(LifecycleNode):
         self._diag_timer = None
         self._wait_timer = None  # a wait's timeout: reset when a tick waits, cancelled at its end
         self._awaited: set[str] = set()  # cameras the current wait still needs (empty: none)
-        self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
+        self.pub_action = self.pub_twist = self.pub_diag = None
         self.pub_image_time = None
+        self.robot: RobotState | None = None
+        self.gripper_out: GripperOutput | None = None
+        self.pose_out: PoseTarget | None = None
+        self.servo: ServoControl | None = None
         self._reset_srv = self._enable_srv = None
         self.enabled = False  # False: dry run (zero twists, no gripper); set at configure
         self.tick_error: str | None = None  # the failing control step's error (None: fine)
@@ -148,10 +155,13 @@ class PolicyNode(LifecycleNode):
             p = self._read_params(changes)
             safety = SafetyFilter(safety_limits(p))
             mapper = action_mapper(self.model, p)
+            switch = gripper_switch(p)
         except (TypeError, ValueError) as err:
             return SetParametersResult(successful=False, reason=f"refused {applied}: {err}")
         safety.previous = self.safety.previous  # the rate limit continues from the last command
+        switch.state = self.gripper_switch.state  # the gripper stays as it is
         self.params, self.safety, self.mapper = p, safety, mapper
+        self.gripper_switch = switch
         self.get_logger().info(
             "changed at run time: " + ", ".join(f"{n}={getattr(p, n)}" for n in applied)
         )
@@ -184,8 +194,10 @@ class PolicyNode(LifecycleNode):
                     f"camera_topics has {len(p.camera_topics)} topics {list(p.camera_topics)} "
                     f"but the model expects {len(model.cameras)} cameras {list(model.cameras)}"
                 )
+            check_robot_io(p)
             self.safety = SafetyFilter(safety_limits(p))
             self.mapper = action_mapper(model, p)
+            self.gripper_switch = gripper_switch(p)
             rate_hz = p.control_rate_hz or model.control_rate_hz
             period = 1.0 / rate_hz
             if not 0 <= p.frame_wait_s < period:
@@ -204,10 +216,13 @@ class PolicyNode(LifecycleNode):
         # A step more than two control periods after the previous one (a stalled loop) or
         # before it (a restarted simulation's clock) restarts the aggregation.
         self.runner = PolicyRunner(model, max_gap_s=2.0 / rate_hz)
-        required = [*model.cameras] + ([PROPRIO] if p.proprio_topic else [])
-        self.watchdog = StalenessWatchdog(p.stale_timeout_s, required)
+        self.robot = RobotState(
+            self, p, model.proprio_dim, self._report_input, self._warn, self._clear
+        )
+        self.watchdog = StalenessWatchdog(
+            p.stale_timeout_s, [*model.cameras, *self.robot.required]
+        )
         self.latest: dict[str, tuple[np.ndarray, object]] = {}  # camera -> (RGB, stamp)
-        self.proprio: np.ndarray | None = None  # None: the model gets the training mean
         self.lang: np.ndarray | None = None
         self.instruction_text = ""
         self.warnings: dict[str, str] = {}
@@ -225,11 +240,25 @@ class PolicyNode(LifecycleNode):
         self.pub_image_time = self.create_lifecycle_publisher(
             TwistStamped, "~/cmd_twist_image_time", COMMAND
         )
-        self.pub_gripper = self.create_lifecycle_publisher(Float64, "~/cmd_gripper", COMMAND)
+        self.gripper_out = GripperOutput(self, p, self._warn)
+        if p.pose_target:
+            self.pose_out = PoseTarget(self, p.frame_id, 1.0 / rate_hz)
+        if p.servo_node:
+            self.servo = ServoControl(self, p.servo_node)
         self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
         self._enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.model.warmup()
+        partial = {
+            "pose_topic/pose_tf_frame": bool(p.pose_topic or p.pose_tf_frame),
+            "joint_states_topic": bool(p.joint_states_topic),
+        }
+        if any(partial.values()) and not all(partial.values()):
+            unset = [k for k, v in partial.items() if not v][0]
+            self.get_logger().warning(
+                f"{unset} is not set: the robot state is incomplete, so the model gets its "
+                "training mean as proprio"
+            )
         if p.instruction.strip():
             self._set_instruction(p.instruction)
         self.get_logger().info(
@@ -252,17 +281,14 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p, model = self.params, self.model
         for cam, topic in zip(model.cameras, p.camera_topics):
+            # image_transport's naming: <camera>/compressed carries CompressedImage.
+            kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
             self._subs.append(
                 self.create_subscription(
-                    Image, topic, lambda msg, c=cam: self._on_image(c, msg), SENSOR_LATEST
+                    kind, topic, lambda msg, c=cam: self._on_image(c, msg), SENSOR_LATEST
                 )
             )
-        if p.proprio_topic:
-            self._subs.append(
-                self.create_subscription(
-                    Float32MultiArray, p.proprio_topic, self._on_proprio, SENSOR_LATEST
-                )
-            )
+        self.robot.start()
         for qos in (LATCHED, INSTRUCTION_VOLATILE):
             self._subs.append(
                 self.create_subscription(String, "~/instruction", self._on_instruction, qos)
@@ -270,6 +296,9 @@ class PolicyNode(LifecycleNode):
         self.runner.reset()
         self.safety.reset()
         self.frame_wait.reset()  # new subscriptions: learn the cameras' phases afresh
+        self.gripper_switch.reset()
+        if self.enabled and self.servo is not None:
+            self.servo.start()
         self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
         self._diag_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
         if self.frame_wait.max_wait_s > 0:
@@ -281,6 +310,8 @@ class PolicyNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_io()
         self.send_zero()  # still active here
+        if self.servo is not None:
+            self.servo.stop()
         self.get_logger().info("inactive: commands stopped")
         return super().on_deactivate(state)
 
@@ -295,22 +326,27 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def send_zero(self) -> None:
-        """Publish one zero twist now (no gripper command) if the command publisher is active."""
+        """Publish one zero twist now (no gripper command; a pose target holds the measured
+        pose) if the command publisher is active."""
         if self.pub_twist is not None and self.pub_twist.is_activated:
-            self._publish_command(Command.zero(), gripper=False)
+            self._publish_command(Command.zero())
 
     def _release(self) -> None:
         """Stop the loop and destroy what configure created (all of it, or the part a failed
         configure got to)."""
         self._stop_io()
-        pubs = (self.pub_action, self.pub_twist, self.pub_image_time, self.pub_gripper)
-        for pub in (*pubs, self.pub_diag):
+        pubs = (self.pub_action, self.pub_twist, self.pub_image_time, self.pub_diag)
+        for pub in pubs:
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         for srv in (self._reset_srv, self._enable_srv):
             if srv is not None:
                 self.destroy_service(srv)
-        self.pub_action = self.pub_twist = self.pub_gripper = self.pub_diag = None
+        for part in (self.robot, self.gripper_out, self.pose_out, self.servo):
+            if part is not None:
+                part.release()
+        self.robot = self.gripper_out = self.pose_out = self.servo = None
+        self.pub_action = self.pub_twist = self.pub_diag = None
         self.pub_image_time = None
         self._reset_srv = self._enable_srv = None
         self.params = self.model = self.runner = self.text_encoder = None
@@ -325,6 +361,8 @@ class PolicyNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        if self.robot is not None:
+            self.robot.stop()
 
     # -- inputs ---------------------------------------------------------------------------
     def _now_s(self) -> float:
@@ -334,13 +372,20 @@ class PolicyNode(LifecycleNode):
     def _stamp_s(stamp) -> float:
         return stamp.sec + stamp.nanosec * 1e-9
 
-    def _on_image(self, camera: str, msg: Image) -> None:
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         # Validate at the edge (a malformed frame never replaces a good one) and keep only the
         # newest; resizing and inference happen on the timer.
         try:
-            image = image_from_msg_fields(msg.data, msg.encoding, msg.height, msg.width, msg.step)
+            if isinstance(msg, CompressedImage):
+                kind = msg.format
+                image = image_from_compressed(msg.data, msg.format)
+            else:
+                kind = msg.encoding
+                image = image_from_msg_fields(
+                    msg.data, msg.encoding, msg.height, msg.width, msg.step
+                )
         except InputError as err:
-            self._warn(camera, f"bad image on {camera} ({msg.encoding!r}): {err}")
+            self._warn(camera, f"bad image on {camera} ({kind!r}): {err}")
             return
         if self.watchdog.update(camera, self._stamp_s(msg.header.stamp), self._now_s()):
             self.latest[camera] = (image, msg.header.stamp)
@@ -359,17 +404,17 @@ class PolicyNode(LifecycleNode):
                 f"{self._now_s():.3f} s (from the future or far in the past)",
             )
 
-    def _on_proprio(self, msg: Float32MultiArray) -> None:
-        values = np.asarray(msg.data, dtype=np.float32)
-        if values.shape != (self.model.proprio_dim,) or not np.isfinite(values).all():
-            self._warn(
-                PROPRIO,
-                f"ignored proprio {values.tolist()[:8]}: need {self.model.proprio_dim} finite "
-                "values",
-            )
-            return
-        self.proprio = values
-        self.watchdog.update(PROPRIO, self._now_s(), self._now_s())
+    def _report_input(self, name: str, stamp_s: float | None) -> bool:
+        """A robot-state message's stamp (None: its arrival) for the watchdog; False (and a
+        warning) when the stamp is refused."""
+        now = self._now_s()
+        if self.watchdog.update(name, now if stamp_s is None else stamp_s, now):
+            return True
+        self._warn(name, f"rejected {name}: stamp {stamp_s:.3f} s vs now {now:.3f} s")
+        return False
+
+    def _clear(self, key: str) -> None:
+        self.warnings.pop(key, None)
 
     def _on_instruction(self, msg: String) -> None:
         # A latched publisher reaches both subscriptions: the second copy changes nothing.
@@ -394,24 +439,31 @@ class PolicyNode(LifecycleNode):
     def _on_reset(self, request, response):
         self.runner.reset()
         self.safety.reset()
+        self.gripper_switch.reset()  # the next decision is sent, whatever was sent before
         response.success = True
         response.message = "aggregation buffer and rate limiter cleared"
         return response
 
     def _on_enable(self, request, response):
         if request.data and not self.enabled:
-            # From a standstill: the first command ramps up from zero on fresh chunks.
+            # From a standstill: the first command ramps up from zero on fresh chunks, and the
+            # gripper gets the policy's current decision.
             self.runner.reset()
             self.safety.reset()
+            self.gripper_switch.reset()
+            if self.servo is not None and self._timer is not None:  # active
+                self.servo.start()
         elif not request.data and self.enabled:
             self.enabled = False
             self.send_zero()
+            if self.servo is not None:
+                self.servo.stop()
         self.enabled = bool(request.data)
         response.success = True
         response.message = (
             "enabled: commands go to the arm"
             if self.enabled
-            else "disabled (dry run): zero twists, no gripper commands"
+            else "disabled (dry run): zero twists, no gripper or pose commands"
         )
         self.get_logger().info(response.message)
         return response
@@ -505,8 +557,9 @@ class PolicyNode(LifecycleNode):
         now = self.get_clock().now()
         now_s = now.nanoseconds * 1e-9
         images = {cam: img for cam, (img, _) in self.latest.items()}
+        self.robot.poll_tf()
         result = self.runner.step(
-            images, self.proprio, self.lang, now_s, stale=self.watchdog.stale(now_s)
+            images, self.robot.proprio(), self.lang, now_s, stale=self.watchdog.stale(now_s)
         )
         if not result.acted:
             if result.missing:
@@ -518,7 +571,7 @@ class PolicyNode(LifecycleNode):
                 self.safety.reset()
             else:
                 self._warn("inference", f"inference skipped: {result.error}")
-            self._publish_command(Command.zero(), gripper=False)
+            self._publish_command(Command.zero())
             return
         if result.was_missing:
             self.get_logger().info("inputs back: acting")
@@ -527,8 +580,7 @@ class PolicyNode(LifecycleNode):
         self.infer_ms.append(result.seconds * 1e3)
         self.pub_action.publish(Float32MultiArray(data=[float(v) for v in result.raw]))
         cmd = self.mapper.to_command(result.raw)
-        ee = self.proprio[:3] if self.proprio is not None else None
-        cmd, reasons = self.safety.filter(cmd, 1.0 / self.rate_hz, ee_pos=ee)
+        cmd, reasons = self.safety.filter(cmd, 1.0 / self.rate_hz, ee_pos=self.robot.position())
         if reasons:
             self.warnings["safety"] = ", ".join(reasons)
         else:
@@ -539,17 +591,21 @@ class PolicyNode(LifecycleNode):
             for cam in self.model.cameras
         )
         self._publish_command(cmd, image_time=newest)
+        if self.enabled:
+            # Only when the policy acted (a stale or stopped policy holds the gripper as it is
+            # rather than opening or closing it), and only when the decision changes.
+            change = self.gripper_switch.update(self.mapper.closing(result.raw))
+            if change is not None:
+                self.gripper_out.send(change)
 
-    def _publish_command(
-        self, cmd: Command, gripper: bool = True, image_time: Time | None = None
-    ) -> None:
+    def _publish_command(self, cmd: Command, image_time: Time | None = None) -> None:
         """Publish the twist stamped now; then, for a command computed from images
         (``image_time``: the newest image used), the same twist stamped ``image_time`` on
-        ``~/cmd_twist_image_time``; the gripper command only when the policy acted (a stale or
-        stopped policy holds the gripper as it is rather than opening or closing it).
-        Disabled (dry run): a zero twist and no gripper command, whatever ``cmd`` is."""
+        ``~/cmd_twist_image_time``; with ``pose_target``, the pose target the twist leads to
+        (a zero twist: hold the measured pose; none without a fresh measured pose).
+        Disabled (dry run): a zero twist and no pose target, whatever ``cmd`` is."""
         if not self.enabled:
-            cmd, gripper = Command.zero(), False
+            cmd = Command.zero()
         msg = TwistStamped()
         msg.header.frame_id = self.params.frame_id
         lin = np.nan_to_num(cmd.linear, nan=0.0, posinf=0.0, neginf=0.0)
@@ -561,8 +617,10 @@ class PolicyNode(LifecycleNode):
         if image_time is not None:
             msg.header.stamp = image_time.to_msg()
             self.pub_image_time.publish(msg)
-        if gripper:
-            self.pub_gripper.publish(Float64(data=float(np.clip(cmd.gripper, -1.0, 1.0))))
+        if self.pose_out is not None and self.enabled and self.pose_out.pub.is_activated:
+            pose = self.robot.pose()
+            if pose is not None and EE_POSE not in self.watchdog.stale(self._now_s()):
+                self.pose_out.send(pose, lin, ang)
 
     def _publish_diagnostics(self) -> None:
         now_s = self._now_s()
@@ -599,7 +657,11 @@ class PolicyNode(LifecycleNode):
             "instruction": self.instruction_text,
             "enabled": str(self.enabled).lower(),
             "failed_steps": str(self.tick_failures),
+            "gripper": {None: "none sent", 1.0: "closed", -1.0: "open"}[self.gripper_switch.state],
+            "gripper_commands": str(self.gripper_out.sent),
         }
+        if self.servo is not None:
+            values["servo"] = self.servo.state
         for name, age in self.watchdog.ages(now_s).items():
             values[f"age_{name}_s"] = f"{age:.3f}"
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
