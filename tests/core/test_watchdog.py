@@ -45,3 +45,12 @@ def test_watchdog():
     for bad in (0, -1, math.nan):
         with pytest.raises(ValueError, match="timeout_s"):
             StalenessWatchdog(bad, ["cam"])
+
+
+def test_negative_stamps_are_refused_even_when_recent():
+    # On sim time shortly after t = 0, a stamp of -0.1 s is only 0.15 s old, but no ROS time
+    # is negative (builtin_interfaces/Time.sec is signed): a sender with a broken clock.
+    wd = StalenessWatchdog(0.5, ["cam"])
+    assert not wd.update("cam", -0.1, 0.05)
+    assert "negative stamp" in wd.rejections["cam"] and wd.stale(0.05) == ["cam"]
+    assert wd.update("cam", 0.0, 0.05)

@@ -64,7 +64,7 @@ class StalenessWatchdog:
 
     def update(self, name: str, stamp_s: float, now_s: float) -> bool:
         """Record that ``name`` arrived with ``stamp_s``; False (and a reason in
-        ``rejections[name]``) if the stamp is non-finite, in the future by more than the
+        ``rejections[name]``) if the stamp is non-finite, negative, in the future by more than the
         tolerance, or older than ``max_age_s``. The latest accepted stamp replaces the stored
         one, even if older (a restarted simulation's clock goes back)."""
         try:
@@ -73,6 +73,8 @@ class StalenessWatchdog:
             return self._reject(name, f"stamp {stamp_s!r} / now {now_s!r} not numbers")
         if not (math.isfinite(stamp) and math.isfinite(now)):
             return self._reject(name, f"non-finite stamp {stamp!r} (now {now!r})")
+        if stamp < 0:  # builtin_interfaces/Time's sec is signed; no ROS time is negative
+            return self._reject(name, f"negative stamp {stamp:.3f} s is not a time")
         age = now - stamp
         if age < -self.future_tolerance_s:
             return self._reject(

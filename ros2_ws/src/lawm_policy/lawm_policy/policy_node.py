@@ -41,6 +41,7 @@ by itself when they return.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import traceback
@@ -85,6 +86,11 @@ from lawm_policy.policy_params import (
     safety_limits,
 )
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
+
+# Fault injection for tests of the failure path (never set on a robot): while the file this
+# variable names exists, every control step raises, as an onnxruntime or driver error would.
+FAULT_ENV = "LAWM_POLICY_FAULT_FILE"
+FAULT_FILE = os.environ.get(FAULT_ENV, "")
 
 # ~/instruction is received from a latched publisher (transient local, what
 # instruction_publisher offers; a late-started node still gets the task) and from a plain one
@@ -397,12 +403,7 @@ class PolicyNode(LifecycleNode):
                     self._end_wait()
                     self._act()
         else:
-            stamp = self._stamp_s(msg.header.stamp)
-            self._warn(
-                camera,
-                f"rejected {camera} image: stamp {stamp:.3f} s vs now "
-                f"{self._now_s():.3f} s (from the future or far in the past)",
-            )
+            self._warn(camera, f"rejected {camera} image: {self.watchdog.rejections[camera]}")
 
     def _report_input(self, name: str, stamp_s: float | None) -> bool:
         """A robot-state message's stamp (None: its arrival) for the watchdog; False (and a
@@ -410,7 +411,7 @@ class PolicyNode(LifecycleNode):
         now = self._now_s()
         if self.watchdog.update(name, now if stamp_s is None else stamp_s, now):
             return True
-        self._warn(name, f"rejected {name}: stamp {stamp_s:.3f} s vs now {now:.3f} s")
+        self._warn(name, f"rejected {name}: {self.watchdog.rejections[name]}")
         return False
 
     def _clear(self, key: str) -> None:
@@ -490,11 +491,12 @@ class PolicyNode(LifecycleNode):
         (traceback logged once per kind of failure, ERROR in /diagnostics), and the node
         carries on: the next tick tries again."""
         try:
-            step()
+            stepped = step()
         except Exception as err:  # noqa: BLE001 - a dead loop would leave the arm moving
             self._on_step_error(err)
             return
-        if self.tick_error is not None:
+        # A tick that only started a frame wait proves nothing: recovery is a step that ran.
+        if stepped and self.tick_error is not None:
             self.get_logger().info(
                 f"control step works again after {self.tick_failures} failed step(s)"
             )
@@ -518,7 +520,7 @@ class PolicyNode(LifecycleNode):
         except Exception as stop_err:  # noqa: BLE001 - report, the next tick tries again
             self.get_logger().error(f"zero twist after a failed step failed too: {stop_err}")
 
-    def _tick_once(self) -> None:
+    def _tick_once(self) -> bool:
         t0 = time.perf_counter()
         self.ticks += 1
         if self.tick_times and t0 - self.tick_times[-1] > 1.5 / self.rate_hz:
@@ -533,8 +535,8 @@ class PolicyNode(LifecycleNode):
             self._awaited = set(cameras)
             self._wait_timer.reset()
             self.frame_waits += 1
-            return
-        self._act_once()
+            return False
+        return self._act_once()
 
     def _end_wait(self) -> None:
         self._awaited.clear()
@@ -551,9 +553,11 @@ class PolicyNode(LifecycleNode):
     def _act(self) -> None:
         self._guarded(self._act_once)
 
-    def _act_once(self) -> None:
+    def _act_once(self) -> bool:
         """One runner step on the newest inputs and the command out (a zero twist if it did
-        not act: inputs stale or missing, or refused)."""
+        not act: inputs stale or missing, or refused); True once done."""
+        if FAULT_FILE and os.path.exists(FAULT_FILE):
+            raise RuntimeError(f"fault injected: {FAULT_FILE} exists ({FAULT_ENV})")
         now = self.get_clock().now()
         now_s = now.nanoseconds * 1e-9
         images = {cam: img for cam, (img, _) in self.latest.items()}
@@ -572,7 +576,7 @@ class PolicyNode(LifecycleNode):
             else:
                 self._warn("inference", f"inference skipped: {result.error}")
             self._publish_command(Command.zero())
-            return
+            return True
         if result.was_missing:
             self.get_logger().info("inputs back: acting")
             self.warnings.pop("inputs", None)
@@ -597,6 +601,7 @@ class PolicyNode(LifecycleNode):
             change = self.gripper_switch.update(self.mapper.closing(result.raw))
             if change is not None:
                 self.gripper_out.send(change)
+        return True
 
     def _publish_command(self, cmd: Command, image_time: Time | None = None) -> None:
         """Publish the twist stamped now; then, for a command computed from images
