@@ -6,9 +6,13 @@ image fitting, inference, temporal aggregation, denormalisation, and when to res
 aggregation (inputs missing or stale, a stalled loop, the clock going back).
 
 - configure: read parameters, load and verify the exported model (sha256), the text encoder;
-  any failure is logged with its reason and leaves nothing behind.
-- activate: subscribe to cameras / proprio / instruction, start the control timer.
-- deactivate, shutdown, Ctrl-C / SIGTERM: one zero twist, then stop.
+  any failure is logged with its reason and leaves nothing behind. Loading runs inside the
+  transition, so the executor is busy for its duration (logged as "loaded in ... ms"): rclpy
+  runs lifecycle transitions synchronously, and nothing of this node is subscribed or timed
+  before activate, so no input is missed; only service calls to the node wait.
+- activate: subscribe to cameras / robot state / instruction, start the control timer (and
+  unpause MoveIt Servo when enabled).
+- deactivate, shutdown, Ctrl-C / SIGTERM: one zero twist, then stop (Servo paused).
 
 Operator controls: ``~/enable`` (std_srvs/SetBool) switches between sending commands and a
 dry run (the policy runs, ``~/action`` and ``/diagnostics`` are published, the twist is held
@@ -25,8 +29,14 @@ the command then reflects images a few ms old instead of up to a camera period o
 30 Hz), which is most of the end-to-end latency of a timer-driven loop, and cameras triggered
 together are used together. Not on sim time (there frames follow actions).
 
+Inputs: cameras (``sensor_msgs/Image``, or ``CompressedImage`` on a topic ending in
+``/compressed``), the robot state and ``~/instruction``; the arm-side interfaces (robot state
+from PoseStamped / TF / JointState, gripper outputs, pose targets, MoveIt Servo) are
+``lawm_policy.arm_io``.
+
 Outputs: ``~/action`` (raw 7-D action in the training data's units), ``~/cmd_twist``,
-``~/cmd_twist_image_time``, ``~/cmd_gripper`` and ``/diagnostics``. Every ``~/cmd_twist`` is
+``~/cmd_twist_image_time``, ``~/cmd_gripper`` (+ the configured gripper interface; on change
+only), ``~/cmd_pose`` (with ``pose_target``) and ``/diagnostics``. Every ``~/cmd_twist`` is
 stamped with the node's clock when it is published (sim time on sim time): an arm servo drops
 commands older than its timeout (MoveIt Servo: ``incoming_command_timeout``, 0.1 s), and the
 images a command acts on may be up to ``stale_timeout_s`` old. What a command was computed
@@ -194,6 +204,7 @@ class PolicyNode(LifecycleNode):
             p = self._read_params()
             if not p.model_dir:
                 raise ModelLoadError("parameter 'model_dir' is empty: set it to an export dir")
+            t_load = time.perf_counter()
             model = PolicyModel(p.model_dir, providers=p.providers, threads=p.threads)
             if len(p.camera_topics) != len(model.cameras):
                 raise ModelLoadError(
@@ -255,6 +266,7 @@ class PolicyNode(LifecycleNode):
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
         self._enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.model.warmup()
+        load_ms = (time.perf_counter() - t_load) * 1e3
         partial = {
             "pose_topic/pose_tf_frame": bool(p.pose_topic or p.pose_tf_frame),
             "joint_states_topic": bool(p.joint_states_topic),
@@ -269,7 +281,7 @@ class PolicyNode(LifecycleNode):
             self._set_instruction(p.instruction)
         self.get_logger().info(
             f"configured: model {p.model_dir} (sha256 {model.spec.onnx_sha256[:12]}), "
-            f"provider {model.provider}, {self.rate_hz:g} Hz, cameras "
+            f"provider {model.provider}, loaded in {load_ms:.0f} ms, {self.rate_hz:g} Hz, cameras "
             + ", ".join(f"{c}<-{t}" for c, t in zip(model.cameras, p.camera_topics))
             + ("" if self.enabled else "; DISABLED (dry run): call ~/enable to send commands")
         )
