@@ -15,7 +15,8 @@ Gripper (on change, with hysteresis: ``lawm_core.command.GripperSwitch``):
     still gets the current state) always; and per ``gripper_interface``:
     ``joint_trajectory``: trajectory_msgs/JointTrajectory on ``~/cmd_gripper_trajectory`` (one
     point, ``gripper_open_position``/``gripper_closed_position`` for ``gripper_command_joints``,
-    reached after ``gripper_move_time_s``), e.g. xArm's ``xarm_gripper_traj_controller``;
+    reached after ``gripper_move_time_s``), for joint_trajectory_controller grippers (e.g.
+    xArm's simulated ``xarm_gripper_traj_controller``; the real xArm gripper is an action);
     ``gripper_action``: a control_msgs/action/GripperCommand goal to ``gripper_action_name``
     (ros2_controllers' gripper_action_controller, Robotiq, franka ``gripper_action``).
 Pose targets (``pose_target``): ``~/cmd_pose`` (geometry_msgs/PoseStamped in ``frame_id``), the
