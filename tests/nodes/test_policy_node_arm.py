@@ -294,6 +294,7 @@ def test_servo_is_unpaused_when_enabled_and_paused_when_disabled(
     "params, needle",
     [
         ({"gripper_interface": "gripper_action"}, "needs control_msgs"),
+        ({"gripper_interface": "parallel_gripper_action"}, "needs control_msgs"),
         ({"pose_target": True}, "pose_target needs the measured end-effector pose"),
         ({"pose_tf_frame": "tool0"}, "needs tf2_ros"),
         ({"joint_states_topic": "/j", "gripper_joints": ["a", "b", "c"]}, "1 or 2 joint names"),

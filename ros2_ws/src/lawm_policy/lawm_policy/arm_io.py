@@ -18,7 +18,10 @@ Gripper (on change, with hysteresis: ``lawm_core.command.GripperSwitch``):
     reached after ``gripper_move_time_s``), for joint_trajectory_controller grippers (e.g.
     xArm's simulated ``xarm_gripper_traj_controller``; the real xArm gripper is an action);
     ``gripper_action``: a control_msgs/action/GripperCommand goal to ``gripper_action_name``
-    (ros2_controllers' gripper_action_controller, Robotiq, franka ``gripper_action``).
+    (ros2_controllers' gripper_action_controller, Robotiq, franka ``gripper_action``);
+    ``parallel_gripper_action``: a control_msgs/action/ParallelGripperCommand goal (Jazzy's
+    parallel_gripper_action_controller: a JointState with ``gripper_command_joints``, the
+    position and, when ``gripper_max_effort`` > 0, the effort).
 Pose targets (``pose_target``): ``~/cmd_pose`` (geometry_msgs/PoseStamped in ``frame_id``), the
     measured end-effector pose moved by the commanded (filtered) twist over one control period;
     for Cartesian pose / impedance controllers.
@@ -47,9 +50,9 @@ from lawm_core.runner import PROPRIO
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
 try:  # ROS image only (not on PyPI)
-    from control_msgs.action import GripperCommand
+    from control_msgs.action import GripperCommand, ParallelGripperCommand
 except ImportError:
-    GripperCommand = None
+    GripperCommand = ParallelGripperCommand = None
 try:
     from moveit_msgs.srv import ServoCommandType
 except ImportError:
@@ -239,16 +242,21 @@ class GripperOutput:
             self.pub_trajectory = node.create_lifecycle_publisher(
                 JointTrajectory, "~/cmd_gripper_trajectory", COMMAND
             )
-        elif p.gripper_interface == "gripper_action":
+        elif p.gripper_interface in ("gripper_action", "parallel_gripper_action"):
             if GripperCommand is None:
                 raise ValueError(
-                    "gripper_interface 'gripper_action' needs control_msgs, which is not "
-                    "installed here (it is in the ROS image: ros-jazzy-control-msgs); use "
+                    f"gripper_interface {p.gripper_interface!r} needs control_msgs, which is "
+                    "not installed here (it is in the ROS image: ros-jazzy-control-msgs); use "
                     "'float64' or 'joint_trajectory'"
                 )
             from rclpy.action import ActionClient
 
-            self.action = ActionClient(node, GripperCommand, p.gripper_action_name)
+            self.action_type = (
+                GripperCommand
+                if p.gripper_interface == "gripper_action"
+                else ParallelGripperCommand
+            )
+            self.action = ActionClient(node, self.action_type, p.gripper_action_name)
 
     def send(self, command: float) -> None:
         """``command``: +1 close, -1 open."""
@@ -274,9 +282,15 @@ class GripperOutput:
                     f"{'close' if closed else 'open'} not sent",
                 )
                 return
-            goal = GripperCommand.Goal()
-            goal.command.position = float(position)
-            goal.command.max_effort = float(p.gripper_max_effort)
+            goal = self.action_type.Goal()
+            if self.action_type is GripperCommand:
+                goal.command.position = float(position)
+                goal.command.max_effort = float(p.gripper_max_effort)
+            else:  # ParallelGripperCommand: a JointState
+                goal.command.name = list(p.gripper_command_joints)
+                goal.command.position = [float(position)]
+                if p.gripper_max_effort > 0:
+                    goal.command.effort = [float(p.gripper_max_effort)]
             self.action.send_goal_async(goal)  # a new goal preempts the previous one
 
     def release(self) -> None:

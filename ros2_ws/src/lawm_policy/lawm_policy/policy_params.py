@@ -17,7 +17,7 @@ from lawm_core.model import PolicyModel
 from lawm_core.robot_state import GripperJoints
 from lawm_core.safety import SafetyLimits
 
-GRIPPER_INTERFACES = ("float64", "joint_trajectory", "gripper_action")
+GRIPPER_INTERFACES = ("float64", "joint_trajectory", "gripper_action", "parallel_gripper_action")
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "float64",
         "Gripper output besides ~/cmd_gripper (Float64 +1 close / -1 open, latched, sent on "
         "change): float64 (nothing else), joint_trajectory (trajectory_msgs/JointTrajectory on "
-        "~/cmd_gripper_trajectory) or gripper_action (control_msgs/action/GripperCommand goals "
-        "to gripper_action_name; needs control_msgs).",
+        "~/cmd_gripper_trajectory), gripper_action (control_msgs/action/GripperCommand goals "
+        "to gripper_action_name) or parallel_gripper_action (ParallelGripperCommand goals for "
+        "gripper_command_joints); the actions need control_msgs.",
     ),
     "gripper_action_name": (
         "gripper_controller/gripper_cmd",
@@ -254,8 +255,9 @@ def check_robot_io(p: PolicyParams) -> None:
         )
     if p.gripper_interface == "joint_trajectory" and not p.gripper_command_joints:
         raise ValueError("gripper_interface 'joint_trajectory' needs gripper_command_joints")
-    if p.gripper_interface == "gripper_action" and not p.gripper_action_name.strip():
-        raise ValueError("gripper_interface 'gripper_action' needs gripper_action_name")
+    action = p.gripper_interface in ("gripper_action", "parallel_gripper_action")
+    if action and not p.gripper_action_name.strip():
+        raise ValueError(f"gripper_interface {p.gripper_interface!r} needs gripper_action_name")
     for name in ("gripper_open_position", "gripper_closed_position", "gripper_max_effort"):
         value = getattr(p, name)
         if (
