@@ -250,6 +250,7 @@ class _Lane:
         self.procs: list = []
         self.task: int | None = None
         self.deadline = 0.0
+        self.next_log_check = 0.0  # when to look at the policy's log for a configure failure
         self.ended_at: float | None = None
         self.on_result = lambda: None
 
@@ -322,6 +323,14 @@ class _Lane:
                     f"[{self.name}] policy_node exited with {policy.proc.returncode}:\n"
                     + policy.tail()
                 )
+            # A node that cannot configure (e.g. an export from an older version) stays up,
+            # unconfigured, for a retry: say so now rather than at the deadline.
+            if time.monotonic() >= self.next_log_check:
+                self.next_log_check = time.monotonic() + 1.0
+                if "cannot configure" in policy.tail(400):
+                    raise RuntimeError(
+                        f"[{self.name}] policy_node cannot configure:\n" + policy.tail()
+                    )
             return True
         if self.ended_at is None:  # let the last result arrive, then stop the pair
             self.ended_at = time.monotonic()

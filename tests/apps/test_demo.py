@@ -97,3 +97,24 @@ def test_demo_cli_bad_flags_exit_2_with_one_line(tmp_path):
     )
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "Traceback" not in bad.stderr and "no scripted expert" in bad.stderr, bad.stderr[-2000:]
+
+
+@pytest.mark.ros
+def test_closed_loop_stops_at_once_on_a_model_the_node_cannot_load(tmp_path, exported_debug_model):
+    # An export from an older version (sidecar format 1): the policy node stays up,
+    # unconfigured, so the evaluation has to notice from its log, not from its deadline.
+    import shutil
+    import time
+
+    from lawm_apps.demo import evaluate_ros
+
+    old = tmp_path / "old_export"
+    shutil.copytree(exported_debug_model, old)
+    sidecar = json.loads((old / "policy.json").read_text())
+    sidecar["format_version"] = 1
+    (old / "policy.json").write_text(json.dumps(sidecar))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="cannot configure") as err:
+        evaluate_ros(TINY, {"old": old}, tmp_path / "logs", progress=False)
+    assert "export again" in str(err.value)
+    assert time.monotonic() - t0 < 60  # the deadline would be 90 s and more
