@@ -116,5 +116,5 @@ def test_closed_loop_stops_at_once_on_a_model_the_node_cannot_load(tmp_path, exp
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="cannot configure") as err:
         evaluate_ros(TINY, {"old": old}, tmp_path / "logs", progress=False)
-    assert "export again" in str(err.value)
+    assert "export the model again" in str(err.value)
     assert time.monotonic() - t0 < 60  # the deadline would be 90 s and more
