@@ -122,7 +122,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "workspace_max": ([0.0], "Workspace box maximum [x, y, z]; [0.0]: off."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics messages."),
     "frame_wait_s": (
-        0.012,
+        0.017,
         "Longest a control tick waits for the cameras' frames that are about to arrive (the "
         "command then reflects fresh images instead of ones up to a camera period old); "
         "0: never wait. Not used on sim time.",
