@@ -21,7 +21,7 @@ from lawm.checkpoint import save_policy
 from lawm.config import preset
 from lawm.export import export_policy
 from lawm.models.policy import Policy
-from lawm_core import files
+from lawm_core import contract, files
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.model import CPU, CUDA, TENSORRT, PolicyModel, resolve_providers
 
@@ -278,3 +278,57 @@ def test_denormalize(model):
     np.testing.assert_allclose(model.denormalize(a), (a + 1) / 2 * (hi - lo) + lo)
     with pytest.raises(InputError, match="expected"):
         model.denormalize(np.zeros(6))
+
+
+# ------------------------------------------------ a model trained on one camera, no robot state
+@pytest.fixture(scope="module")
+def camera_only_dir(tmp_path_factory) -> Path:
+    """The debug policy exported as its training run records front-camera-only data without
+    robot state."""
+    tmp = tmp_path_factory.mktemp("camera_only")
+    cfg = preset("debug")
+    torch.manual_seed(1)
+    info = {"inputs": {"cameras": ["agentview"], "proprio": False}, "action_space": "twist"}
+    save_policy(tmp / "p", Policy(cfg.policy), cfg, info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_policy(tmp / "p", tmp / "export", text_encoder=False)
+    return tmp / "export"
+
+
+def test_a_model_without_robot_state_takes_only_its_camera_and_language(camera_only_dir):
+    model = PolicyModel(camera_only_dir, providers="cpu", threads=1)
+    assert model.cameras == ("agentview",)
+    assert not model.has_proprio and model.proprio_dim == 0 and model.proprio_layout == ()
+    assert [i.name for i in model._session.get_inputs()] == ["image_agentview", "lang"]
+    images, _, lang = _observation(model)
+    got = model.predict(images, None, lang)
+    assert got.shape == (model.chunk_size, 7)
+    np.testing.assert_allclose(model.predict(images, np.zeros(0), lang), got, atol=0)
+    assert len(model.warmup(1)) == 1
+    with pytest.raises(InputError, match="takes no robot state .*pass proprio=None"):
+        model.predict(images, np.zeros(5, np.float32), lang)
+    with pytest.raises(InputError, match="unknown camera"):
+        model.predict({**images, "eye_in_hand": images["agentview"]}, None, lang)
+
+
+def test_a_model_with_robot_state_needs_it(model):
+    images, _, lang = _observation(model)
+    assert model.has_proprio and model.proprio_layout == contract.PROPRIO_LAYOUT
+    with pytest.raises(InputError, match=r"proprio missing: the model takes robot state \['ee_x'"):
+        model.predict(images, None, lang)
+
+
+def test_a_sidecar_that_claims_a_proprio_input_the_graph_lacks_is_refused(
+    camera_only_dir, tmp_path
+):
+    d = _copy(camera_only_dir, tmp_path)
+
+    def claim_proprio(s):
+        s.update(proprio_dim=5, proprio_layout=list(contract.PROPRIO_LAYOUT))
+        s["normalization"].update(proprio_mean=[0.0] * 5, proprio_std=[1.0] * 5)
+        s["inputs"].insert(1, {"name": "proprio", "shape": ["batch", 5], "dtype": "float32"})
+
+    _edit_sidecar(d, claim_proprio)
+    with pytest.raises(ModelLoadError, match=r"graph inputs \['image_agentview', 'lang'\]"):
+        PolicyModel(d, providers="cpu")

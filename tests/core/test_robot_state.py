@@ -147,3 +147,31 @@ def test_bad_compressed_frames_are_refused():
             image_from_compressed(bad, "jpeg")
     with pytest.raises(InputError, match="depth"):
         image_from_compressed(data.tobytes(), "16UC1; compressedDepth png")
+
+
+def test_proprio_layout_assembles_pose_fingers_and_named_joints():
+    from lawm_core.robot_state import ProprioLayout
+
+    fingers = GripperJoints(["fr3_finger_joint1", "fr3_finger_joint2"], [1.0, -1.0], [0.0, 0.0])
+    libero = ProprioLayout(contract.PROPRIO_LAYOUT, fingers)
+    pose = EePose.from_fields([0.4, -0.1, 0.3], [0, 0, 0, 1])
+    joints = libero.joint_values(FR3, [0.1, 0.2, 0.03, 0.02])
+    np.testing.assert_allclose(libero.assemble(pose, joints), [0.4, -0.1, 0.3, 0.03, -0.02])
+    assert libero.assemble(None, joints) is None and libero.assemble(pose, None) is None
+
+    # A layout learnt from a bag's JointState: joints by name, in the layout's order.
+    named = ProprioLayout(["joint:fr3_joint2", "ee_z", "joint:fr3_joint1"])
+    values = named.joint_values(FR3, [0.1, 0.2, 0.03, 0.02])
+    np.testing.assert_allclose(named.assemble(pose, values), [0.2, 0.3, 0.1])
+    with pytest.raises(InputError, match=r"lacks joint\(s\) \['fr3_joint2'\]"):
+        named.joint_values(["fr3_joint1"], [0.1])
+    named.check_sources(has_pose=True, has_joint_states=True)
+    with pytest.raises(ValueError, match="need pose_topic or pose_tf_frame"):
+        named.check_sources(has_pose=False, has_joint_states=True)
+    with pytest.raises(ValueError, match="need joint_states_topic"):
+        named.check_sources(has_pose=True, has_joint_states=False)
+    with pytest.raises(ValueError, match="need gripper_joints"):
+        ProprioLayout(contract.PROPRIO_LAYOUT).check_sources(True, True)
+    with pytest.raises(ValueError, match="not a proprio name"):
+        ProprioLayout(["ee_x", "wrist_temperature"])
+    assert ProprioLayout([]).assemble(None, None).shape == (0,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,43 @@ def test_an_image_of_another_size_is_fitted_as_in_training(model, runner):
     bad = {**images, model.cameras[0]: images[model.cameras[0]].astype(np.float32)}
     r = runner.step(bad, None, lang, _period(model))
     assert not r.acted and "uint8" in r.error, r.error
+
+
+# ------------------------------------------------ a model trained on one camera, no robot state
+@pytest.fixture(scope="module")
+def camera_only(tmp_path_factory) -> PolicyModel:
+    import torch
+
+    from lawm.checkpoint import save_policy
+    from lawm.config import preset
+    from lawm.export import export_policy
+    from lawm.models.policy import Policy
+
+    tmp = tmp_path_factory.mktemp("camera_only")
+    cfg = preset("debug")
+    torch.manual_seed(2)
+    info = {"inputs": {"cameras": ["eye_in_hand"], "proprio": False}, "action_space": "twist"}
+    save_policy(tmp / "p", Policy(cfg.policy), cfg, info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_policy(tmp / "p", tmp / "export", text_encoder=False)
+    return PolicyModel(tmp / "export", providers="cpu", threads=1)
+
+
+def test_a_model_without_robot_state_needs_only_its_camera_and_instruction(camera_only):
+    model, lang, period = camera_only, _lang(camera_only), _period(camera_only)
+    assert model.cameras == ("eye_in_hand",) and not model.has_proprio
+    runner = PolicyRunner(model)
+    assert runner.proprio_mean.shape == (0,)
+    images = _images(model, 0)
+    want = model.predict(images, None, lang)
+    # Any robot state is ignored; so are the staleness of proprio and of a camera it lacks.
+    for i, proprio in enumerate((None, np.ones(5, np.float32), np.zeros(3))):
+        r = runner.step(images, proprio, lang, i * period, stale=[PROPRIO, "agentview"])
+        assert r.acted, r.reason
+        np.testing.assert_allclose(r.chunk, want, rtol=0, atol=1e-6)
+    # Its own camera and the instruction still count.
+    r = runner.step({}, None, None, 3 * period, stale=[PROPRIO])
+    assert not r.acted and r.missing == ("eye_in_hand", INSTRUCTION)
+    r = runner.step(images, None, lang, 4 * period, stale=["eye_in_hand", "gripper"])
+    assert not r.acted and r.missing == ("eye_in_hand", "gripper")

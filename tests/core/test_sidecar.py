@@ -235,3 +235,74 @@ def test_an_unreadable_file_is_refused_naming_it(tmp_path, text, needle):
         PolicySidecar.read(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / 'policy.json'}: ")
     assert needle in str(info.value)
+
+
+# ------------------------------------------ inputs, proprio layout and gripper from the data
+def _camera_only(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` as export writes it for a front-camera model trained without robot state."""
+    data = copy.deepcopy(raw)
+    data.update(cameras=[contract.AGENTVIEW], proprio_dim=0, proprio_layout=[])
+    data["normalization"].update(proprio_mean=[], proprio_std=[])
+    keep = {contract.onnx_image_input(contract.AGENTVIEW), contract.ONNX_LANG_INPUT}
+    data["inputs"] = [t for t in data["inputs"] if t["name"] in keep]
+    return data
+
+
+def test_a_model_without_robot_state_has_no_proprio_input(raw, tmp_path):
+    data = _camera_only(raw)
+    read = PolicySidecar.from_dict(data)
+    assert not read.has_proprio and read.proprio_layout == () and read.proprio_dim == 0
+    assert [t.name for t in read.inputs] == ["image_agentview", "lang"]
+    assert [t.name for t in read.inputs] == contract.onnx_input_names(read.cameras, False)
+    assert read.to_dict() == data
+    read.write(tmp_path)
+    assert PolicySidecar.read(tmp_path) == read
+    assert PolicySidecar.from_dict(raw).has_proprio
+
+
+def test_proprio_inputs_must_follow_proprio_dim(raw):
+    data = _camera_only(raw)
+    data["proprio_dim"] = -1
+    _refused(data, "proprio_dim must be an integer >= 0, got -1")
+    data = _camera_only(raw)
+    data["inputs"] = raw["inputs"][0:1] + raw["inputs"][2:]  # still lists proprio
+    _refused(data, "inputs ['image_agentview', 'lang', 'proprio'] do not match")
+    data = _camera_only(raw)
+    data["proprio_layout"] = ["ee_x"]
+    _refused(data, "proprio_layout has 1 names, expected 0")
+    data = _camera_only(raw)
+    data["normalization"]["proprio_mean"] = [0.0]
+    _refused(data, "normalization.proprio_mean must be 0 finite numbers")
+
+
+def test_the_proprio_layout_is_the_datas_in_the_contracts_vocabulary(raw):
+    layout = ["ee_x", "ee_y", "ee_z", "joint:panda_finger_joint1", "joint:panda_finger_joint2"]
+    read = PolicySidecar.from_dict({**raw, "proprio_layout": layout})
+    assert read.proprio_layout == tuple(layout)
+    for name in ("wrist", "joint:", "joint: j1", "EE_X"):
+        bad = {**raw, "proprio_layout": [*layout[:4], name]}
+        _refused(bad, f"proprio_layout entry {name!r} is not a proprio name", "joint:<joint name>")
+    _refused({**raw, "proprio_layout": [*layout[:4], layout[0]]}, "list of distinct names")
+
+
+def test_the_gripper_convention_of_the_data_is_declared(raw):
+    width = ActionSpace.for_kind(contract.ACTION_TWIST, "width", 0.08, 0.0)
+    assert (width.gripper, width.gripper_open, width.gripper_closed) == ("width", 0.08, 0.0)
+    assert width.units[-1] == "m"
+    data = {**raw, "action_space": width.to_dict()}
+    assert PolicySidecar.from_dict(data).action_space == width
+    sign = ActionSpace.for_kind(contract.ACTION_TWIST)
+    assert ActionSpace.for_kind(contract.ACTION_TWIST, "sign", -1.0, 1.0) == sign
+    assert (sign.gripper_open, sign.gripper_closed) == (-1.0, 1.0)
+    for args, needle in (
+        (("width",), "gripper convention 'width' needs its open and closed values"),
+        (("width", 0.08, None), "needs its open and closed values"),
+        (("width", 0.04, 0.04), "gripper closed equals open (0.04)"),
+        (("width", float("nan"), 0.0), "gripper open must be finite, got nan"),
+        (("width", "0.08", 0.0), "gripper open must be a number, got '0.08'"),
+        (("sign", 1.0, -1.0), "the sign convention is -1.0 open, 1.0 closed"),
+        (("angle", 0.0, 1.0), "gripper convention is 'angle', this runtime knows"),
+    ):
+        with pytest.raises(ValueError) as info:
+            ActionSpace.for_kind(contract.ACTION_TWIST, *args)
+        assert needle in str(info.value), (args, str(info.value))

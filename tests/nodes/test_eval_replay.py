@@ -83,8 +83,10 @@ def test_live_outputs_are_matched_to_their_frames_and_ticks(bags):
 def test_live_replay_through_the_policy_node(
     bags, exported_debug_model, start_node, tmp_path, codec
 ):
-    """Raw cameras go out as recorded; JPEG CompressedImage cameras go out decoded, as rgb8
-    Images the policy node takes."""
+    """Raw cameras go out as recorded. JPEG CompressedImage cameras: where the node listens on
+    the ``/compressed`` topic (image_transport's name) as recorded, elsewhere decoded as rgb8
+    Images. The gripper is scored by the convention of the node's model (its model_dir
+    parameter); the report puts the cameras' rate beside the model's and the node's."""
     bag, topics = bags["sqlite3"], CAMS
     if codec is not None:
         bag, topics = write_bag(tmp_path / "jpeg", "sqlite3", codec=codec), COMPRESSED_CAMS
@@ -131,7 +133,19 @@ def test_live_replay_through_the_policy_node(
     ok = np.isfinite(pred).all(axis=1)
     assert np.all(np.abs(pred[ok]) <= 2.0 + 1e-6)
     assert report["metrics"]["per_dim"]["dx"]["n"] == frames["compared"]
-    assert report["metrics"]["gripper_sign_agreement"] is not None
+    assert report["metrics"]["gripper_agreement"] is not None
+    scoring = report["metrics"]["gripper_scoring"]
+    assert scoring["convention"] == "sign"
+    assert f"model sidecar {exported_debug_model.resolve()}" in scoring["source"]
+    assert "the policy node's model_dir" in scoring["source"]
+    rates = report["rates"]
+    assert rates["cameras_hz"] == {"agentview": 20.0, "eye_in_hand": 20.0}
+    assert rates["model_control_rate_hz"] == 20.0
+    assert rates["node_control_rate_hz"] == 40.0  # its control_rate_hz parameter
+    assert "reuses images between frames" in rates["note"]
+    # The wrist camera's node topic is the bag's .../compressed: sent as recorded.
+    as_recorded = [] if codec is None else [COMPRESSED_CAMS["eye_in_hand"]]
+    assert report["replay"]["compressed_as_recorded"] == as_recorded
     assert report["replay"]["published_topics"] == {
         topics["agentview"]: live_agentview,
         topics["eye_in_hand"]: topics["eye_in_hand"],
@@ -150,9 +164,31 @@ def test_live_without_a_policy_node_times_out_clearly(bags, tmp_path):
         "--policy-ns", "/nobody_here",
     )  # fmt: skip
     assert res.returncode == 1, res.stderr
-    assert "timed out after 2 s waiting for a subscriber on /bag/" in res.stderr
+    assert "timed out after 2 s waiting for a publisher on /nobody_here/action" in res.stderr
+    assert "listening on ['/bag/" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_live_refuses_a_node_listening_to_none_of_the_cameras(
+    bags, exported_debug_model, start_node, tmp_path
+):
+    policy = start_node(
+        "lawm_policy",
+        "policy_node",
+        params={
+            "model_dir": str(exported_debug_model),
+            "camera_topics": ["/elsewhere/a", "/elsewhere/b"],
+            "threads": 1,
+        },
+    )
+    res = eval_replay(
+        "--bag", bags["sqlite3"], "--out", tmp_path / "o", "--wait-timeout", "60",
+        "--proprio-topic", "none",
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr + policy.tail()
+    assert "the policy node's camera_topics are ['/elsewhere/a', '/elsewhere/b']" in res.stderr
+    assert "--ros-args -r" in res.stderr and "Traceback" not in res.stderr
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -200,9 +236,7 @@ def test_bad_input_exits_2_with_a_clear_message(bags, exported_debug_model, tmp_
     elif case == "empty_bag":
         bag = write_bag(tmp_path / "empty", "sqlite3", n=0, instruction=False)
         needle = "no messages on the camera topic"
-    elif case == "missing_model_dir":
-        if mode == "live":
-            pytest.skip("live mode takes no model directory")
+    elif case == "missing_model_dir":  # live: the model the node runs, for its sidecar
         extra, needle = ["--model-dir", str(tmp_path / "no_model")], "model directory missing"
     else:
         if mode == "live":
@@ -225,6 +259,8 @@ def test_bad_input_exits_2_with_a_clear_message(bags, exported_debug_model, tmp_
 
 def test_launch_file_describes_both_nodes():
     launch = pytest.importorskip("launch")  # only where ROS launch exists (the Docker image)
+    if not hasattr(launch, "LaunchDescription"):  # a launch/ folder on sys.path, not the package
+        pytest.skip(f"ROS launch is not installed (only {list(launch.__path__)})")
     path = (
         Path(__file__).resolve().parents[2]
         / "ros2_ws/src/lawm_bringup/launch/eval_replay.launch.py"

@@ -34,9 +34,10 @@ from rosbags.typesys import Stores, get_typestore
 
 from lawm.data import DataError
 from lawm.data.rosbag import RosbagEpisode
+from lawm_core import contract
 from lawm_core.bags import COMPRESSED_IMAGE, IMAGE, guess_cameras
 from lawm_policy.eval_replay import offline, report
-from lawm_policy.eval_replay.index import open_bag
+from lawm_policy.eval_replay.index import ProprioRequest, open_bag
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +87,13 @@ def test_offline_matches_runtime_core(bags, exported_debug_model, tmp_path, stor
         assert got["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-9)
         assert got["rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-9)
         assert got["pearson"] == pytest.approx(np.corrcoef(pred[:, d], rec[:, d])[0, 1], abs=1e-9)
-    agree = np.mean((pred[:, 6] > 0) == (rec[:, 6] > 0))
-    assert m["gripper_sign_agreement"] == pytest.approx(agree)
+    agree = np.mean((pred[:, 6] > 0) == (rec[:, 6] > 0))  # the sign convention: > 0 closed
+    assert m["gripper_agreement"] == pytest.approx(agree)
+    assert m["gripper_scoring"]["convention"] == "sign"
+    assert m["gripper_scoring"]["source"].startswith("model sidecar ")
+    # The model's control rate (20 Hz) is the bag's camera rate: one step per frame.
+    assert result["rates"]["steps_hz"] == result["rates"]["model_control_rate_hz"] == 20.0
+    assert result["rates"]["cameras_hz"] == {"agentview": 20.0, "eye_in_hand": 20.0}
     lat = result["latency_ms"]
     assert 0 < lat["p50"] <= lat["p99"] < 1000
     assert result["model"]["provider"] == "CPUExecutionProvider"
@@ -120,6 +126,8 @@ def test_offline_guesses_topics_and_takes_the_instruction_argument(
     assert result["instruction"] == "open the drawer"
     assert result["instruction_source"] == "argument"
     assert result["frames"]["answered"] == N_FRAMES
+    # The model takes robot state: without it, it gets the training mean, and the report says.
+    assert any("--proprio-topic none" in w and "training mean" in w for w in result["warnings"])
 
 
 def test_twist_stamped_action_topic_with_a_gripper_topic(tmp_path):
@@ -160,13 +168,15 @@ def test_twist_stamped_action_topic_with_a_gripper_topic(tmp_path):
     np.testing.assert_allclose(index.recorded[:, 0], [0, 1, 2, 3])
     np.testing.assert_allclose(index.recorded[:, 1:6], [[0.1, 0.2, 0.3, 0.4, 0.5]] * 4)
     np.testing.assert_allclose(index.recorded[:, 6], [-1, -1, 1, 1])
-    # Without a gripper topic the gripper is not scored (NaN), the rest is.
+    # Without a gripper topic the gripper is not scored (NaN), the rest is, and it says so.
     index = open_bag(path, action_topic="/servo/cmd")
     assert np.isnan(index.recorded[:, 6]).all()
+    assert "/servo/cmd is a TwistStamped, which has no gripper" in index.notes[0]
+    assert "--gripper-topic" in index.notes[0]
     m = report.compute_metrics(index.recorded + 0.5, index.recorded)
     assert m["per_dim"]["dx"]["mae"] == pytest.approx(0.5)
     assert m["per_dim"]["gripper"] == {"n": 0, "mae": None, "rmse": None, "pearson": None}
-    assert m["gripper_sign_agreement"] is None
+    assert m["gripper_agreement"] is None
 
 
 # ------------------------------------------------------------------------------ compressed
@@ -176,7 +186,7 @@ def test_compressed_cameras_give_training_and_replay_the_same_frames(tmp_path, c
     replay pick the same topics and decode the same frames (PNG: the recorded pixels)."""
     bag = write_bag(tmp_path / f"bag_{codec}", "mcap", n=12, codec=codec)
     train = RosbagEpisode(bag)  # every topic guessed
-    index = open_bag(bag)
+    index = open_bag(bag, proprio=ProprioRequest(layout=contract.PROPRIO_LAYOUT))
     assert train.topics["images"] == index.selection.images == COMPRESSED_CAMS
     assert train.topics["actions"] == index.selection.action == ACTION
     assert train.topics["proprio"] == index.selection.proprio == PROPRIO

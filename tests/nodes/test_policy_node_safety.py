@@ -186,7 +186,9 @@ def test_a_failing_control_step_stops_the_arm_and_the_node_carries_on(
     fault.unlink()
     rig.stream(10.0, until=lambda: _vec(rig.twists[-1]).any())  # it acts again
     assert _vec(rig.twists[-1]).any()
-    assert "works again" in proc.log_path.read_text()
+    wait_until(
+        ros_node, lambda: "works again" in proc.log_path.read_text(), 10, "'works again'", [proc]
+    )
 
 
 def test_a_negative_image_stamp_is_refused_at_the_edge(ros_node, start_node, exported_debug_model):

@@ -176,3 +176,127 @@ def write_bag(path: Path, storage: str) -> None:
 TOPICS = RosbagOptions(
     image_topics={AV: FRONT, EYE: WRIST}, action_topic=ACTION, proprio_topic=PROPRIO
 )
+
+
+# -- a teleoperation rosbag2, as a real arm records it ----------------------------------------
+TELEOP_FRONT = "/front_camera/color/image_raw/compressed"
+TELEOP_WRIST = "/wrist_camera/color/image_raw/compressed"
+TELEOP_JOINTS = "/joint_states"
+TELEOP_TWIST = "/servo_node/delta_twist_cmds"
+TELEOP_GRIPPER = "/gripper/command"
+TELEOP_POSE = "/ee_pose"
+ARM_JOINTS = tuple(f"joint{k}" for k in range(1, 7))
+FINGER = "finger_joint"
+CAM_PERIOD = 10**9 / 30  # ns
+FRONT_PHASE, WRIST_PHASE, TWIST_PHASE, FINGER_PHASE = 0, 11 * MS, 7 * MS, 5 * MS
+GRIPPER_EVENTS = ((550 * MS, 1.0), (1400 * MS, -1.0))  # (time, command): close, then open
+
+
+def cam_time(phase: int, i: int) -> int:
+    """Header stamp (ns after T0) of frame i of a 30 Hz camera."""
+    return phase + round(i * CAM_PERIOD)
+
+
+def teleop_frame(cam: int, i: int) -> np.ndarray:
+    """Frame i of camera 0 (front) or 1 (wrist): flat colours that survive JPEG."""
+    img = np.zeros((24, 32, 3), np.uint8)
+    img[...] = ((4 * i) % 256, 60 + 100 * cam, 200 - (3 * i) % 200)
+    return img
+
+
+def joint_value(name: str, t_ns: int) -> float:
+    """The recorded position of a joint at t (ns after T0): joint k is 0.1 k + t seconds."""
+    k = 10 if name == FINGER else int(name[len("joint") :])
+    return 0.1 * k + t_ns / 1e9
+
+
+def twist_value(j: int) -> np.ndarray:
+    """The j-th recorded TwistStamped command (linear xyz, angular xyz)."""
+    return np.array([0.01 * j, -0.02, 0.03, 0.0, 0.1, -0.001 * j])
+
+
+def write_teleop_bag(
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    storage: str = "mcap",
+    gripper: bool = True,
+    pose: bool = False,
+    joints: bool = True,
+) -> None:
+    """Two unsynchronised 30 Hz CompressedImage cameras (front JPEG, wrist PNG, ``format`` as
+    compressed_image_transport writes it), JointState at 100 Hz (arm joints; the finger joint
+    in separate messages at 10 Hz), TwistStamped commands at 20 Hz, a sparse Float64 gripper
+    command (GRIPPER_EVENTS) and optionally an end-effector PoseStamped at 50 Hz at (t, 2t, 3t)
+    m. Header stamps are the times above; each message is logged 2-4 ms later."""
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    T = ts.types
+    end = int(seconds * 1e9)
+
+    def header(ns: int, frame: str = "base_link"):
+        t = T0 + ns
+        stamp = T["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9)
+        return T["std_msgs/msg/Header"](stamp=stamp, frame_id=frame)
+
+    msgs = []  # (time ns after T0, topic, type, message)
+    for cam, (topic, phase, codec) in enumerate(
+        ((TELEOP_FRONT, FRONT_PHASE, "jpeg"), (TELEOP_WRIST, WRIST_PHASE, "png"))
+    ):
+        i = 0
+        while (t := cam_time(phase, i)) <= end:
+            bgr = cv2.cvtColor(teleop_frame(cam, i), cv2.COLOR_RGB2BGR)
+            data = cv2.imencode(f".{'jpg' if codec == 'jpeg' else 'png'}", bgr)[1].reshape(-1)
+            fmt = f"rgb8; {codec} compressed bgr8"
+            msg = T["sensor_msgs/msg/CompressedImage"](header=header(t), format=fmt, data=data)
+            msgs.append((t, topic, "sensor_msgs/msg/CompressedImage", msg))
+            i += 1
+    if joints:
+        state = "sensor_msgs/msg/JointState"
+        for t in range(0, end + 1, 10 * MS):
+            msg = T[state](
+                header=header(t),
+                name=list(ARM_JOINTS),
+                position=np.array([joint_value(n, t) for n in ARM_JOINTS]),
+                velocity=np.zeros(6),
+                effort=np.zeros(0),
+            )
+            msgs.append((t, TELEOP_JOINTS, state, msg))
+        for t in range(FINGER_PHASE, end + 1, 100 * MS):
+            msg = T[state](
+                header=header(t),
+                name=[FINGER],
+                position=np.array([joint_value(FINGER, t)]),
+                velocity=np.zeros(0),
+                effort=np.zeros(0),
+            )
+            msgs.append((t, TELEOP_JOINTS, state, msg))
+    vec = T["geometry_msgs/msg/Vector3"]
+    j = 0
+    while (t := TWIST_PHASE + j * 50 * MS) <= end:
+        v = twist_value(j)
+        twist = T["geometry_msgs/msg/Twist"](linear=vec(*v[:3]), angular=vec(*v[3:]))
+        msg = T["geometry_msgs/msg/TwistStamped"](header=header(t), twist=twist)
+        msgs.append((t, TELEOP_TWIST, "geometry_msgs/msg/TwistStamped", msg))
+        j += 1
+    if gripper:
+        for t, value in GRIPPER_EVENTS:
+            msgs.append(
+                (t, TELEOP_GRIPPER, "std_msgs/msg/Float64", T["std_msgs/msg/Float64"](value))
+            )
+    if pose:
+        for t in range(0, end + 1, 20 * MS):
+            s = t / 1e9
+            p = T["geometry_msgs/msg/Pose"](
+                position=T["geometry_msgs/msg/Point"](s, 2 * s, 3 * s),
+                orientation=T["geometry_msgs/msg/Quaternion"](0.0, 0.0, 0.0, 1.0),
+            )
+            msg = T["geometry_msgs/msg/PoseStamped"](header=header(t), pose=p)
+            msgs.append((t, TELEOP_POSE, "geometry_msgs/msg/PoseStamped", msg))
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        conns = {}
+        for n, (t, topic, msgtype, msg) in enumerate(sorted(msgs, key=lambda m: m[0])):
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+            late = (2 + n % 3) * MS
+            writer.write(conns[topic], T0 + t + late, ts.serialize_cdr(msg, msgtype))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from lawm.checkpoint import CheckpointError
+from lawm.checkpoint import CheckpointError, load_policy_config
 from lawm.config import PRESETS, WORLD_MODEL_SIZES, AugmentConfig, ConfigError, LawmConfig, preset
 from lawm.data import (
     FORMATS,
     DataError,
     Hdf5Options,
     RosbagOptions,
+    Ssv2Options,
     detect_format,
     open_sources,
 )
@@ -58,8 +60,56 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         help="rosbag2 only: camera topic, e.g. agentview=/camera/color/image_raw",
     )
     p.add_argument("--action-topic", help="rosbag2 only: recorded action/command topic")
-    p.add_argument("--proprio-topic", help="rosbag2 only: proprio topic (Float32MultiArray)")
-    p.add_argument("--instruction", help="rosbag2 only: the episode's instruction")
+    p.add_argument(
+        "--gripper-topic",
+        help="rosbag2 only: gripper command (std_msgs/Float64) of a TwistStamped action topic; "
+        "sparse is fine: each step holds its latest value (default: the one topic named "
+        "*gripper*)",
+    )
+    p.add_argument(
+        "--proprio-topic",
+        help="rosbag2 only: proprio array (Float32MultiArray) in the default layout "
+        f"{','.join(contract.PROPRIO_LAYOUT)}",
+    )
+    p.add_argument(
+        "--proprio-pose-topic",
+        help="rosbag2 only: end-effector geometry_msgs/PoseStamped as proprio (ee_x, ee_y, ee_z)",
+    )
+    p.add_argument(
+        "--proprio-joint-states-topic",
+        help="rosbag2 only: sensor_msgs/JointState topic of --proprio-joints (default: the "
+        "bag's one JointState topic)",
+    )
+    p.add_argument(
+        "--proprio-joints",
+        metavar="A,B,...",
+        help="rosbag2 only: joints whose positions are proprio (joint:A, joint:B, ...), after "
+        "the pose's values",
+    )
+    p.add_argument(
+        "--instruction",
+        help="the episodes' instruction: rosbag2, and HDF5 files without one (robomimic: "
+        "required)",
+    )
+    p.add_argument(
+        "--split",
+        help="robomimic HDF5: the mask/<SPLIT> filter key (default train where the file has "
+        "one; 'all' for every demo); Something-Something v2: train (default), validation, test",
+    )
+    p.add_argument(
+        "--image-convention",
+        choices=["opengl", "opencv"],
+        help="HDF5 only: how every file stores its images, opengl (upside down) or opencv "
+        "(upright); default: the file's macros_image_convention, else LIBERO opengl, "
+        "robomimic opencv",
+    )
+    p.add_argument(
+        "--suite",
+        action="append",
+        default=[],
+        help="HDF5 only: with the LIBERO release root, only this suite folder (repeatable), "
+        "e.g. libero_object",
+    )
     p.add_argument(
         "--include-failed",
         action="store_true",
@@ -96,7 +146,57 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_LANG_CACHE,
         help="instruction embedding cache (safetensors)",
     )
+    p.add_argument(
+        "--control-rate-hz",
+        type=positive_float,
+        help="the model's control rate; rosbag2 episodes are resampled to steps at it "
+        "(default: the preset's, 20 Hz)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_gripper_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gripper-convention",
+        choices=contract.GRIPPER_CONVENTIONS,
+        help="how the data writes the gripper action: sign (-1 open, +1 closed; LIBERO/HDF5 "
+        "data) or width (an opening, with --gripper-open and --gripper-closed); default: what "
+        "the data says, else sign",
+    )
+    p.add_argument(
+        "--gripper-open", type=float, help="with width: the value meaning open (e.g. 0.08)"
+    )
+    p.add_argument(
+        "--gripper-closed", type=float, help="with width: the value meaning closed (e.g. 0.0)"
+    )
+
+
+def gripper_flags(args: argparse.Namespace) -> dict | None:
+    """The declared gripper convention {"convention", "open", "closed"}, None when no flag is
+    given; UsageError for an incomplete or contradictory declaration."""
+    conv = getattr(args, "gripper_convention", None)
+    open_, closed = getattr(args, "gripper_open", None), getattr(args, "gripper_closed", None)
+    if conv is None:
+        if open_ is not None or closed is not None:
+            raise UsageError(
+                f"{args.command}: --gripper-open/--gripper-closed need --gripper-convention "
+                "width (sign is always -1 open, +1 closed)"
+            )
+        return None
+    if conv == contract.GRIPPER_SIGN:
+        sign = (contract.GRIPPER_OPEN, contract.GRIPPER_CLOSE)
+        if (open_ is not None and open_ != sign[0]) or (closed is not None and closed != sign[1]):
+            raise UsageError(
+                f"{args.command}: --gripper-convention sign means open -1, closed +1; for "
+                f"open {open_}, closed {closed} pass --gripper-convention width"
+            )
+        return {"convention": conv, "open": sign[0], "closed": sign[1]}
+    if open_ is None or closed is None or open_ == closed:
+        raise UsageError(
+            f"{args.command}: --gripper-convention width needs --gripper-open and "
+            "--gripper-closed, two different values (e.g. 0.08 and 0.0)"
+        )
+    return {"convention": conv, "open": open_, "closed": closed}
 
 
 def _opt_overrides(args: argparse.Namespace) -> dict:
@@ -136,6 +236,10 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
         cfg = cfg.replace(augment=AugmentConfig(color_jitter=0.0, random_shift=0))
     if getattr(args, "reference_wm_frames", False):
         cfg = cfg.replace(wm_observe_current=False)
+    if getattr(args, "control_rate_hz", None):
+        cfg = cfg.replace(
+            policy=dataclasses.replace(cfg.policy, control_rate_hz=args.control_rate_hz)
+        )
     overrides = _opt_overrides(args)
     if overrides:
         opt = getattr(cfg, stage)
@@ -143,43 +247,108 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
     return cfg
 
 
-def open_data(args: argparse.Namespace, labelled: bool) -> list:
+_ROSBAG_FLAGS = (
+    ("image_topic", "--image-topic"),
+    ("action_topic", "--action-topic"),
+    ("gripper_topic", "--gripper-topic"),
+    ("proprio_topic", "--proprio-topic"),
+    ("proprio_pose_topic", "--proprio-pose-topic"),
+    ("proprio_joint_states_topic", "--proprio-joint-states-topic"),
+    ("proprio_joints", "--proprio-joints"),
+)
+# flag -> the formats it applies to (besides the rosbag2-only ones above)
+_FORMAT_FLAGS = (
+    ("instruction", "--instruction", ("rosbag", "hdf5")),
+    ("split", "--split", ("hdf5", "ssv2")),
+    ("image_convention", "--image-convention", ("hdf5",)),
+    ("suite", "--suite", ("hdf5",)),
+)
+
+
+def open_data(
+    args: argparse.Namespace,
+    labelled: bool,
+    control_rate_hz: float | None = None,
+    gripper_open: float = contract.GRIPPER_OPEN,
+) -> list:
+    """The episodes of every ``--data``. rosbag2 episodes are stepped at ``control_rate_hz``
+    (None: at their first camera's frames), a gripper topic reads ``gripper_open`` before its
+    first message."""
+    command = getattr(args, "command", None) or "train.py"
     topics = {}
     for item in args.image_topic:
         if "=" not in item:
-            raise UsageError(f"--image-topic expects CAMERA=TOPIC, got {item!r}")
+            raise UsageError(f"{command}: --image-topic expects CAMERA=TOPIC, got {item!r}")
         cam, topic = item.split("=", 1)
         topics[cam] = topic
+    joints = None
+    if getattr(args, "proprio_joints", None):
+        joints = tuple(j.strip() for j in args.proprio_joints.split(","))
+        if not all(joints):
+            raise UsageError(
+                f"{command}: --proprio-joints expects joint names separated by commas, got "
+                f"{args.proprio_joints!r}"
+            )
     rosbag_options = RosbagOptions(
         image_topics=topics or None,
         action_topic=args.action_topic or None,
         proprio_topic=args.proprio_topic or None,
+        gripper_topic=getattr(args, "gripper_topic", None) or None,
         instruction=args.instruction or None,
+        proprio_pose_topic=getattr(args, "proprio_pose_topic", None) or None,
+        proprio_joint_states_topic=getattr(args, "proprio_joint_states_topic", None) or None,
+        proprio_joints=joints,
+        control_rate_hz=control_rate_hz,
+        gripper_open=gripper_open,
     )
     options = {
-        "hdf5": Hdf5Options(successful_only=not args.include_failed),
+        "hdf5": Hdf5Options(
+            successful_only=not args.include_failed,
+            instruction=args.instruction or None,
+            split=getattr(args, "split", None) or None,
+            image_convention=getattr(args, "image_convention", None),
+            suites=tuple(getattr(args, "suite", None) or ()),
+        ),
+        "ssv2": Ssv2Options(split=getattr(args, "split", None) or "train"),
         "rosbag": rosbag_options,
     }
     formats = [detect_format(p) if args.format == "auto" else args.format for p in args.data]
-    if rosbag_options != RosbagOptions() and "rosbag" not in formats:
+    given = [flag for name, flag in _ROSBAG_FLAGS if getattr(args, name, None)]
+    if given and "rosbag" not in formats:
         raise UsageError(
-            "--image-topic/--action-topic/--proprio-topic/--instruction apply to rosbag2 data, "
-            f"and none of {[str(p) for p in args.data]} is a rosbag2 ({', '.join(formats)})"
+            f"{command}: {'/'.join(given)} apply to rosbag2 data, and none of "
+            f"{[str(p) for p in args.data]} is a rosbag2 ({', '.join(formats)})"
         )
+    for name, flag, applies in _FORMAT_FLAGS:
+        if getattr(args, name, None) and not set(applies) & set(formats):
+            raise UsageError(
+                f"{command}: {flag} applies to {'/'.join(applies)} data, and none of "
+                f"{[str(p) for p in args.data]} is ({', '.join(formats)})"
+            )
     sources = []
     for path, fmt in zip(args.data, formats):
         sources += open_sources(path, fmt, labelled=labelled, options=options.get(fmt))
     if not sources:
-        raise UsageError(f"no episodes found in {[str(p) for p in args.data]}")
+        raise UsageError(f"{command}: no episodes found in {[str(p) for p in args.data]}")
     return sources
 
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, stage: str) -> int:
     cfg = build_config(args, stage)
+    gripper = gripper_flags(args)
     # Pretraining reads images only (labelled=False): the loaders never hand it an action.
-    sources = open_data(args, labelled=(stage == "finetune"))
-    print(f"[{stage}] {len(sources)} episodes, preset {cfg.preset}, out {args.out}", flush=True)
+    sources = open_data(
+        args,
+        labelled=(stage == "finetune"),
+        control_rate_hz=cfg.policy.control_rate_hz,
+        gripper_open=contract.GRIPPER_OPEN if gripper is None else gripper["open"],
+    )
+    print(
+        f"[{stage}] {len(sources)} episodes at {cfg.policy.control_rate_hz:g} Hz, preset "
+        f"{cfg.preset}, out {args.out}",
+        flush=True,
+    )
     summary = train(
         stage,
         cfg,
@@ -191,6 +360,7 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         device=args.device,
         lang_cache=args.lang_cache,
         progress=not args.quiet,
+        gripper=gripper,
     )
     last = summary["history"][-1] if summary["history"] else {}
     print(
@@ -268,7 +438,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_cca(args: argparse.Namespace) -> int:
-    sources = open_data(args, labelled=True)
+    rate = None  # bags at the policy's control rate, where its config says it
+    if (Path(args.policy) / "config.json").is_file():
+        rate = load_policy_config(args.policy)[0].policy.control_rate_hz
+    sources = open_data(args, labelled=True, control_rate_hz=rate)
     result = latent_action_cca(
         args.policy, sources, lang_cache=args.lang_cache, max_windows=args.max_windows
     )
@@ -361,6 +534,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no colour jitter or random shift (default: the preset's)",
     )
+    _add_gripper_args(p)
     p.set_defaults(func=lambda a: cmd_train(a, "finetune"))
 
 
@@ -418,14 +592,42 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _log_to_stderr()
     try:
         return args.func(args)
     except (UsageError, ConfigError, DataError, CheckpointError, ExportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        # Every error names the command that ran.
+        text = str(err)
+        if not text.startswith(f"{args.command}"):
+            text = f"{args.command}: {text}"
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """The training code's log lines (what was resampled, re-initialised) on stderr."""
+    logger = logging.getLogger("lawm")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import torch
 
 from lawm import keys
 from lawm.checkpoint import load_policy, save_policy
-from lawm.data import WindowDataset, collate
+from lawm.data import DataError, WindowDataset, collate
 from lawm.metrics import canonical_correlations, heldout_canonical_correlations
 from lawm.models.policy import Policy
 from lawm.trainer import LangTable
@@ -29,14 +29,30 @@ def latent_action_cca(
 ) -> dict[str, Any]:
     """CCA between the policy's first latent action z[t] and the recorded action a[t].
 
-    sources: labelled episodes held out from pretraining. Returns the canonical correlations
+    sources: labelled episodes held out from pretraining (unlabelled ones raise DataError
+    "cca needs labelled episodes"). Returns the canonical correlations
     (descending), their mean, and the sample count.
     """
 
+    unlabelled = [s.name for s in sources if not s.has_actions]
+    if unlabelled:
+        raise DataError(
+            f"cca needs labelled episodes (recorded actions to correlate with); "
+            f"{len(unlabelled)} of {len(sources)} have none, e.g. {unlabelled[:3]}; pass "
+            "--data with demonstrations that carry actions (LIBERO/robomimic HDF5, or rosbag2 "
+            "with --action-topic), not video"
+        )
     policy, cfg, _ = load_policy(policy_dir)
     policy.eval()
     pc = cfg.policy
-    dataset = WindowDataset(sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune")
+    dataset = WindowDataset(
+        sources,
+        pc.cameras,
+        pc.image_size,
+        pc.chunk_size,
+        mode="finetune",
+        proprio_dim=pc.proprio_dim,
+    )
     idx = np.arange(len(dataset))
     if len(idx) > max_windows:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_windows, replace=False))

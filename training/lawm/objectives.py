@@ -3,6 +3,8 @@
 - ``PretrainObjective``: no action labels. The policy sees frame t and emits a chunk
   z[t:t+K]; those latent actions are the world model's action inputs while it explains frames
   t..t+K. The reconstruction + KL loss reaches the policy through z (nothing detaches it).
+  Inputs an episode lacks (``camera_mask``, ``has_proprio``) are hidden from both models: the
+  policy masks their tokens, the world model neither encodes nor reconstructs them.
 - ``FinetuneObjective``: the same policy head regresses ground-truth chunks (normalised to
   [-1, 1]); BAKU's TruncatedNormal(std 0.1) negative log-likelihood is, up to a constant, the
   squared error scaled by 1 / (2 * 0.1^2), which is what we minimise.
@@ -130,12 +132,27 @@ class PretrainObjective(nn.Module):
         is_first = torch.zeros(b, t, dtype=torch.bool, device=z.device)
         is_first[:, 0] = True
         loss, metrics = self.world_model.loss(
-            frames, actions, is_first, proprio=proprio, frame_mask=frame_mask
+            frames,
+            actions,
+            is_first,
+            proprio=proprio,
+            frame_mask=frame_mask,
+            camera_mask=self._wm_camera_mask(batch),
+            has_proprio=batch.get(keys.HAS_PROPRIO) if wm_cfg.use_proprio else None,
         )
         metrics = dict(metrics)
         metrics["z_abs"] = z.detach().abs().mean().item()
         metrics["z_std"] = z.detach().std(dim=0).mean().item()
         return loss, metrics
+
+    def _wm_camera_mask(self, batch: dict) -> Tensor | None:
+        """The batch's camera_mask (B, policy cameras) for the world model's cameras: a sample
+        whose episode lacks a camera is not reconstructed (nor encoded) in it."""
+        mask = batch.get("camera_mask")
+        if mask is None:
+            return None
+        order = self.cfg.policy.cameras
+        return mask[:, [order.index(c) for c in self.cfg.world_model.cameras]]
 
 
 def _resize_frames(frames: Tensor, size: int) -> Tensor:

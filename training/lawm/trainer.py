@@ -15,10 +15,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import math
 import os
 import time
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,17 +39,23 @@ from lawm.checkpoint import (
     atomic_save_tensors,
     latest_checkpoint,
     load_checkpoint,
+    load_json,
     load_state_strict,
     load_tensors,
     save_checkpoint,
     save_policy,
 )
 from lawm.config import LawmConfig, OptimConfig
-from lawm.data import WindowDataset, collate, compute_stats
+from lawm.data import DataError, WindowDataset, collate, compute_stats
+from lawm.data.base import data_proprio_layout
 from lawm.language import TextEmbedder
 from lawm.objectives import FinetuneObjective, PretrainObjective
+from lawm_core import contract
 
 STAGES = ("pretrain", "finetune")
+# An episode whose steps are this far (relative) from the model's control rate is refused.
+RATE_TOLERANCE = 0.05
+log = logging.getLogger(__name__)
 
 
 # -- distributed ----------------------------------------------------------------------------
@@ -193,13 +203,23 @@ def build_objective(stage: str, cfg: LawmConfig) -> nn.Module:
     return PretrainObjective(cfg) if stage == "pretrain" else FinetuneObjective(cfg)
 
 
-def init_policy_from(objective: nn.Module, path: Path, reinit_head: bool = False) -> str:
+def init_policy_from(
+    objective: nn.Module,
+    path: Path,
+    reinit_head: bool = False,
+    proprio_layout: Sequence[str] | None = None,
+) -> str:
     """Load policy weights from a policy dir (model.safetensors + config.json) or a
     checkpoint dir of either stage (its ``policy.*`` tensors). Strict: every tensor must match.
 
     ``reinit_head`` keeps the action head's fresh initialisation (the one training from scratch
     starts with): after pretraining, the head emits latent actions for the world model, whose
     scale and meaning differ from the demonstrations' actions.
+
+    ``proprio_layout``: the robot state the new training's data gives. When the weights were
+    trained on another layout (``policy_proprio_layout``), the proprio input layer (and the
+    proprio statistics) keep their fresh initialisation, and a log line says so; the rest is
+    loaded. Returns a note of what was loaded (the run's ``init_from``).
     """
     path = Path(path)
     if (path / "state.json").is_file():
@@ -213,14 +233,173 @@ def init_policy_from(objective: nn.Module, path: Path, reinit_head: bool = False
         policy_tensors = load_tensors(path / "model.safetensors")
     else:
         raise CheckpointError(f"{path}: neither a policy directory nor a training checkpoint")
+    fresh = objective.policy.state_dict()
+    keep_fresh: set[str] = set()
     if reinit_head:
-        fresh = objective.policy.state_dict()
-        policy_tensors = {
-            k: (fresh[k].clone() if k.startswith("head.") and k in fresh else v)
-            for k, v in policy_tensors.items()
-        }
+        keep_fresh |= {k for k in fresh if k.startswith("head.")}
+    note = str(path) + (" (head re-initialised)" if reinit_head else "")
+    if proprio_layout is not None:
+        old = policy_proprio_layout(path)
+        if old != tuple(proprio_layout):
+            keep_fresh |= proprio_input_keys(objective.policy)
+            said = "an unknown layout" if old is None else str(list(old))
+            line = (
+                f"{path} was trained with proprio {said}, the data gives "
+                f"{list(proprio_layout)}: the proprio input layer is re-initialised, the rest "
+                "is loaded"
+            )
+            log.info("%s", line)
+            note += " (proprio input layer re-initialised)"
+    policy_tensors = {
+        k: (fresh[k].clone() if k in keep_fresh and k in fresh else v)
+        for k, v in policy_tensors.items()
+    }
+    for k in keep_fresh:  # a key the old weights lack (a renamed layer) starts fresh too
+        policy_tensors.setdefault(k, fresh[k].clone())
     load_state_strict(objective.policy, policy_tensors, str(path))
-    return str(path) + (" (head re-initialised)" if reinit_head else "")
+    return note
+
+
+def proprio_input_keys(policy: nn.Module) -> set[str]:
+    """The state-dict keys of the policy's proprio input layer (the first Linear of its
+    proprio encoder) and of its proprio statistics: what depends on the proprio layout."""
+    own = policy.state_dict()
+    keys_ = {k for k in ("proprio_mean", "proprio_std") if k in own}
+    for prefix, module in policy.named_modules():
+        if "proprio" in prefix.split(".")[0]:
+            for name, sub in module.named_modules():
+                if isinstance(sub, nn.Linear):
+                    full = ".".join(p for p in (prefix, name) if p)
+                    keys_ |= {f"{full}.{n}" for n, _ in sub.named_parameters(recurse=False)}
+                    return keys_
+    return keys_
+
+
+def policy_proprio_layout(path: Path) -> tuple[str, ...] | None:
+    """The proprio layout a policy dir or training checkpoint was trained with: its record
+    (``info["proprio_layout"]`` / state.json ``proprio_layout``); for runs older than that
+    record, the default layout when the policy has its size, else None (unknown)."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        data = load_json(path / "state.json")
+        layout, cfg = data.get("proprio_layout"), data.get("config") or {}
+    else:
+        data = load_json(path / "config.json")
+        layout = (data.get("info") or {}).get("proprio_layout")
+        cfg = data.get("config") or {}
+    if layout is not None:
+        return tuple(layout)
+    dim = (cfg.get("policy") or {}).get("proprio_dim", contract.PROPRIO_DIM)
+    return contract.PROPRIO_LAYOUT if dim == contract.PROPRIO_DIM else None
+
+
+# -- what the data is -----------------------------------------------------------------------
+def with_proprio_layout(cfg: LawmConfig, layout: Sequence[str]) -> LawmConfig:
+    """``cfg`` whose policy (and world model) take ``len(layout)`` proprio values."""
+    dim = len(layout)
+    if cfg.policy.proprio_dim == dim and cfg.world_model.proprio_dim == dim:
+        return cfg
+    return cfg.replace(
+        policy=dataclasses.replace(cfg.policy, proprio_dim=dim),
+        world_model=dataclasses.replace(cfg.world_model, proprio_dim=dim),
+    )
+
+
+def check_control_rate(stage: str, sources: Sequence, rate_hz: float) -> None:
+    """DataError when an episode's steps were taken at another rate than the model's control
+    rate (episodes whose format does not say are not checked)."""
+    off = [
+        (s.name, r)
+        for s in sources
+        if (r := getattr(s, "control_rate_hz", None)) is not None
+        and abs(r - rate_hz) > RATE_TOLERANCE * rate_hz
+    ]
+    if off:
+        name, r = off[0]
+        raise DataError(
+            f"{stage}: {len(off)} episode(s) step at {r:.1f} Hz (e.g. {name}) and the model runs "
+            f"at {rate_hz:g} Hz (--control-rate-hz, default the preset's); pass "
+            f"--control-rate-hz {r:.3g} to train the model at theirs, or open rosbag2 data "
+            f"resampled to the model's rate (RosbagOptions(control_rate_hz={rate_hz:g}), what "
+            "the training CLI does)"
+        )
+
+
+def resolve_gripper(sources: Sequence, declared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The gripper convention of the data: {"convention", "open", "closed"}.
+
+    ``declared``: from the flags (``--gripper-convention``, ``--gripper-open``,
+    ``--gripper-closed``), None when not given. Data that says how it writes the gripper
+    (``gripper_convention``; LIBERO/robosuite OSC_POSE data is "sign") must agree with it.
+    Default: "sign" (open -1, closed +1)."""
+    said = {}
+    for s in sources:
+        if not s.has_actions:
+            continue
+        conv = s.gripper_convention
+        if conv is None and s.action_space == contract.ACTION_OSC_POSE_DELTA:
+            conv = contract.GRIPPER_SIGN
+        if conv is not None:
+            said.setdefault(conv, s.name)
+    if len(said) > 1:
+        raise DataError(f"finetune: episodes write the gripper differently: {said}")
+    if declared is not None and said and declared["convention"] not in said:
+        conv, name = next(iter(said.items()))
+        raise DataError(
+            f"finetune: {name} writes the gripper as {conv!r} (sign: -1 open, +1 closed), and "
+            f"--gripper-convention says {declared['convention']!r}; drop --gripper-convention"
+        )
+    if declared is not None:
+        return {
+            "convention": declared["convention"],
+            "open": float(declared["open"]),
+            "closed": float(declared["closed"]),
+        }
+    return {
+        "convention": contract.GRIPPER_SIGN,
+        "open": contract.GRIPPER_OPEN,
+        "closed": contract.GRIPPER_CLOSE,
+    }
+
+
+def check_gripper_values(gripper: Mapping[str, Any], stats: Mapping[str, Any]) -> None:
+    """Warn when the data's gripper values do not look like the declared convention."""
+    lo = float(np.asarray(stats["action_min"])[contract.GRIPPER_INDEX])
+    hi = float(np.asarray(stats["action_max"])[contract.GRIPPER_INDEX])
+    if not bool(np.asarray(stats.get("has_action_stats", True))):
+        return
+    a, b = sorted((gripper["open"], gripper["closed"]))
+    margin = 0.25 * (b - a)
+    if gripper["convention"] == contract.GRIPPER_SIGN and lo >= 0.0 and hi <= 0.2:
+        warnings.warn(
+            f"finetune: the gripper actions lie in [{lo:g}, {hi:g}], which looks like a width "
+            "in m, not the sign convention (-1 open, +1 closed) assumed; pass "
+            "--gripper-convention width --gripper-open W --gripper-closed W",
+            stacklevel=3,
+        )
+    elif lo < a - margin or hi > b + margin:
+        warnings.warn(
+            f"finetune: the gripper actions lie in [{lo:g}, {hi:g}], outside the declared "
+            f"{gripper['convention']} gripper's open {gripper['open']:g} / closed "
+            f"{gripper['closed']:g}; check --gripper-convention/--gripper-open/--gripper-closed",
+            stacklevel=3,
+        )
+
+
+def data_info(stage: str, cfg: LawmConfig, sources: Sequence, layout, gripper) -> dict:
+    """What the run's data was, for the policy's record (config.json "info")."""
+    present = {c for s in sources for c in s.cameras}
+    info: dict[str, Any] = {
+        "control_rate_hz": float(cfg.policy.control_rate_hz),
+        "proprio_layout": list(layout),
+        "inputs": {
+            "cameras": [c for c in cfg.policy.cameras if c in present],
+            "proprio": any(s.has_proprio for s in sources),
+        },
+    }
+    if stage == "finetune":
+        info["gripper"] = dict(gripper)
+    return info
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -245,6 +424,7 @@ class _Run:
     stop: int  # the step this call ends at (``stop_at`` or ``total``)
     init_from: str | None
     stats: dict[str, Any]
+    info: dict[str, Any]  # what the data was (data_info), for the policy's record
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The JSON part of a checkpoint: what a resumed run must match, and the data stats."""
@@ -258,6 +438,7 @@ class _Run:
             "n_windows": len(self.dataset),
             "n_episodes": self.n_episodes,
             "world_size": self.d.world,
+            "proprio_layout": self.info["proprio_layout"],
         }
 
 
@@ -275,15 +456,27 @@ def train(
     steps: int | None = None,
     stop_at: int | None = None,
     reinit_head: bool = False,
+    gripper: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
 
     Writes run_dir/checkpoints/step_N/, run_dir/metrics.jsonl and, at the end, run_dir/policy/
     (the policy alone: what fine-tuning starts from and export reads). ``stop_at`` ends the
     run early at that step (with a checkpoint), as an interruption would; rerunning resumes.
+
+    The data decides the model's proprio size (its proprio layout, ``data_proprio_layout``;
+    the default layout without robot state), and its episodes must step at the model's
+    ``control_rate_hz``. ``gripper``: the declared gripper convention ({"convention", "open",
+    "closed"}, fine-tuning; None: what the data says, else sign). The policy's record
+    (config.json "info") gets ``control_rate_hz``, ``proprio_layout``, ``inputs`` (cameras
+    present in some episode, whether some episode had proprio) and, fine-tuning, ``gripper``.
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    layout = data_proprio_layout(sources) or contract.PROPRIO_LAYOUT
+    cfg = with_proprio_layout(cfg, layout)
+    check_control_rate(stage, sources, cfg.policy.control_rate_hz)
+    grip = resolve_gripper(sources, gripper) if stage == "finetune" else None
     opt_cfg: OptimConfig = cfg.pretrain if stage == "pretrain" else cfg.finetune
     total = steps if steps is not None else opt_cfg.steps
     run = _prepare(
@@ -299,7 +492,10 @@ def train(
         total=total,
         stop=total if stop_at is None else min(total, stop_at),
         reinit_head=reinit_head,
+        info=data_info(stage, cfg, sources, layout, grip),
     )
+    if grip is not None:
+        check_gripper_values(grip, run.stats)
     loader = _loader(run)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(run, progress)
@@ -342,6 +538,7 @@ def _prepare(
     total: int,
     stop: int,
     reinit_head: bool,
+    info: dict[str, Any],
 ) -> _Run:
     """Join the process group, build the objective, data and optimiser, and restore the
     checkpoint to resume from (or the ``init`` weights and the data statistics)."""
@@ -355,7 +552,12 @@ def _prepare(
     torch.manual_seed(opt_cfg.seed)
     objective = build_objective(stage, cfg).to(dev)
     dataset = WindowDataset(
-        sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode=stage
+        sources,
+        cfg.policy.cameras,
+        cfg.policy.image_size,
+        cfg.policy.chunk_size,
+        mode=stage,
+        proprio_dim=cfg.policy.proprio_dim,
     )
     lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
     optimizer = torch.optim.AdamW(
@@ -366,7 +568,9 @@ def _prepare(
         start, init_from, stats = _resume(ckpt, stage, cfg, sources, objective, optimizer)
     else:
         start = 0
-        init_from, stats = _fresh_start(stage, sources, objective, init, reinit_head)
+        init_from, stats = _fresh_start(
+            stage, sources, objective, init, reinit_head, info["proprio_layout"]
+        )
     model: nn.Module = objective
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -390,6 +594,7 @@ def _prepare(
         stop=stop,
         init_from=init_from,
         stats=stats,
+        info=info,
     )
 
 
@@ -412,19 +617,26 @@ def _resume(
             f"differ); use a new --out or --no-resume"
         )
     # The policy's buffers already hold these; no second pass over the data.
-    stats = state.get("stats") or compute_stats(sources)
+    stats = state.get("stats") or compute_stats(sources, proprio_dim=cfg.policy.proprio_dim)
     return int(state["step"]), state.get("init_from"), stats
 
 
 def _fresh_start(
-    stage: str, sources: list, objective: nn.Module, init: Path | None, reinit_head: bool
+    stage: str,
+    sources: list,
+    objective: nn.Module,
+    init: Path | None,
+    reinit_head: bool,
+    proprio_layout: Sequence[str],
 ) -> tuple[str | None, dict[str, Any]]:
     """Compute the data statistics, load the ``init`` weights (if any) and give the policy
     its normalisation; returns (init_from, stats)."""
-    stats = compute_stats(sources)
+    stats = compute_stats(sources, proprio_dim=len(proprio_layout))
     init_from = None
     if init is not None:
-        init_from = init_policy_from(objective, init, reinit_head=reinit_head)
+        init_from = init_policy_from(
+            objective, init, reinit_head=reinit_head, proprio_layout=proprio_layout
+        )
     # Data statistics become part of the policy (and of the exported graph).
     policy_stats = {k: v for k, v in stats.items() if k.startswith("proprio")}
     if stage == "finetune":
@@ -537,7 +749,8 @@ def data_action_space(sources: list) -> str | None:
 def _finish(run: _Run, step: int, action_space: str | None) -> None:
     """After the last step: at the schedule's end, rank 0 saves the policy (and, after
     pretraining, the world model); then every rank waits for it. ``action_space``: what the
-    fine-tuning data's actions are (None: unknown), recorded in the policy's info for export."""
+    fine-tuning data's actions are (None: unknown), recorded in the policy's info for export
+    with what the data was (``run.info``: rate, proprio layout, inputs, gripper)."""
     if run.d.main and step == run.start and run.start < run.stop:
         raise RuntimeError("the data loader produced no batches")
     if run.d.main and step == run.total:
@@ -547,6 +760,7 @@ def _finish(run: _Run, step: int, action_space: str | None) -> None:
             "init_from": run.init_from,
             "run_dir": str(run.run_dir),
             "action_space": action_space,
+            **run.info,
         }
         save_policy(run.run_dir / "policy", run.objective.policy, run.cfg, info)
         if run.stage == "pretrain":

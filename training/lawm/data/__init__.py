@@ -12,6 +12,7 @@ from lawm.data.formats import FORMATS, detect_format, open_sources
 from lawm.data.hdf5 import Hdf5Options
 from lawm.data.rosbag import RosbagOptions
 from lawm.data.stats import compute_stats
+from lawm.data.video import Ssv2Options
 
 __all__ = [
     "CAMERA_MASK",
@@ -21,6 +22,7 @@ __all__ = [
     "EpisodeSource",
     "Hdf5Options",
     "RosbagOptions",
+    "Ssv2Options",
     "WindowDataset",
     "collate",
     "compute_stats",

@@ -104,6 +104,11 @@ class EpisodeSource(ABC):
         success: the recorded outcome, None when the format does not say.
         action_space: what the actions physically are (one of ``contract.ACTION_KINDS``), None
             when the format does not say; export records it in ``policy.json``.
+        proprio_layout: the names of the robot-state values ``read`` returns (the vocabulary
+            of ``lawm_core.contract``); the default is ``contract.PROPRIO_LAYOUT``.
+        control_rate_hz: the rate of the episode's steps, None when the format does not say.
+        gripper_convention: how the gripper action is written (``contract.GRIPPER_SIGN`` or
+            ``GRIPPER_WIDTH``), None when the format does not say.
     """
 
     name: str
@@ -114,6 +119,9 @@ class EpisodeSource(ABC):
     has_proprio: bool
     success: bool | None
     action_space: str | None = None
+    proprio_layout: tuple[str, ...] = contract.PROPRIO_LAYOUT
+    control_rate_hz: float | None = None
+    gripper_convention: str | None = None
 
     def read(
         self,
@@ -126,9 +134,10 @@ class EpisodeSource(ABC):
         """Frames ``start`` .. ``stop - 1`` (n = stop - start).
 
         Returns ``{"images": {camera: uint8 (n, H, W, 3) RGB upright}, "actions": float32 (n, 7)
-        or None, "proprio": float32 (n, 5) or None}``. ``cameras`` restricts which cameras are
-        decoded (cameras the source lacks are left out of ``images``); ``actions=False`` /
-        ``proprio=False`` skip reading those, so a caller can guarantee no label is touched.
+        or None, "proprio": float32 (n, len(proprio_layout)) or None}``. ``cameras`` restricts
+        which cameras are decoded (cameras the source lacks are left out of ``images``);
+        ``actions=False`` / ``proprio=False`` skip reading those, so a caller can guarantee no
+        label is touched.
         """
         if not (0 <= start < stop <= self.length):
             raise IndexError(
@@ -180,7 +189,7 @@ class EpisodeSource(ABC):
                 )
         for key, want, dim in (
             ("actions", actions and self.has_actions, contract.ACTION_DIM),
-            ("proprio", proprio and self.has_proprio, contract.PROPRIO_DIM),
+            ("proprio", proprio and self.has_proprio, len(self.proprio_layout)),
         ):
             arr = out.get(key)
             if not want:
@@ -197,6 +206,24 @@ class EpisodeSource(ABC):
             f"{type(self).__name__}({self.name!r}, length={self.length}, "
             f"cameras={self.cameras}, actions={self.has_actions}, proprio={self.has_proprio})"
         )
+
+
+def data_proprio_layout(sources: Sequence[EpisodeSource]) -> tuple[str, ...] | None:
+    """The proprio layout of the episodes that have robot state (None when none has); a
+    DataError naming two episodes when they differ (one model takes one layout)."""
+    layouts: dict[tuple[str, ...], str] = {}
+    for src in sources:
+        if src.has_proprio:
+            layouts.setdefault(tuple(src.proprio_layout), src.name)
+    if len(layouts) > 1:
+        (a, na), (b, nb) = list(layouts.items())[:2]
+        raise DataError(
+            f"episodes differ in their robot state: {na} has proprio {list(a)}, {nb} has "
+            f"{list(b)}; one model takes one proprio layout: give every episode the same proprio "
+            "topics (--proprio-topic, or --proprio-pose-topic/--proprio-joint-states-topic with "
+            "--proprio-joints)"
+        )
+    return next(iter(layouts), None)
 
 
 # -- helpers shared by the formats ----------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lawm import keys
-from lawm.data.base import DataError, EpisodeSource
+from lawm.data.base import DataError, EpisodeSource, data_proprio_layout
 from lawm_core import contract
 
 MODES = ("pretrain", "finetune")
@@ -55,12 +55,16 @@ class WindowDataset(torch.utils.data.Dataset):
     mode "finetune": one window per (episode, t), t in [0, length); the sample holds frame t
     (T = 1) and actions t .. t + K - 1. Every source must have actions.
 
+    ``proprio_dim`` P: the model's proprio size; default: that of the episodes' proprio layout
+    (``contract.PROPRIO_DIM`` when none has robot state). Episodes with robot state must all
+    have one layout of that size.
+
     A sample (K = chunk_size, S = image_size, C = len(cameras))::
 
         images        {camera: uint8 (T, 3, S, S)}  zeros for a camera the episode lacks
         camera_mask   bool (C,)
         frame_mask    bool (T,)                     False for repeated frames
-        proprio       float32 (T, 5)                zeros without robot state
+        proprio       float32 (T, P)                zeros without robot state
         has_proprio   bool ()
         actions       float32 (K, 7) raw units      finetune, or pretrain with with_actions
         action_mask   bool (K,)                     False past the end (rows repeat the last)
@@ -75,6 +79,7 @@ class WindowDataset(torch.utils.data.Dataset):
         chunk_size: int,
         mode: str,
         with_actions: bool | None = None,
+        proprio_dim: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -109,6 +114,15 @@ class WindowDataset(torch.utils.data.Dataset):
                     f"{len(unlabelled)} episode(s) have no actions but {mode} needs them "
                     f"(opened with labelled=False, or a video format?): {unlabelled[:3]}"
                 )
+        layout = data_proprio_layout(self.sources)
+        if proprio_dim is None:
+            proprio_dim = contract.PROPRIO_DIM if layout is None else len(layout)
+        if layout is not None and len(layout) != proprio_dim:
+            raise DataError(
+                f"the episodes' robot state has {len(layout)} values {list(layout)}, the model "
+                f"takes {proprio_dim}"
+            )
+        self.proprio_dim = int(proprio_dim)
         blind = [s.name for s in self.sources if not set(s.cameras) & set(cameras)]
         if blind:
             raise DataError(f"episode(s) with none of the cameras {cameras}: {blind[:3]}")
@@ -155,7 +169,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if data["proprio"] is not None:
             proprio = torch.from_numpy(_pad_last(data["proprio"], n_frames))
         else:
-            proprio = torch.zeros(n_frames, contract.PROPRIO_DIM, dtype=torch.float32)
+            proprio = torch.zeros(n_frames, self.proprio_dim, dtype=torch.float32)
         sample: dict[str, Any] = {
             keys.IMAGES: images,
             CAMERA_MASK: torch.tensor([c in src.cameras for c in self.cameras]),

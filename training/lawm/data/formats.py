@@ -61,7 +61,10 @@ def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
 
 
 def _is_hdf5(path: Path) -> bool:
-    return _has_suffix(path, HDF5_SUFFIXES)
+    # A folder of .hdf5 files, or a dataset root whose suite folders hold them (LIBERO).
+    if _has_suffix(path, HDF5_SUFFIXES):
+        return True
+    return path.is_dir() and bool(hdf5.find_suite_folders(path))
 
 
 def _is_video(path: Path) -> bool:
@@ -100,8 +103,10 @@ def _open_video(path: Path, labelled: bool, options: None) -> list[EpisodeSource
     return video.open_video(path)  # video never has actions: labelled changes nothing
 
 
-def _open_ssv2(path: Path, labelled: bool, options: None) -> list[EpisodeSource]:
-    return video.open_ssv2(path)
+def _open_ssv2(
+    path: Path, labelled: bool, options: video.Ssv2Options | None
+) -> list[EpisodeSource]:
+    return video.open_ssv2(path, options=options)
 
 
 def _open_bridgedata(path: Path, labelled: bool, options: None) -> list[EpisodeSource]:
@@ -119,16 +124,19 @@ def _open_rosbag(
 REGISTRY: tuple[Format, ...] = (
     Format(
         "hdf5",
-        "a LIBERO/robomimic .hdf5/.h5 file or a folder of them",
+        "a LIBERO/robomimic .hdf5/.h5 file, a folder of them, or a folder of such folders "
+        "(the LIBERO release: libero_object/, ...)",
         _is_hdf5,
         _open_hdf5,
         hdf5.Hdf5Options,
     ),
     Format(
         "ssv2",
-        "a folder of <id>.webm with a Something-Something v2 labels JSON",
+        "Something-Something v2: a folder of <id>.webm with train.json/validation.json "
+        "next to or above it",
         _is_ssv2,
         _open_ssv2,
+        video.Ssv2Options,
     ),
     Format(
         "video",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lawm.data.base import EpisodeSource
+from lawm.data.base import EpisodeSource, data_proprio_layout
 from lawm_core import contract
 
 STD_FLOOR = 1e-6
@@ -38,19 +38,23 @@ class _Moments:
 
 
 def compute_stats(
-    sources: Sequence[EpisodeSource], max_frames: int | None = None
+    sources: Sequence[EpisodeSource], max_frames: int | None = None, proprio_dim: int | None = None
 ) -> dict[str, np.ndarray]:
     """Action range and proprio moments over ``sources`` (images are never read).
 
     max_frames caps the frames used for each statistic (episodes in order, the last one cut).
     Returns float32 ``action_min``, ``action_max`` (7,), ``proprio_mean``, ``proprio_std``
-    (5,) (std floored at 1e-6), and bool 0-d arrays ``has_action_stats`` /
-    ``has_proprio_stats``; without data the defaults are -1 / 1 and 0 / 1.
+    (P,) (std floored at 1e-6), and bool 0-d arrays ``has_action_stats`` /
+    ``has_proprio_stats``; without data the defaults are -1 / 1 and 0 / 1. P: ``proprio_dim``,
+    default the size of the episodes' proprio layout (``contract.PROPRIO_DIM`` without any).
     """
+    if proprio_dim is None:
+        layout = data_proprio_layout(sources)
+        proprio_dim = contract.PROPRIO_DIM if layout is None else len(layout)
     a_min = np.full(contract.ACTION_DIM, np.inf)
     a_max = np.full(contract.ACTION_DIM, -np.inf)
     a_frames = 0
-    moments = _Moments(contract.PROPRIO_DIM)
+    moments = _Moments(proprio_dim)
     cap = float("inf") if max_frames is None else int(max_frames)
     for src in sources:
         need_a = src.has_actions and a_frames < cap
@@ -71,11 +75,11 @@ def compute_stats(
     return {
         "action_min": (a_min if has_actions else -np.ones(contract.ACTION_DIM)).astype(np.float32),
         "action_max": (a_max if has_actions else np.ones(contract.ACTION_DIM)).astype(np.float32),
-        "proprio_mean": (moments.mean if has_proprio else np.zeros(contract.PROPRIO_DIM)).astype(
+        "proprio_mean": (moments.mean if has_proprio else np.zeros(proprio_dim)).astype(
             np.float32
         ),
         "proprio_std": (
-            np.maximum(moments.std(), STD_FLOOR) if has_proprio else np.ones(contract.PROPRIO_DIM)
+            np.maximum(moments.std(), STD_FLOOR) if has_proprio else np.ones(proprio_dim)
         ).astype(np.float32),
         "has_action_stats": np.array(has_actions),
         "has_proprio_stats": np.array(has_proprio),

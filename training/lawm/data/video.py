@@ -1,4 +1,4 @@
-"""Unlabeled video: plain folders of clips and Something-Something v2.
+"""Unlabeled video: plain folders of clips and Something-Something v2 as released.
 
 A clip is one episode with a single camera (reported as ``contract.AGENTVIEW``), no actions and no
 robot state. Decoding uses PyAV when installed, else OpenCV. Frame counts are taken at open
@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,15 +229,22 @@ def _open_many(items: Sequence[tuple[Path, str]], backend: str | None) -> list[V
 
 # -- plain video folders -----------------------------------------------------------------------
 def instruction_for_video(path: Path) -> str:
-    """``<stem>.txt`` beside the clip (first non-empty line) or the stem with spaces."""
+    """``<stem>.txt`` beside the clip (first non-empty line) or the stem with spaces; "" for a
+    stem that is only a number (a dataset id such as SSv2's ``101.webm``, not an instruction)."""
     sidecar = path.with_suffix(".txt")
     if sidecar.is_file():
         return first_line(sidecar.read_text(errors="replace"))
+    if path.stem.isdigit():
+        return ""
     return path.stem.replace("_", " ").strip()
 
 
 def open_video(path: str | Path, backend: str | None = None) -> list[VideoEpisode]:
-    """A video file, or every video under a folder (recursively, natural order)."""
+    """A video file, or every video under a folder (recursively, natural order).
+
+    Clips named by a number have no instruction; when that is every clip of a folder (the
+    Something-Something v2 videos without their labels) a warning says so.
+    """
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -254,10 +263,46 @@ def open_video(path: str | Path, backend: str | None = None) -> list[VideoEpisod
             raise DataError(
                 f"{path}: empty video folder (no {'/'.join(s[1:] for s in VIDEO_SUFFIXES)} files)"
             )
-    return _open_many([(f, instruction_for_video(f)) for f in files], backend)
+    items = [(f, instruction_for_video(f)) for f in files]
+    numeric = [f for f, text in items if not text and f.stem.isdigit()]
+    if len(numeric) == len(items):
+        warnings.warn(
+            f"{path}: every clip is named by a number (e.g. {numeric[0].name}), so none has "
+            "an instruction; for Something-Something v2 put its labels (train.json, "
+            "validation.json) next to or above the folder, or give each clip a <stem>.txt",
+            stacklevel=2,
+        )
+    return _open_many(items, backend)
 
 
 # -- Something-Something v2 --------------------------------------------------------------------
+SSV2_SPLITS = ("train", "validation", "test")
+_SSV2_ALIASES = {"valid": "validation", "val": "validation"}
+# The release's labels archive names them <split>.json; the original 20BN one
+# something-something-v2-<split>.json.
+_SSV2_PREFIXES = ("", "something-something-v2-")
+
+
+@dataclass(frozen=True)
+class Ssv2Options:
+    """How a Something-Something v2 folder is opened.
+
+    split: "train" (default), "validation" (also "valid") or "test": only the clips listed in
+        that split's labels file are used (test clips have no label, so no instruction).
+    """
+
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        split = _SSV2_ALIASES.get(self.split, self.split)
+        if split not in SSV2_SPLITS:
+            raise DataError(
+                f"Something-Something v2 split {self.split!r}: expected one of "
+                f"{', '.join(SSV2_SPLITS)}"
+            )
+        object.__setattr__(self, "split", split)
+
+
 def _looks_like_ssv2_labels(path: Path) -> bool:
     # Peek only: the real train.json is ~20 MB and detection should stay cheap.
     try:
@@ -268,15 +313,32 @@ def _looks_like_ssv2_labels(path: Path) -> bool:
     return head.startswith("[") and '"id"' in head
 
 
-def find_ssv2_labels(folder: str | Path) -> list[Path]:
-    """Label JSON files for a SSv2 video folder: in it, in its labels/, or in ../labels/."""
-    folder = Path(folder)
-    places = [folder, folder / "labels", folder.parent / "labels"]
-    found = []
-    for place in places:
-        if place.is_dir():
-            found += sorted(p for p in place.glob("*.json") if _looks_like_ssv2_labels(p))
-    return found
+def ssv2_label_places(folder: str | Path) -> list[Path]:
+    """Where a video folder's labels may be, nearest first: the folder, its labels/, then its
+    parent and grandparent and their labels/ (the release unpacks the videos into
+    ``20bn-something-something-v2/`` and the labels into ``labels/`` beside it)."""
+    folder = Path(folder).resolve()
+    places = []
+    for base in (folder, folder.parent, folder.parent.parent):
+        places += [base, base / "labels"]
+    return list(dict.fromkeys(places))
+
+
+def find_ssv2_labels(folder: str | Path) -> dict[str, Path]:
+    """{split: labels file} from the nearest place holding any split's file; {} if none."""
+    for place in ssv2_label_places(folder):
+        if not place.is_dir():
+            continue
+        found = {}
+        for split in SSV2_SPLITS:
+            for prefix in _SSV2_PREFIXES:
+                candidate = place / f"{prefix}{split}.json"
+                if candidate.is_file() and _looks_like_ssv2_labels(candidate):
+                    found[split] = candidate
+                    break
+        if found:
+            return found
+    return {}
 
 
 def ssv2_instruction(entry: dict[str, Any]) -> str:
@@ -288,37 +350,65 @@ def ssv2_instruction(entry: dict[str, Any]) -> str:
     return ""
 
 
-def open_ssv2(folder: str | Path, backend: str | None = None) -> list[VideoEpisode]:
-    """Every ``<id>.webm`` in ``folder``, its instruction from the labels JSON."""
+def _read_split(path: Path) -> dict[str, str]:
+    """{clip id: instruction} of one labels file, in its order."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot parse labels JSON: {err}") from err
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: labels JSON must be a list of objects with 'id'")
+    return {
+        str(e["id"]): ssv2_instruction(e) for e in entries if isinstance(e, dict) and "id" in e
+    }
+
+
+def open_ssv2(
+    folder: str | Path, backend: str | None = None, options: Ssv2Options | None = None
+) -> list[VideoEpisode]:
+    """The ``<id>.webm`` clips of ``folder`` listed in the requested split's labels file, each
+    with its instruction; clips of other splits are left out."""
+    options = options or Ssv2Options()
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: ssv2 expects a folder of <id>.webm files")
     label_files = find_ssv2_labels(folder)
     if not label_files:
+        places = ", ".join(str(p) for p in ssv2_label_places(folder))
         raise DataError(
-            f"{folder}: no Something-Something v2 labels JSON (a list of objects with 'id') in "
-            f"the folder, its labels/ or ../labels/"
+            f"{folder}: no Something-Something v2 labels JSON (train.json, validation.json, "
+            f"test.json: lists of objects with 'id') in {places}"
         )
-    labels: dict[str, str] = {}
-    for lf in label_files:
-        try:
-            entries = json.loads(lf.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"{lf}: cannot parse labels JSON: {err}") from err
-        if not isinstance(entries, list):
-            raise DataError(f"{lf}: labels JSON must be a list of objects")
-        for entry in entries:
-            if isinstance(entry, dict) and "id" in entry:
-                labels[str(entry["id"])] = ssv2_instruction(entry)
+    split_file = label_files.get(options.split)
+    if split_file is None:
+        place = next(iter(label_files.values())).parent
+        raise DataError(
+            f"{folder}: no {options.split}.json in {place} (it has "
+            f"{', '.join(p.name for p in label_files.values())}); pass --split with one of "
+            f"{', '.join(label_files)}"
+        )
+    labels = _read_split(split_file)
     with os.scandir(folder) as it:
         files = sorted(
             (
                 Path(e.path)
                 for e in it
-                if e.is_file() and e.name.lower().endswith(".webm") and e.name[0] != "."
+                if e.name[0] != "."
+                and e.name.lower().endswith(".webm")
+                and e.name[:-5] in labels
+                and e.is_file()
             ),
             key=lambda p: natural_key(p.name),
         )
     if not files:
-        raise DataError(f"{folder}: empty video folder (no .webm files)")
-    return _open_many([(f, labels.get(f.stem, "")) for f in files], backend)
+        raise DataError(
+            f"{folder}: none of the {len(labels)} clips of {split_file} is in the folder "
+            "(no matching <id>.webm)"
+        )
+    if not any(labels[f.stem] for f in files):
+        warnings.warn(
+            f"{split_file}: no clip has a label or template, so the clips have no "
+            "instruction (the test split is released without labels)",
+            stacklevel=2,
+        )
+    return _open_many([(f, labels[f.stem]) for f in files], backend)

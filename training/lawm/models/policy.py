@@ -217,14 +217,10 @@ class Policy(nn.Module):
         """images[cam]: (B, 3, H, W); proprio (B, P) raw; lang (B, L) -> (B, K, A) in [-1, 1].
 
         camera_mask (B, n_cams) and has_proprio (B,) hide absent inputs from attention (video
-        pretraining has one camera and no robot state).
+        pretraining has one camera and no robot state). This is the training forward.
         """
         b = lang.shape[0]
         cams = self.cfg.cameras
-        # One encoder pass over all cameras: (n_cams * B, 3, H, W).
-        stacked = torch.cat([images[c] for c in cams], dim=0)
-        cam_tokens = self.image_encoder(stacked, lang.repeat(len(cams), 1))
-        cam_tokens = cam_tokens.view(len(cams), b, -1).transpose(0, 1) + self.camera_embed
         prop = (proprio - self.proprio_mean) / self.proprio_std
         if not self.cfg.use_proprio:
             prop = torch.zeros_like(prop)
@@ -232,7 +228,7 @@ class Policy(nn.Module):
             torch.cat(
                 [
                     self.lang_proj(lang)[:, None],
-                    cam_tokens,
+                    self._camera_tokens(images, cams, lang),
                     self.proprio_mlp(prop)[:, None],
                     self.action_token.expand(b, -1, -1),
                 ],
@@ -250,11 +246,57 @@ class Policy(nn.Module):
             if not self.cfg.use_proprio:
                 keep[:, -2] = False
             key_bias = torch.zeros(keep.shape, device=lang.device).masked_fill(~keep, -1e9)
+        return self._decode(tokens, key_bias)
+
+    def forward_present(
+        self, images: dict[str, Tensor], proprio: Tensor | None, lang: Tensor
+    ) -> Tensor:
+        """The training forward (``forward``) of an observation that has exactly the cameras in
+        ``images`` and, when ``proprio`` is not None, robot state: camera_mask True for those
+        cameras only, has_proprio ``proprio is not None``. (B, K, A) in [-1, 1].
+
+        Computed without the masked tokens: a masked key's attention weight is exp(-1e9) = 0
+        and only the action token's output is read, so the tokens of absent inputs cannot change
+        the actions; leaving them out gives the same result (to float rounding) without
+        encoding images that do not exist. What the exported graph runs.
+        """
+        order = self.cfg.cameras
+        unknown = sorted(set(images) - set(order))
+        if unknown:
+            raise ValueError(f"cameras {unknown} are not inputs of this policy ({list(order)})")
+        cams = tuple(c for c in order if c in images)
+        if not cams:
+            raise ValueError(f"forward_present needs at least one of the cameras {list(order)}")
+        b = lang.shape[0]
+        parts = [self.lang_proj(lang)[:, None], self._camera_tokens(images, cams, lang)]
+        slots = [0, *(1 + order.index(c) for c in cams)]
+        if proprio is not None and self.cfg.use_proprio:
+            prop = (proprio - self.proprio_mean) / self.proprio_std
+            parts.append(self.proprio_mlp(prop)[:, None])
+            slots.append(1 + len(order))
+        parts.append(self.action_token.expand(b, -1, -1))
+        slots.append(self.n_tokens - 1)
+        tokens = torch.cat(parts, dim=1) + self.type_embed[:, slots]
+        return self._decode(tokens, None)
+
+    def _camera_tokens(self, images: dict[str, Tensor], cams: tuple[str, ...], lang: Tensor):
+        """One token per camera of ``cams`` (model order): (B, len(cams), D)."""
+        b = lang.shape[0]
+        # One encoder pass over the cameras: (n_cams * B, 3, H, W).
+        stacked = torch.cat([images[c] for c in cams], dim=0)
+        tokens = self.image_encoder(stacked, lang.repeat(len(cams), 1))
+        embed = self.camera_embed
+        if cams != self.cfg.cameras:
+            embed = embed[[self.cfg.cameras.index(c) for c in cams]]
+        return tokens.view(len(cams), b, -1).transpose(0, 1) + embed
+
+    def _decode(self, tokens: Tensor, key_bias: Tensor | None) -> Tensor:
+        """Transformer over the tokens, head on the last (action) token -> (B, K, A)."""
         h = tokens
         for block in self.blocks:
             h = block(h, key_bias)
         out = self.head(self.ln_f(h[:, -1]))
-        return torch.tanh(out).view(b, self.cfg.chunk_size, self.cfg.action_dim)
+        return torch.tanh(out).view(tokens.shape[0], self.cfg.chunk_size, self.cfg.action_dim)
 
 
 def policy_inputs(batch: dict, t: int = 0) -> dict:

@@ -486,13 +486,34 @@ class WorldModel(nn.Module):
                 f"actions must be (B, T, {self.cfg.action_dim}), got {tuple(actions.shape)}"
             )
 
-    def embed(self, images: dict[str, Tensor], proprio: Tensor | None = None) -> Tensor:
-        """images[cam] (B, T, 3, H, W), proprio (B, T, P) -> embedding (B, T, E)."""
-        parts = [self.encoders[c](images[c]) for c in self.cfg.cameras]
+    def embed(
+        self,
+        images: dict[str, Tensor],
+        proprio: Tensor | None = None,
+        camera_mask: Tensor | None = None,
+        has_proprio: Tensor | None = None,
+    ) -> Tensor:
+        """images[cam] (B, T, 3, H, W), proprio (B, T, P) -> embedding (B, T, E).
+
+        camera_mask (B, n_cams) in ``cfg.cameras`` order and has_proprio (B,) mark the inputs a
+        sample has; an absent one's embedding is zero (by ``where``: its pixels or values reach
+        neither the embedding nor any gradient), as the policy hides an absent input's token.
+        """
+        parts = []
+        for i, c in enumerate(self.cfg.cameras):
+            e = self.encoders[c](images[c])
+            if camera_mask is not None:
+                keep = camera_mask[:, i].to(device=e.device, dtype=torch.bool)
+                e = torch.where(keep[:, None, None], e, torch.zeros_like(e))
+            parts.append(e)
         if self.proprio_encoder is not None:
             if proprio is None:
                 raise ValueError("this world model uses proprio (use_proprio=True); got None")
-            parts.append(self.proprio_encoder(symlog(proprio.float())))
+            e = self.proprio_encoder(symlog(proprio.float()))
+            if has_proprio is not None:
+                keep = has_proprio.to(device=e.device, dtype=torch.bool)
+                e = torch.where(keep[:, None, None], e, torch.zeros_like(e))
+            parts.append(e)
         return torch.cat(parts, -1)
 
     def decode(self, feat: Tensor) -> dict[str, Tensor]:
@@ -510,11 +531,19 @@ class WorldModel(nn.Module):
         is_first: Tensor,
         proprio: Tensor | None = None,
         frame_mask: Tensor | None = None,
+        camera_mask: Tensor | None = None,
+        has_proprio: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """World-model loss over a sequence; differentiable w.r.t. ``actions``.
 
         images[cam] (B, T, 3, H, W) uint8, actions (B, T, A), is_first (B, T) bool,
-        proprio (B, T, P) | None, frame_mask (B, T) bool | None -> (scalar loss, metrics).
+        proprio (B, T, P) | None, frame_mask (B, T) bool | None, camera_mask (B, n_cams) bool
+        | None (``cfg.cameras`` order), has_proprio (B,) bool | None -> (scalar loss, metrics).
+
+        An absent camera (or proprio) of a sample is neither encoded (see ``embed``) nor
+        reconstructed: the loss and its gradients do not depend on its pixels (the zeros a
+        dataset puts there). Each camera's image loss is averaged over the valid frames that
+        have it; a sample with no observation at all adds nothing, not even KL.
         Metrics: loss, recon (image loss, summed pixels), recon_mse (per pixel, in [0, 1]
         units), kl_dyn / kl_rep (after free bits), kl (raw), prior_ent, post_ent, and proprio
         (symlog MSE) when used; recon_<cam> per camera when there are several.
@@ -522,60 +551,82 @@ class WorldModel(nn.Module):
         self._check_inputs(images, actions)
         cfg = self.cfg
         b, t = actions.shape[:2]
-        embeds = self.embed(images, proprio)
+        if camera_mask is not None and tuple(camera_mask.shape) != (b, len(cfg.cameras)):
+            raise ValueError(
+                f"camera_mask must be (B, {len(cfg.cameras)}) in the order {cfg.cameras}, "
+                f"got {tuple(camera_mask.shape)}"
+            )
+        use_proprio = self.proprio_decoder is not None
+        embeds = self.embed(images, proprio, camera_mask, has_proprio if use_proprio else None)
         posts, priors = self.rssm.observe(embeds, actions, is_first)
         feat = self.rssm.feature(posts)
         preds = self.decode(feat)
+        dev = feat.device
 
         if frame_mask is None:
-            mask = torch.ones(b, t, device=feat.device)
+            mask = torch.ones(b, t, device=dev)
         else:
-            mask = frame_mask.to(device=feat.device, dtype=torch.float32)
-        n_valid = mask.sum().clamp_min(1.0)
+            mask = frame_mask.to(device=dev, dtype=torch.float32)
+        ones = torch.ones(b, device=dev)
+        cam_present = (
+            torch.ones(b, len(cfg.cameras), device=dev)
+            if camera_mask is None
+            else camera_mask.to(device=dev, dtype=torch.float32)
+        )
+        prop_present = (
+            ones if has_proprio is None or not use_proprio else has_proprio.to(dev).float()
+        )
+        observed = cam_present.amax(1)
+        if use_proprio:
+            observed = torch.maximum(observed, prop_present)
+        frames = mask * observed[:, None]  # (B, T): valid frames with some observation
 
-        def masked_mean(x: Tensor) -> Tensor:  # (B, T) -> scalar over valid frames
-            # where(), not multiplication: a non-finite value in a padded frame stays out.
-            return (
-                torch.where(mask > 0, x.float(), torch.zeros_like(x, dtype=torch.float32)).sum()
-                / n_valid
-            )
+        def masked_sum(x: Tensor, weight: Tensor) -> Tensor:  # (B, T) -> scalar
+            # where(), not multiplication: a non-finite value in a left-out frame stays out.
+            return torch.where(
+                weight > 0, x.float(), torch.zeros_like(x, dtype=torch.float32)
+            ).sum()
+
+        def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
+            return masked_sum(x, weight) / weight.sum().clamp_min(1.0)
 
         total = feat.new_zeros((), dtype=torch.float32)
         image_loss = feat.new_zeros((), dtype=torch.float32)
         mse_sum = feat.new_zeros((), dtype=torch.float32)
         extra: dict[str, Tensor] = {}
-        for c in cfg.cameras:
+        for i, c in enumerate(cfg.cameras):
             target = images[c]
             target = target.float() / 255.0 if target.dtype == torch.uint8 else target.float()
             err = (preds[c].float() - (target - 0.5)).square()  # (B, T, 3, H, W)
-            per_image = err.sum((-3, -2, -1))
-            cam_loss = masked_mean(per_image)
+            weight = mask * cam_present[:, i, None]
+            cam_loss = masked_mean(err.sum((-3, -2, -1)), weight)
             image_loss = image_loss + cam_loss
-            mse_sum = mse_sum + masked_mean(err.mean((-3, -2, -1))).detach()
+            mse_sum = mse_sum + masked_sum(err.mean((-3, -2, -1)), weight).detach()
             if len(cfg.cameras) > 1:
                 extra[f"recon_{c}"] = cam_loss.detach()
+        n_images = (mask[:, :, None] * cam_present[:, None, :]).sum().clamp_min(1.0)
         total = total + image_loss
-        if self.proprio_decoder is not None:
+        if use_proprio:
             assert proprio is not None  # embed() already raised otherwise
             p_err = (preds["proprio"].float() - symlog(proprio.float())).square().sum(-1)
-            p_loss = masked_mean(p_err)
+            p_loss = masked_mean(p_err, mask * prop_present[:, None])
             total = total + p_loss
             extra["proprio"] = p_loss.detach()
 
         dyn, rep, raw = kl_balance(posts["logits"], priors["logits"], cfg.free_bits)
-        dyn, rep = masked_mean(dyn), masked_mean(rep)
+        dyn, rep = masked_mean(dyn, frames), masked_mean(rep, frames)
         total = total + cfg.kl_dyn * dyn + cfg.kl_rep * rep
 
         with torch.no_grad():
             values = {
                 "loss": total.detach(),
                 "recon": image_loss.detach(),
-                "recon_mse": mse_sum / len(cfg.cameras),
+                "recon_mse": mse_sum / n_images,
                 "kl_dyn": dyn.detach(),
                 "kl_rep": rep.detach(),
-                "kl": masked_mean(raw),
-                "prior_ent": masked_mean(categorical_entropy(priors["logits"])),
-                "post_ent": masked_mean(categorical_entropy(posts["logits"])),
+                "kl": masked_mean(raw, frames),
+                "prior_ent": masked_mean(categorical_entropy(priors["logits"]), frames),
+                "post_ent": masked_mean(categorical_entropy(posts["logits"]), frames),
                 **extra,
             }
             # One device->host copy for all metrics instead of one sync per .item().

@@ -14,13 +14,16 @@ Messages, per role:
 * actions: ``std_msgs/Float32MultiArray`` / ``Float64MultiArray`` (7 values), or
   ``geometry_msgs/TwistStamped`` (linear xyz, angular xyz) with the gripper on a
   ``std_msgs/Float64`` / ``Float32`` topic;
-* proprio: ``Float32MultiArray`` / ``Float64MultiArray`` (5 values);
+* proprio: ``Float32MultiArray`` / ``Float64MultiArray`` (one value per name of the model's
+  proprio layout), ``geometry_msgs/PoseStamped`` (its position) or ``sensor_msgs/JointState``
+  (positions by joint name, ``joint_series``);
 * instruction: the first non-empty ``std_msgs/String``.
 
 Times: a message whose first field is a ``std_msgs/Header`` is at its header stamp (parsed
 from the CDR bytes, nothing deserialised), others, and zero stamps, at their log time. Other
-topics are aligned to a camera's frames by ``latest_at_or_before``; ``nearest`` gives the
-frame a message is closest to.
+topics are aligned to a camera's frames, or to a regular grid of step times (``step_grid``), by
+``latest_at_or_before``; ``nearest`` gives the frame a message is closest to;
+``recorded_rate`` says at what rate a topic was recorded.
 
 Failures: ``BagError`` (bad path, unreadable or truncated bag, missing topic, wrong type or
 size), its message naming the bag or topic and saying why, for missing topics with the list of
@@ -49,8 +52,10 @@ TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
 ACTION_TYPES: tuple[str, ...] = (*ARRAY_TYPES, TWIST_STAMPED)
 FLOAT_TYPES: tuple[str, ...] = ("std_msgs/msg/Float64", "std_msgs/msg/Float32")
 STRING = "std_msgs/msg/String"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+JOINT_STATE = "sensor_msgs/msg/JointState"
 # Types whose first field is a std_msgs/Header.
-HEADER_TYPES: tuple[str, ...] = (*IMAGE_TYPES, TWIST_STAMPED)
+HEADER_TYPES: tuple[str, ...] = (*IMAGE_TYPES, TWIST_STAMPED, POSE_STAMPED, JOINT_STATE)
 BAG_SUFFIXES: tuple[str, ...] = (".mcap", ".db3")
 # Words in a topic name that mark the wrist camera (eye_in_hand) when guessing.
 WRIST_WORDS: tuple[str, ...] = ("wrist", "hand", "eye")
@@ -245,7 +250,7 @@ def decode_image(raw: bytes | memoryview, msgtype: str) -> np.ndarray:
 
 def message_values(msg: Any, msgtype: str) -> np.ndarray:
     """float64 (D,): an array's data, a TwistStamped's (linear xyz, angular xyz), a Float's
-    value."""
+    value, a PoseStamped's position (x, y, z), a JointState's positions (in its name order)."""
     if msgtype in ARRAY_TYPES:
         return np.asarray(msg.data, dtype=np.float64).ravel()
     if msgtype == TWIST_STAMPED:
@@ -255,6 +260,11 @@ def message_values(msg: Any, msgtype: str) -> np.ndarray:
         )
     if msgtype in FLOAT_TYPES:
         return np.array([float(msg.data)])
+    if msgtype == POSE_STAMPED:
+        p = msg.pose.position
+        return np.array([p.x, p.y, p.z], np.float64)
+    if msgtype == JOINT_STATE:
+        return np.asarray(msg.position, dtype=np.float64).ravel()
     raise BagError(f"{msgtype} carries no numeric values")
 
 
@@ -285,6 +295,7 @@ class Stream:
     occurrences: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     values: list[np.ndarray] = field(default_factory=list)  # float64 (D,) per message
     text: str | None = None
+    names: list[tuple[str, ...]] = field(default_factory=list)  # JointState: joint names per msg
 
     def __len__(self) -> int:
         return int(self.stamps.size)
@@ -312,7 +323,10 @@ def scan(reader: Any, topics: Iterable[str]) -> dict[str, Stream]:
             if stream.text is None:
                 stream.text = ts.deserialize_cdr(raw, msgtype).data.strip() or None
         elif msgtype not in IMAGE_TYPES:
-            stream.values.append(message_values(ts.deserialize_cdr(raw, msgtype), msgtype))
+            msg = ts.deserialize_cdr(raw, msgtype)
+            stream.values.append(message_values(msg, msgtype))
+            if msgtype == JOINT_STATE:
+                stream.names.append(tuple(str(n) for n in msg.name))
     for topic, stream in out.items():
         stream.stamps = np.asarray(stamps[topic], np.int64)
         stream.logtimes = np.asarray(logtimes[topic], np.int64)
@@ -320,7 +334,58 @@ def scan(reader: Any, topics: Iterable[str]) -> dict[str, Stream]:
     return out
 
 
+def joint_series(
+    where: str, topic: str, stream: Stream, joint: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(stamps int64 (M_j,), positions float64 (M_j,)) of the messages of a JointState
+    ``stream`` that name ``joint`` (drivers may publish arm and gripper joints in separate
+    messages on one topic). BagError naming the joint and the joints the topic has when no
+    message names it, or when a message has fewer positions than names."""
+    stamps: list[int] = []
+    values: list[float] = []
+    for stamp, names, pos in zip(stream.stamps, stream.names, stream.values):
+        if joint not in names:
+            continue
+        i = names.index(joint)
+        if i >= len(pos):
+            raise BagError(
+                f"{where}: JointState topic {topic} has a message with {len(names)} names but "
+                f"{len(pos)} positions"
+            )
+        stamps.append(int(stamp))
+        values.append(float(pos[i]))
+    if not stamps:
+        known = sorted({n for names in stream.names for n in names})
+        shown = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+        raise BagError(
+            f"{where}: JointState topic {topic} has no joint {joint!r} in any of its "
+            f"{len(stream)} messages; its joints: {shown or 'none'}"
+        )
+    return np.asarray(stamps, np.int64), np.asarray(values, np.float64)
+
+
 # ------------------------------------------------------------------------------ alignment
+def recorded_rate(stamps: np.ndarray) -> float | None:
+    """The rate (Hz) a topic was recorded at: one over the median interval between its
+    distinct stamps; None with fewer than two."""
+    distinct = np.unique(np.asarray(stamps, np.int64))
+    if distinct.size < 2:
+        return None
+    return 1e9 / float(np.median(np.diff(distinct)))
+
+
+def step_grid(first_ns: int, last_ns: int, rate_hz: float) -> np.ndarray:
+    """int64 (T,): the regular step times first, first + 1/rate, ... up to ``last_ns``
+    (rounded to the ns); empty when ``last_ns < first_ns``."""
+    if rate_hz <= 0:
+        raise ValueError(f"rate_hz must be positive, got {rate_hz!r}")
+    if last_ns < first_ns:
+        return np.zeros(0, np.int64)
+    n = int(np.floor((last_ns - first_ns) * rate_hz / 1e9 + 1e-9)) + 1
+    times = int(first_ns) + np.round(np.arange(n) * (1e9 / rate_hz)).astype(np.int64)
+    return times[times <= last_ns]
+
+
 def latest_at_or_before(stamps: np.ndarray, times: np.ndarray) -> np.ndarray:
     """int64 (T,): for each of ``times`` (T,), the index into ``stamps`` (M,) (in its own
     order) of the latest message stamped at or before it; -1 where there is none."""

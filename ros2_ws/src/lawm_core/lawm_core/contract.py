@@ -13,8 +13,16 @@ AGENTVIEW = "agentview"
 EYE_IN_HAND = "eye_in_hand"
 CAMERAS: tuple[str, ...] = (AGENTVIEW, EYE_IN_HAND)
 
-# Proprioception: end-effector position (3) + the two gripper finger positions (2).
-PROPRIO_LAYOUT: tuple[str, ...] = ("ee_x", "ee_y", "ee_z", "gripper_left", "gripper_right")
+# Proprioception: end-effector position (3) + the two gripper finger positions (2) by default.
+# A model's layout is a property of its training data (policy.json "proprio_layout"), written
+# with these names: "ee_x", "ee_y", "ee_z" (end-effector position in the robot base frame),
+# "gripper_left", "gripper_right" (LIBERO Panda finger qpos), "joint:<name>" (the position of a
+# sensor_msgs/JointState joint by name). A model trained without robot state has none (empty
+# layout, no proprio graph input).
+PROPRIO_EE_NAMES: tuple[str, ...] = ("ee_x", "ee_y", "ee_z")
+PROPRIO_GRIPPER_NAMES: tuple[str, ...] = ("gripper_left", "gripper_right")
+PROPRIO_JOINT_PREFIX = "joint:"
+PROPRIO_LAYOUT: tuple[str, ...] = (*PROPRIO_EE_NAMES, *PROPRIO_GRIPPER_NAMES)
 EE_POS_DIM = 3
 GRIPPER_STATE_DIM = 2
 PROPRIO_DIM = len(PROPRIO_LAYOUT)
@@ -57,7 +65,7 @@ TOKENIZER_FILE = "tokenizer.json"
 
 # Exported ONNX input/output names.
 ONNX_IMAGE_PREFIX = "image_"  # + camera: uint8 (B, H, W, 3), RGB, upright
-ONNX_PROPRIO_INPUT = "proprio"  # float32 (B, PROPRIO_DIM), raw units (normalised in-graph)
+ONNX_PROPRIO_INPUT = "proprio"  # float32 (B, P), raw units (normalised in-graph); P > 0 only
 ONNX_LANG_INPUT = "lang"  # float32 (B, lang_dim)
 ONNX_ACTION_OUTPUT = "actions"  # float32 (B, K, ACTION_DIM), clamped to [-1, 1]
 
@@ -71,6 +79,25 @@ def onnx_image_input(camera: str) -> str:
     return f"{ONNX_IMAGE_PREFIX}{camera}"
 
 
-def onnx_input_names(cameras: tuple[str, ...] | list[str]) -> list[str]:
-    """The policy graph's inputs in order: one image per camera, proprio, language."""
-    return [onnx_image_input(c) for c in cameras] + [ONNX_PROPRIO_INPUT, ONNX_LANG_INPUT]
+def onnx_input_names(cameras: tuple[str, ...] | list[str], proprio: bool = True) -> list[str]:
+    """The policy graph's inputs in order: one image per camera, proprio (only when the model
+    takes robot state: ``proprio``, i.e. a proprio_dim > 0), language."""
+    return [
+        *(onnx_image_input(c) for c in cameras),
+        *((ONNX_PROPRIO_INPUT,) if proprio else ()),
+        ONNX_LANG_INPUT,
+    ]
+
+
+def proprio_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a proprio layout entry (None when it is one): one of
+    PROPRIO_EE_NAMES, PROPRIO_GRIPPER_NAMES or ``joint:<joint name>``."""
+    if not isinstance(name, str):
+        return f"{name!r} is not a string"
+    if name in PROPRIO_EE_NAMES or name in PROPRIO_GRIPPER_NAMES:
+        return None
+    joint = name[len(PROPRIO_JOINT_PREFIX) :]
+    if name.startswith(PROPRIO_JOINT_PREFIX) and joint and joint == joint.strip():
+        return None
+    known = ", ".join((*PROPRIO_EE_NAMES, *PROPRIO_GRIPPER_NAMES))
+    return f"{name!r} is not a proprio name ({known} or {PROPRIO_JOINT_PREFIX}<joint name>)"

@@ -5,8 +5,12 @@ The folder comes from ``lawm.export.export_policy``::
     policy.json   sidecar (``lawm_core.sidecar.PolicySidecar``): format_version, onnx_sha256,
                   cameras, image_size, chunk_size, action_dim, control_rate_hz, normalization,
                   inputs, outputs, ...
-    policy.onnx   image_<camera> uint8 (B, S, S, 3) RGB, proprio float32 (B, P) raw units,
-                  lang float32 (B, 384) -> actions float32 (B, K, A) normalised to [-1, 1]
+    policy.onnx   image_<camera> uint8 (B, S, S, 3) RGB per sidecar camera, proprio float32
+                  (B, P) raw units (only when proprio_dim P > 0), lang float32 (B, 384)
+                  -> actions float32 (B, K, A) normalised to [-1, 1]
+
+The cameras and the proprio are those the training data provided: a model trained without
+robot state has no proprio input (``has_proprio`` False) and ``predict`` takes ``proprio=None``.
 
 Loading refuses (``ModelLoadError`` naming the file and the reason) a missing folder or file,
 a sidecar that ``PolicySidecar.read`` refuses (not JSON, a missing, unknown or malformed field,
@@ -132,8 +136,10 @@ class PolicyModel:
 
     Attributes: ``spec`` (the checked ``PolicySidecar``), ``cameras`` (tuple, input order),
     ``image_size``, ``chunk_size``, ``action_dim``, ``control_rate_hz``, ``lang_dim``,
-    ``proprio_dim``, ``provider``, ``providers`` (all active), ``action_min``/``action_max``
-    (float64 (A,)), ``model_dir``, ``onnx_path``, ``has_text_encoder``.
+    ``proprio_dim`` (0: no robot state), ``proprio_layout`` (tuple of contract proprio names,
+    empty without robot state), ``has_proprio``, ``provider``, ``providers`` (all active),
+    ``action_min``/``action_max`` (float64 (A,)), ``model_dir``, ``onnx_path``,
+    ``has_text_encoder``.
 
     ``predict`` is safe to call from several threads (onnxruntime sessions are).
     """
@@ -161,6 +167,7 @@ class PolicyModel:
         self.action_dim = spec.action_dim
         self.control_rate_hz = spec.control_rate_hz
         self.proprio_dim = spec.proprio_dim
+        self.proprio_layout: tuple[str, ...] = spec.proprio_layout
         self.lang_dim = spec.lang_dim
         self.action_min = np.asarray(spec.normalization.action_min, np.float64)
         self.action_max = np.asarray(spec.normalization.action_max, np.float64)
@@ -190,10 +197,11 @@ class PolicyModel:
             )
         self._check_graph(sidecar_path)
         log.info(
-            "loaded %s (%s, cameras %s, %dx%d, chunk %d, %.1f Hz) on %s",
+            "loaded %s (%s, cameras %s, proprio %s, %dx%d, chunk %d, %.1f Hz) on %s",
             self.onnx_path,
             spec.preset,
             list(self.cameras),
+            list(self.proprio_layout) or "none",
             self.image_size,
             self.image_size,
             self.chunk_size,
@@ -226,12 +234,18 @@ class PolicyModel:
 
     # ---------------------------------------------------------------- inference
     @property
+    def has_proprio(self) -> bool:
+        """The model takes robot state (``proprio_layout``); False: trained without it, and
+        ``predict`` takes ``proprio=None``."""
+        return self.proprio_dim > 0
+
+    @property
     def has_text_encoder(self) -> bool:
         """The export folder also holds text_encoder.* (``TextEncoderRuntime(model_dir)``)."""
         return self.spec.text_encoder is not None
 
     def _feed(
-        self, images: Mapping[str, np.ndarray], proprio: np.ndarray, lang: np.ndarray
+        self, images: Mapping[str, np.ndarray], proprio: np.ndarray | None, lang: np.ndarray
     ) -> dict[str, np.ndarray]:
         if not isinstance(images, Mapping):
             raise InputError(f"images must be a dict camera -> array, got {type(images).__name__}")
@@ -257,9 +271,19 @@ class PolicyModel:
                     "(use preprocess.fit_image)"
                 )
             feed[name] = np.ascontiguousarray(img)[None]
-        feed[contract.ONNX_PROPRIO_INPUT] = self._vector_input(
-            "proprio", proprio, self.proprio_dim
-        )
+        if self.has_proprio:
+            if proprio is None:
+                raise InputError(
+                    f"proprio missing: the model takes robot state {list(self.proprio_layout)}"
+                )
+            feed[contract.ONNX_PROPRIO_INPUT] = self._vector_input(
+                "proprio", proprio, self.proprio_dim
+            )
+        elif proprio is not None and np.size(proprio) != 0:
+            raise InputError(
+                "proprio given, but the model takes no robot state (trained without it): "
+                "pass proprio=None"
+            )
         feed[contract.ONNX_LANG_INPUT] = self._vector_input("lang", lang, self.lang_dim)
         return feed
 
@@ -276,14 +300,15 @@ class PolicyModel:
         return arr[None]
 
     def predict(
-        self, images: Mapping[str, np.ndarray], proprio: np.ndarray, lang: np.ndarray
+        self, images: Mapping[str, np.ndarray], proprio: np.ndarray | None, lang: np.ndarray
     ) -> np.ndarray:
         """One observation -> action chunk float32 (K, A), normalised, in [-1, 1].
 
         ``images``: camera -> uint8 (S, S, 3) RGB at the model's ``image_size`` (one per
-        camera of ``cameras``); ``proprio``: (proprio_dim,) raw units; ``lang``: (lang_dim,)
-        embedding. InputError for a missing/unknown camera, a wrong shape or dtype, or
-        non-finite numbers.
+        camera of ``cameras``); ``proprio``: (proprio_dim,) raw units in ``proprio_layout``
+        order, or None (or empty) for a model without robot state; ``lang``: (lang_dim,)
+        embedding. InputError for a missing/unknown camera, a wrong shape or dtype, non-finite
+        numbers, a missing proprio, or a proprio given to a model that takes none.
         """
         feed = self._feed(images, proprio, lang)
         out = self._session.run([contract.ONNX_ACTION_OUTPUT], feed)[0]
@@ -301,7 +326,11 @@ class PolicyModel:
         build engines); returns their durations in ms."""
         s = self.image_size
         images = {c: np.full((s, s, 3), 127, np.uint8) for c in self.cameras}
-        proprio = np.asarray(self.spec.normalization.proprio_mean, np.float32)
+        proprio = (
+            np.asarray(self.spec.normalization.proprio_mean, np.float32)
+            if self.has_proprio
+            else None
+        )
         lang = np.full(self.lang_dim, 1.0 / math.sqrt(self.lang_dim), np.float32)
         times = []
         for _ in range(max(0, int(n))):

@@ -145,3 +145,88 @@ def integrate_pose(pose: EePose, linear: np.ndarray, angular: np.ndarray, dt: fl
         raise InputError(f"cannot integrate a non-finite twist ({v}, {w}) over {dt} s")
     q = quaternion_multiply(rotation_quaternion(w * dt), pose.orientation)
     return EePose(pose.position + v * dt, q / np.linalg.norm(q))
+
+
+# Proprio layout names (policy.json's ``proprio_layout``; the vocabulary is the contract's).
+EE_NAMES = contract.PROPRIO_EE_NAMES  # from the end-effector pose
+FINGER_NAMES = contract.PROPRIO_GRIPPER_NAMES  # from the finger joints, mapped
+JOINT_PREFIX = contract.PROPRIO_JOINT_PREFIX  # "joint:<name>": that JointState position
+
+
+class ProprioLayout:
+    """Assembles the model's proprio, name by name, from standard robot messages.
+
+    ``layout``: the model's ``proprio_layout``. ``ee_x``/``ee_y``/``ee_z`` come from the
+    end-effector pose, ``gripper_left``/``gripper_right`` from the finger joints through
+    ``GripperJoints`` (``gripper``), ``joint:<name>`` from a JointState's position of
+    ``<name>``. ``check_sources`` says at configure which source a name lacks.
+    """
+
+    def __init__(self, layout: Sequence[str], gripper: GripperJoints | None = None) -> None:
+        self.layout = tuple(layout)
+        problems = [why for n in self.layout if (why := contract.proprio_name_problem(n))]
+        if problems:
+            raise ValueError("proprio_layout: " + "; ".join(problems))
+        self.needs_pose = any(n in EE_NAMES for n in self.layout)
+        self.needs_fingers = any(n in FINGER_NAMES for n in self.layout)
+        self.joints = tuple(_joint_name(n) for n in self.layout if _joint_name(n))
+        self.gripper = gripper
+
+    def check_sources(self, has_pose: bool, has_joint_states: bool) -> None:
+        """ValueError naming what the layout needs and the parameter that provides it."""
+        missing = []
+        if self.needs_pose and not has_pose:
+            missing.append(f"{list(EE_NAMES)} need pose_topic or pose_tf_frame")
+        if (self.needs_fingers or self.joints) and not has_joint_states:
+            missing.append("finger / joint values need joint_states_topic")
+        if self.needs_fingers and self.gripper is None:
+            missing.append(f"{list(FINGER_NAMES)} need gripper_joints")
+        if missing:
+            raise ValueError(
+                f"the model's proprio_layout {list(self.layout)}: " + "; ".join(missing)
+            )
+
+    @property
+    def uses_joint_states(self) -> bool:
+        return self.needs_fingers or bool(self.joints)
+
+    def joint_values(self, names: Sequence[str], positions: Sequence[float]) -> dict[str, float]:
+        """The JointState values this layout needs: ``joint:<name>`` by name and the mapped
+        fingers (keys ``gripper_left``/``gripper_right``). InputError for mismatched arrays, a
+        missing joint (naming the joints the message has) or a non-finite value."""
+        out: dict[str, float] = {}
+        if self.needs_fingers:
+            fingers = self.gripper.fingers(names, positions)
+            out.update(zip(FINGER_NAMES, (float(v) for v in fingers)))
+        if self.joints:
+            names = list(names)
+            values = np.asarray(positions, dtype=np.float64).reshape(-1)
+            if len(names) != values.size:
+                raise InputError(f"JointState has {len(names)} names but {values.size} positions")
+            index = {n: i for i, n in enumerate(names)}
+            missing = [j for j in self.joints if j not in index]
+            if missing:
+                shown = names[:12] + (["..."] if len(names) > 12 else [])
+                raise InputError(f"JointState lacks joint(s) {missing} (it has {shown})")
+            for j in self.joints:
+                v = float(values[index[j]])
+                if not np.isfinite(v):
+                    raise InputError(f"joint {j!r} position not finite: {v}")
+                out[JOINT_PREFIX + j] = v
+        return out
+
+    def assemble(self, ee: EePose | None, joints: dict[str, float] | None) -> np.ndarray | None:
+        """float32 proprio in layout order, or None while a needed piece is unknown."""
+        if (self.needs_pose and ee is None) or (self.uses_joint_states and joints is None):
+            return None
+        values = []
+        for name in self.layout:
+            if name in EE_NAMES:
+                values.append(ee.position[EE_NAMES.index(name)])
+            else:
+                values.append(joints[name])
+        return np.asarray(values, dtype=np.float32)
+
+
+def _joint_name(name: str) -> str:
+    return name[len(JOINT_PREFIX) :] if name.startswith(JOINT_PREFIX) else ""

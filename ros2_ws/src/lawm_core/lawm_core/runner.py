@@ -8,8 +8,10 @@ denormalise the result to the training data's units.
 
 It also decides when the stored chunks no longer apply and the aggregation restarts:
 
-- a step that cannot act (a camera, the proprio or the instruction missing or stale; an input
-  refused as malformed): nothing to execute, and the chunks from before the pause are dropped;
+- a step that cannot act (a model camera, the proprio or the instruction missing or stale; an
+  input refused as malformed): nothing to execute, and the chunks from before the pause are
+  dropped. Only the model's inputs count: a camera the model does not take, and the proprio of
+  a model without robot state (``PolicyModel.has_proprio`` False), are ignored, given or stale;
 - a step more than ``max_gap_s`` after the previous acting step (a stalled loop, a gap in a
   recording), or before it (a restarted simulation's clock): the chunks were predicted for
   other times, so only this step's chunk is used.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lawm_core import contract
 from lawm_core.aggregation import TemporalAggregator
 from lawm_core.errors import InputError
 from lawm_core.model import PolicyModel
@@ -87,8 +90,8 @@ class PolicyRunner:
         max_gap_s: the aggregation restarts when a step comes more than this after the previous
             acting step; None: two of the model's control periods (``2 / control_rate_hz``).
 
-    Attributes: ``model``, ``max_gap_s``, ``proprio_mean`` float32 (P,) (what the model gets
-    when no robot state is given).
+    Attributes: ``model``, ``max_gap_s``, ``proprio_mean`` float32 (P,) (what a model with
+    robot state gets when none is given; empty for a model without robot state).
     """
 
     def __init__(self, model: PolicyModel, max_gap_s: float | None = None) -> None:
@@ -104,6 +107,9 @@ class PolicyRunner:
         self.max_gap_s = gap
         self.proprio_mean = np.asarray(model.spec.normalization.proprio_mean, dtype=np.float32)
         self._aggregator = TemporalAggregator(model.chunk_size, model.action_dim)
+        # Inputs a caller may report stale that this model does not take.
+        unused = [c for c in contract.CAMERAS if c not in model.cameras]
+        self._unused = frozenset(unused if model.has_proprio else [*unused, PROPRIO])
         self._last_acted_s: float | None = None  # time of the step that stored the newest chunk
         self._was_missing = True
 
@@ -124,9 +130,12 @@ class PolicyRunner:
 
         ``images``: camera -> uint8 (H, W, 3) RGB of any size (fitted to the model's size as
         in training); cameras the model does not use are ignored. ``proprio``: (P,) raw robot
-        state, or None for the training mean (no robot state). ``lang``: (lang_dim,) instruction
-        embedding, or None when there is no instruction yet. ``stale``: inputs the caller found
-        too old (a camera named here counts as missing even if its image is given).
+        state in ``model.proprio_layout`` order, or None for the training mean; ignored for a
+        model without robot state. ``lang``: (lang_dim,) instruction embedding, or None when
+        there is no instruction yet. ``stale``: inputs the caller found too old (a model camera
+        named here counts as missing even if its image is given; a camera in
+        ``contract.CAMERAS`` the model does not take, and ``"proprio"`` for a model without
+        robot state, are ignored).
 
         Never raises for bad input: a missing input or an ``InputError`` gives a result without
         action (see ``StepResult``). ValueError only for a non-finite ``now_s``.
@@ -138,8 +147,8 @@ class PolicyRunner:
         if not math.isfinite(now):
             raise ValueError(f"now_s must be finite, got {now_s!r}")
         was_missing, self._was_missing = self._was_missing, False
-        stale = tuple(stale)
         cameras = self.model.cameras
+        stale = tuple(s for s in stale if s not in self._unused)
         missing = [c for c in cameras if c not in images or c in stale]
         missing += [s for s in dict.fromkeys(stale) if s not in cameras]
         if lang is None:
@@ -157,9 +166,11 @@ class PolicyRunner:
         reset = None
         try:
             fitted = {c: fit_image(images[c], self.model.image_size) for c in cameras}
-            chunk = self.model.predict(
-                fitted, self.proprio_mean if proprio is None else proprio, lang
-            )
+            if not self.model.has_proprio:
+                proprio = None
+            elif proprio is None:
+                proprio = self.proprio_mean
+            chunk = self.model.predict(fitted, proprio, lang)
             reset = self._time_check(now)
             action = self._aggregator.step(chunk)
             raw = self.model.denormalize(action)

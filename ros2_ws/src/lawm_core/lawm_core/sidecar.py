@@ -10,7 +10,8 @@ file whose lists differ from what its sizes imply.
 
 Reading refuses, with ``ModelLoadError`` naming the file and the field: a missing or non-JSON
 file, a JSON value that is not an object, another ``format_version`` (with the advice to export
-the model again), a missing or unknown key, and any field of the wrong type or out of range.
+the model again), a missing or unknown key, any field of the wrong type or out of range, a
+proprio layout name outside the contract's vocabulary and an invalid gripper declaration.
 The ONNX graph itself is checked against the sidecar by the runtime that loads it
 (``lawm_core.model``, ``lawm_core.text_encoder``).
 """
@@ -30,7 +31,9 @@ from lawm_core import contract
 from lawm_core.errors import ModelLoadError
 from lawm_core.files import atomic_write_text
 
-FORMAT_VERSION = 2  # 2: policy.json declares its action space (units, frame, gripper)
+# 2: policy.json declares its action space (units, frame, gripper). Within 2, proprio_dim 0
+# (a model without robot state: no proprio input) and any contract proprio layout are read.
+FORMAT_VERSION = 2
 BATCH = "batch"  # symbolic batch dimension of every tensor
 SEQUENCE = "sequence"  # symbolic token dimension of the text encoder's inputs
 
@@ -93,6 +96,13 @@ class _Fields:
             self.fail(key, f"must be a positive integer, got {value!r}")
         return value
 
+    def count(self, key: str) -> int:
+        """An integer >= 0."""
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(key, f"must be an integer >= 0, got {value!r}")
+        return value
+
     def number(self, key: str, *, positive: bool = False) -> float:
         """A finite number, >= 0 (or > 0 when ``positive``)."""
         value = self.data[key]
@@ -136,16 +146,18 @@ class _Fields:
         return value
 
     def names(self, key: str, count: int | None = None, what: str = "names") -> tuple[str, ...]:
-        """A list of distinct non-empty strings, of ``count`` items when given."""
+        """A list of distinct non-empty strings, of ``count`` items when given (an empty list
+        only when ``count`` is 0)."""
         value = self.data[key]
         ok = (
             isinstance(value, list)
-            and bool(value)
+            and (bool(value) or count == 0)
             and all(isinstance(v, str) and v for v in value)
             and len(set(value)) == len(value)
         )
         if not ok:
-            self.fail(key, f"must be a non-empty list of distinct {what}, got {value!r}")
+            empty = "" if count == 0 else "non-empty "
+            self.fail(key, f"must be a {empty}list of distinct {what}, got {value!r}")
         if count is not None and len(value) != count:
             self.fail(key, f"has {len(value)} names, expected {count}, got {value!r}")
         return tuple(value)
@@ -203,6 +215,15 @@ class _Fields:
                     f"{list(spec.shape)}, expected {exp.dtype} {list(exp.shape)} "
                     f"(from {derived_from})"
                 )
+
+
+def _proprio_layout(f: _Fields, proprio_dim: int) -> tuple[str, ...]:
+    layout = f.names("proprio_layout", proprio_dim)
+    for name in layout:
+        problem = contract.proprio_name_problem(name)
+        if problem is not None:
+            f.fail("proprio_layout", f"entry {problem}")
+    return layout
 
 
 def _read_object(path: Path, what: str) -> dict[str, Any]:
@@ -447,11 +468,48 @@ class ActionSpace:
     )
     GRIPPER_KEYS: ClassVar[tuple[str, ...]] = ("convention", "open", "closed")
 
+    @staticmethod
+    def gripper_problem(convention: Any, g_open: Any, g_closed: Any) -> tuple[str, str] | None:
+        """Why a gripper declaration is invalid, as (field, problem), or None when it is valid:
+        a known convention (``contract.GRIPPER_CONVENTIONS``), finite open and closed values
+        that differ, and for ``sign`` exactly GRIPPER_OPEN open and GRIPPER_CLOSE closed."""
+        if convention not in contract.GRIPPER_CONVENTIONS:
+            return (
+                "convention",
+                f"is {convention!r}, this runtime knows {list(contract.GRIPPER_CONVENTIONS)}",
+            )
+        for key, value in (("open", g_open), ("closed", g_closed)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return key, f"must be a number, got {value!r}"
+            if not math.isfinite(value):
+                return key, f"must be finite, got {value!r}"
+        if convention == contract.GRIPPER_SIGN and (g_open, g_closed) != (
+            contract.GRIPPER_OPEN,
+            contract.GRIPPER_CLOSE,
+        ):
+            return (
+                "open",
+                f"and closed are {g_open!r} and {g_closed!r}; the sign convention is "
+                f"{contract.GRIPPER_OPEN} open, {contract.GRIPPER_CLOSE} closed",
+            )
+        if g_open == g_closed:
+            return "closed", f"equals open ({g_open!r}): open and closed must differ"
+        return None
+
     @classmethod
-    def for_kind(cls, kind: str) -> ActionSpace:
+    def for_kind(
+        cls,
+        kind: str,
+        gripper: str = contract.GRIPPER_SIGN,
+        gripper_open: float | None = None,
+        gripper_closed: float | None = None,
+    ) -> ActionSpace:
         """The standard action space of a kind of training data (``contract.ACTION_KINDS``):
         ``osc_pose_delta`` (LIBERO/robomimic demonstrations) or ``twist`` (recorded
-        TwistStamped commands), both with the sign gripper. ValueError for another kind."""
+        TwistStamped commands), with the data's gripper convention: ``sign`` (the default;
+        open and closed default to GRIPPER_OPEN and GRIPPER_CLOSE) or ``width`` (both values
+        required, finite and different, e.g. 0.08 open, 0.0 closed). ValueError naming the
+        argument for another kind or an invalid gripper."""
         per_unit = {
             contract.ACTION_OSC_POSE_DELTA: (
                 contract.OSC_POSE_LINEAR_M,
@@ -464,15 +522,28 @@ class ActionSpace:
                 f"unknown action space {kind!r}; known: {', '.join(contract.ACTION_KINDS)}"
             )
         linear, angular = per_unit[kind]
+        if gripper == contract.GRIPPER_SIGN:
+            gripper_open = contract.GRIPPER_OPEN if gripper_open is None else gripper_open
+            gripper_closed = contract.GRIPPER_CLOSE if gripper_closed is None else gripper_closed
+        elif gripper in contract.GRIPPER_CONVENTIONS and (
+            gripper_open is None or gripper_closed is None
+        ):
+            raise ValueError(
+                f"gripper convention {gripper!r} needs its open and closed values "
+                f"(got open {gripper_open!r}, closed {gripper_closed!r})"
+            )
+        problem = cls.gripper_problem(gripper, gripper_open, gripper_closed)
+        if problem is not None:
+            raise ValueError(f"gripper {problem[0]} {problem[1]}")
         return cls(
             kind=kind,
             names=contract.ACTION_LAYOUT,
             frame=contract.ACTION_FRAME,
             linear_per_unit=linear,
             angular_per_unit=angular,
-            gripper=contract.GRIPPER_SIGN,
-            gripper_open=contract.GRIPPER_OPEN,
-            gripper_closed=contract.GRIPPER_CLOSE,
+            gripper=gripper,
+            gripper_open=float(gripper_open),
+            gripper_closed=float(gripper_closed),
         )
 
     @property
@@ -512,23 +583,10 @@ class ActionSpace:
         g = _Fields(f.source, f.obj("gripper"), f"{f.prefix}gripper.")
         g.check_keys(cls.GRIPPER_KEYS)
         convention = g.data["convention"]
-        if convention not in contract.GRIPPER_CONVENTIONS:
-            g.fail(
-                "convention",
-                f"is {convention!r}, this runtime knows {list(contract.GRIPPER_CONVENTIONS)}",
-            )
+        problem = cls.gripper_problem(convention, g.data["open"], g.data["closed"])
+        if problem is not None:
+            g.fail(*problem)
         g_open, g_closed = g.real("open"), g.real("closed")
-        if convention == contract.GRIPPER_SIGN and (g_open, g_closed) != (
-            contract.GRIPPER_OPEN,
-            contract.GRIPPER_CLOSE,
-        ):
-            g.fail(
-                "open",
-                f"and closed are {g_open!r} and {g_closed!r}; the sign convention is "
-                f"{contract.GRIPPER_OPEN} open, {contract.GRIPPER_CLOSE} closed",
-            )
-        if g_open == g_closed:
-            g.fail("closed", f"equals open ({g_open!r}): open and closed must differ")
         out = cls(
             kind=kind,
             names=names,
@@ -549,8 +607,15 @@ class PolicySidecar(_JsonFile):
     """``policy.json``: the contract between an exported ``policy.onnx`` and the runtime.
 
     ``inputs`` (image_<camera> uint8 (batch, S, S, 3) per camera, proprio float32
-    (batch, proprio_dim), lang float32 (batch, lang_dim)) and ``outputs`` (actions float32
-    (batch, chunk_size, action_dim)) are derived from the contract's names and these sizes.
+    (batch, proprio_dim) when proprio_dim > 0, lang float32 (batch, lang_dim)) and ``outputs``
+    (actions float32 (batch, chunk_size, action_dim)) are derived from the contract's names and
+    these sizes.
+
+    ``cameras`` and the proprio are the inputs the training data provided (a camera absent
+    from every training episode is not an input; a model trained without robot state has
+    ``proprio_dim`` 0, an empty ``proprio_layout`` and no proprio input); the graph computes
+    the training forward with every one of its inputs present. ``control_rate_hz`` is the rate
+    the training episodes were sampled at (one chunk step per control period).
     """
 
     FILE_NAME: ClassVar[str] = contract.SIDECAR_FILE
@@ -564,8 +629,8 @@ class PolicySidecar(_JsonFile):
     action_dim: int
     action_space: ActionSpace  # what the raw actions mean: names, units, frame, gripper
     control_rate_hz: float
-    proprio_dim: int
-    proprio_layout: tuple[str, ...]  # (proprio_dim,) names
+    proprio_dim: int  # 0: the model takes no robot state (no proprio input)
+    proprio_layout: tuple[str, ...]  # (proprio_dim,) names, contract.proprio_name_problem
     lang_dim: int
     normalization: Normalization
     text_encoder: TextEncoderSidecar | None  # None: exported without one
@@ -608,13 +673,21 @@ class PolicySidecar(_JsonFile):
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("text_encoder",)
 
     @property
+    def has_proprio(self) -> bool:
+        """The graph takes robot state (a ``proprio`` input of ``proprio_layout``)."""
+        return self.proprio_dim > 0
+
+    @property
     def inputs(self) -> tuple[TensorSpec, ...]:
         s = self.image_size
-        names = contract.onnx_input_names(self.cameras)
-        images = [TensorSpec(n, (BATCH, s, s, 3), "uint8") for n in names[: len(self.cameras)]]
+        images = [
+            TensorSpec(contract.onnx_image_input(c), (BATCH, s, s, 3), "uint8")
+            for c in self.cameras
+        ]
+        proprio = [TensorSpec(contract.ONNX_PROPRIO_INPUT, (BATCH, self.proprio_dim), "float32")]
         return (
             *images,
-            TensorSpec(contract.ONNX_PROPRIO_INPUT, (BATCH, self.proprio_dim), "float32"),
+            *(proprio if self.has_proprio else ()),
             TensorSpec(contract.ONNX_LANG_INPUT, (BATCH, self.lang_dim), "float32"),
         )
 
@@ -671,7 +744,7 @@ class PolicySidecar(_JsonFile):
         f.constant("model", cls.MODEL, "this runtime loads")
         f.constant("image_format", cls.IMAGE_FORMAT)
         action_dim = f.positive_int("action_dim")
-        proprio_dim = f.positive_int("proprio_dim")
+        proprio_dim = f.count("proprio_dim")
         lang_dim = f.positive_int("lang_dim")
         action_space = ActionSpace.from_fields(
             _Fields(source, f.obj("action_space"), "action_space."), action_dim
@@ -714,7 +787,7 @@ class PolicySidecar(_JsonFile):
             action_space=action_space,
             control_rate_hz=f.number("control_rate_hz", positive=True),
             proprio_dim=proprio_dim,
-            proprio_layout=f.names("proprio_layout", proprio_dim),
+            proprio_layout=_proprio_layout(f, proprio_dim),
             lang_dim=lang_dim,
             normalization=normalization,
             text_encoder=text_encoder,

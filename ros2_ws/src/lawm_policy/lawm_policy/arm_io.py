@@ -7,9 +7,13 @@ Robot state (the model's proprio and the workspace fence's position), one of:
     messages: the end-effector pose from ``pose_topic`` (geometry_msgs/PoseStamped, in
     ``frame_id``) or from TF (``pose_tf_frame`` looked up from ``frame_id``; needs tf2_ros),
     and the finger joints from ``joint_states_topic`` (sensor_msgs/JointState). The model gets
-    a proprio only when both the pose and the fingers are known; with one of them it gets the
-    training mean (said at configure). A malformed message, a pose in another frame or a
-    JointState without the gripper joints is dropped and named in ``/diagnostics``.
+    its proprio assembled name by name in the order of its ``proprio_layout``
+    (``lawm_core.robot_state.ProprioLayout``: ee_x/y/z from the pose, gripper_left/right from the
+    finger joints through ``gripper_joints``/scale/offset, ``joint:<name>`` from JointState); a
+    source the layout needs but the parameters do not give is refused at configure; with no
+    source at all the model gets its training mean (said at configure). A malformed message, a
+    pose in another frame or a JointState without the needed joints is dropped and named in
+    ``/diagnostics``.
 Gripper (on change, with hysteresis: ``lawm_core.command.GripperSwitch``):
     ``~/cmd_gripper`` (std_msgs/Float64 +1 close, -1 open; latched, so a consumer started later
     still gets the current state) always; and per ``gripper_interface``:
@@ -45,7 +49,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from lawm_core import contract
 from lawm_core.errors import InputError
-from lawm_core.robot_state import EePose, GripperJoints, integrate_pose
+from lawm_core.robot_state import EE_NAMES, EePose, GripperJoints, ProprioLayout, integrate_pose
 from lawm_core.runner import PROPRIO
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
@@ -72,50 +76,67 @@ def _stamp_s(stamp) -> float:
 
 
 class RobotState:
-    """Subscribes to the configured robot-state sources; ``proprio()``, ``pose()``.
+    """Subscribes to the configured robot-state sources; ``proprio()``, ``position()``,
+    ``pose()``.
 
-    ``report(name, stamp_s)`` is the node's watchdog update (False: the stamp was refused);
-    ``warn(key, text)`` / ``clear(key)`` its diagnostics.
+    ``layout``: the model's proprio layout (empty: the model takes no proprio; the pose may
+    still serve the workspace fence and pose targets). ``report(name, stamp_s)`` is the node's
+    watchdog update (False: the stamp was refused); ``warn(key, text)`` / ``clear(key)`` its
+    diagnostics. ValueError at construction for sources that cannot give the layout.
     """
 
-    def __init__(self, node, p, proprio_dim: int, report, warn, clear) -> None:
+    def __init__(self, node, p, layout, report, warn, clear) -> None:
         self.node, self.p = node, p
-        self.proprio_dim = proprio_dim
+        self.layout = tuple(layout)
         self._report, self._warn, self._clear = report, warn, clear
         self.flat: np.ndarray | None = None  # proprio_topic's latest value
         self.ee: EePose | None = None
-        self.fingers: np.ndarray | None = None
-        self._fingers_at = -float("inf")  # monotonic time of the last good finger positions
-        self.joints = (
+        self.joint_values: dict[str, float] | None = None  # what the layout needs of JointState
+        self._joints_at = -float("inf")  # monotonic time of the last good joint values
+        gripper = (
             GripperJoints(p.gripper_joints, p.gripper_joint_scale, p.gripper_joint_offset)
-            if p.joint_states_topic
+            if p.joint_states_topic and p.gripper_joints
             else None
         )
-        self._subs: list = []
-        self._tf_buffer = self._tf_listener = None
         if p.pose_tf_frame and tf2_ros is None:
             raise ValueError(
                 f"pose_tf_frame {p.pose_tf_frame!r} needs tf2_ros, which is not installed here "
                 "(it is in the ROS image); publish the pose on pose_topic instead"
             )
+        self.assembler = ProprioLayout(self.layout, gripper)
+        standard = bool(p.pose_topic or p.pose_tf_frame or p.joint_states_topic)
+        if self.layout and standard:
+            self.assembler.check_sources(
+                bool(p.pose_topic or p.pose_tf_frame), bool(p.joint_states_topic)
+            )
+        self._subs: list = []
+        self._tf_buffer = self._tf_listener = None
 
     @property
     def required(self) -> list[str]:
         """Watchdog names that must be fresh to act."""
         p = self.p
         return (
-            ([PROPRIO] if p.proprio_topic else [])
+            ([PROPRIO] if p.proprio_topic and self.layout else [])
             + ([EE_POSE] if p.pose_topic or p.pose_tf_frame else [])
-            + ([GRIPPER_JOINTS] if p.joint_states_topic else [])
+            + (
+                [GRIPPER_JOINTS]
+                if p.joint_states_topic and self.assembler.uses_joint_states
+                else []
+            )
         )
 
     @property
-    def has_pose(self) -> bool:
-        return bool(self.p.proprio_topic or self.p.pose_topic or self.p.pose_tf_frame)
+    def gives_proprio(self) -> bool:
+        """Whether the configured sources give the model its proprio (else: training mean)."""
+        p = self.p
+        if not self.layout:
+            return True  # nothing to give
+        return bool(p.proprio_topic or p.pose_topic or p.pose_tf_frame or p.joint_states_topic)
 
     def start(self) -> None:
         node, p = self.node, self.p
-        if p.proprio_topic:
+        if p.proprio_topic and self.layout:
             self._subs.append(
                 node.create_subscription(
                     Float32MultiArray, p.proprio_topic, self._on_flat, SENSOR_LATEST
@@ -125,7 +146,7 @@ class RobotState:
             self._subs.append(
                 node.create_subscription(PoseStamped, p.pose_topic, self._on_pose, SENSOR_LATEST)
             )
-        if p.joint_states_topic:
+        if p.joint_states_topic and self.assembler.uses_joint_states:
             # JointState publishers (joint_state_broadcaster, drivers) are reliable or best
             # effort; a best-effort subscription matches both.
             self._subs.append(
@@ -141,7 +162,7 @@ class RobotState:
         for sub in self._subs:
             self.node.destroy_subscription(sub)
         self._subs = []
-        self.flat = self.ee = self.fingers = None
+        self.flat = self.ee = self.joint_values = None
 
     def release(self) -> None:
         self.stop()
@@ -150,10 +171,11 @@ class RobotState:
     # -- callbacks ----------------------------------------------------------------------------
     def _on_flat(self, msg: Float32MultiArray) -> None:
         values = np.asarray(msg.data, dtype=np.float32)
-        if values.shape != (self.proprio_dim,) or not np.isfinite(values).all():
+        if values.shape != (len(self.layout),) or not np.isfinite(values).all():
             self._warn(
                 PROPRIO,
-                f"ignored proprio {values.tolist()[:8]}: need {self.proprio_dim} finite values",
+                f"ignored proprio {values.tolist()[:8]}: need {len(self.layout)} finite values "
+                f"{list(self.layout)}",
             )
             return
         self.flat = values
@@ -175,20 +197,20 @@ class RobotState:
 
     def _on_joints(self, msg: JointState) -> None:
         try:
-            fingers = self.joints.fingers(msg.name, msg.position)
+            values = self.assembler.joint_values(msg.name, msg.position)
         except InputError as err:
             # Several publishers often share one joint_states topic (arm driver, gripper
-            # driver): a message without the gripper joints is normal while the gripper's own
-            # messages keep coming; it is a problem once they stop.
-            recent = time.monotonic() - self._fingers_at < self.p.stale_timeout_s
-            if not (recent and "lacks gripper joint" in str(err)):
+            # driver): a message without our joints is normal while the messages that have
+            # them keep coming; it is a problem once they stop.
+            recent = time.monotonic() - self._joints_at < self.p.stale_timeout_s
+            if not (recent and "lacks" in str(err)):
                 self._warn(GRIPPER_JOINTS, f"ignored {self.p.joint_states_topic}: {err}")
             return
         stamp = msg.header.stamp
         # Some drivers leave the JointState stamp at zero: arrival time then.
         if self._report(GRIPPER_JOINTS, _stamp_s(stamp) if stamp.sec or stamp.nanosec else None):
-            self.fingers = fingers
-            self._fingers_at = time.monotonic()
+            self.joint_values = values
+            self._joints_at = time.monotonic()
             self._clear(GRIPPER_JOINTS)
 
     def poll_tf(self) -> None:
@@ -212,17 +234,21 @@ class RobotState:
 
     # -- what the policy gets -----------------------------------------------------------------
     def proprio(self) -> np.ndarray | None:
-        """The model's proprio, or None (the training mean) when it is not known."""
+        """The model's proprio, or None (the training mean, or no proprio input)."""
+        if not self.layout:
+            return None
         if self.p.proprio_topic:
             return self.flat
-        if self.ee is None or self.fingers is None:
+        if not (self.p.pose_topic or self.p.pose_tf_frame or self.p.joint_states_topic):
             return None
-        return np.concatenate([self.ee.position, self.fingers]).astype(np.float32)
+        return self.assembler.assemble(self.ee, self.joint_values)
 
     def position(self) -> np.ndarray | None:
         """The end effector's position in the base frame (the workspace fence), or None."""
         if self.p.proprio_topic:
-            return None if self.flat is None else self.flat[: contract.EE_POS_DIM]
+            if self.flat is None or tuple(self.layout[:3]) != EE_NAMES:
+                return None
+            return self.flat[: contract.EE_POS_DIM]
         return None if self.ee is None else self.ee.position
 
     def pose(self) -> EePose | None:

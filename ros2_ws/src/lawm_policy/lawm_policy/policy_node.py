@@ -234,7 +234,7 @@ class PolicyNode(LifecycleNode):
         # before it (a restarted simulation's clock) restarts the aggregation.
         self.runner = PolicyRunner(model, max_gap_s=2.0 / rate_hz)
         self.robot = RobotState(
-            self, p, model.proprio_dim, self._report_input, self._warn, self._clear
+            self, p, model.spec.proprio_layout, self._report_input, self._warn, self._clear
         )
         self.watchdog = StalenessWatchdog(
             p.stale_timeout_s, [*model.cameras, *self.robot.required]
@@ -267,15 +267,11 @@ class PolicyNode(LifecycleNode):
         self._enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.model.warmup()
         load_ms = (time.perf_counter() - t_load) * 1e3
-        partial = {
-            "pose_topic/pose_tf_frame": bool(p.pose_topic or p.pose_tf_frame),
-            "joint_states_topic": bool(p.joint_states_topic),
-        }
-        if any(partial.values()) and not all(partial.values()):
-            unset = [k for k, v in partial.items() if not v][0]
+        if not self.robot.gives_proprio:
             self.get_logger().warning(
-                f"{unset} is not set: the robot state is incomplete, so the model gets its "
-                "training mean as proprio"
+                "no robot state source (proprio_topic, pose_topic / pose_tf_frame, "
+                "joint_states_topic): the model gets its training mean as proprio "
+                f"{list(model.spec.proprio_layout)}"
             )
         if p.instruction.strip():
             self._set_instruction(p.instruction)

@@ -247,7 +247,7 @@ def check_robot_io(p: PolicyParams) -> None:
             f"proprio_topic {p.proprio_topic!r} and {standard} are both set: the robot state "
             "comes either from the model-layout Float32MultiArray or from standard messages"
         )
-    if p.joint_states_topic:
+    if p.joint_states_topic and p.gripper_joints:
         GripperJoints(p.gripper_joints, p.gripper_joint_scale, p.gripper_joint_offset)
     if p.gripper_interface not in GRIPPER_INTERFACES:
         raise ValueError(

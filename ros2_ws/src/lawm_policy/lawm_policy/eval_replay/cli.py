@@ -1,42 +1,63 @@
 """Rosbag replay evaluation of the LAWM policy: live (through a running policy node) or offline.
 
     eval_replay --bag BAG --out DIR [--image-topic CAMERA=TOPIC ...] [--action-topic T]
-                [--proprio-topic T|auto|none] [--gripper-topic T] [--instruction TEXT]
-                [--policy-ns /lawm_policy] [--rate 1.0] [--wait-timeout 30]
+                [--proprio-topic T|auto|none] [--proprio-pose-topic T]
+                [--proprio-joint-states-topic T] [--gripper-topic T] [--instruction TEXT]
+                [--policy-ns /lawm_policy] [--rate 1.0] [--wait-timeout 30] [--model-dir DIR]
                 [--offline --model-dir DIR [--providers auto] [--threads 0]]
                 [--ros-args ...]
 
 Topics. ``--image-topic CAMERA=TOPIC`` (repeatable, or comma-separated) names the bag's
 camera topic (``sensor_msgs/Image`` or ``CompressedImage``) for each model camera; the first
-camera is the frame clock (one frame per message on it). Without it: one camera topic ->
-agentview; two, one named like a wrist camera -> eye_in_hand (as training guesses).
-``--action-topic`` (default: the one ``*action*`` topic) is the recorded action,
-``--proprio-topic`` (default: the one ``*proprio*`` topic, if any; ``none`` to ignore it) the
-robot state. The instruction: ``--instruction``, else the bag's ``*instruction*`` String topic.
+camera is the frame clock. Without it: one camera topic -> agentview; two, one named like a
+wrist camera -> eye_in_hand (as training guesses). When the model is known (``--model-dir``)
+only its cameras are needed; the bag's other cameras are left out. ``--action-topic``
+(default: the one ``*action*`` topic) is the recorded action, with ``--gripper-topic`` (a
+``std_msgs/Float64`` gripper command) for a TwistStamped one. Robot state: ``--proprio-topic``
+(default: the one ``*proprio*`` topic, if any; ``none`` to ignore it), an array in the model's
+``proprio_layout``; or ``--proprio-pose-topic`` (``geometry_msgs/PoseStamped``: ee_x/ee_y/ee_z)
+and ``--proprio-joint-states-topic`` (``sensor_msgs/JointState``: ``joint:<name>`` entries by
+joint name), assembled into the model's layout. A model without robot state (``proprio_dim``
+0) needs none. The instruction: ``--instruction``, else the bag's ``*instruction*`` String
+topic.
 
-Live mode (default) publishes the recorded camera and proprio messages on **their bag topic
-names**: configure the policy node's ``camera_topics`` (model camera order) and
-``proprio_topic`` with those names, or move them with ROS remapping of this node's publishers
-(``--ros-args -r /bag/topic:=/live/topic``). Camera headers are restamped with the current
-time as each message goes out, at the recorded pacing (log times) scaled by ``--rate``;
-compressed camera messages go out decoded, as rgb8 Images. The instruction goes latched to
+Scoring. The gripper dimension reads as closed past halfway from the model's declared open
+value to its closed one (``policy.json`` ``action_space.gripper``: sign -1/+1, or a width with
+its open and closed values), for the predictions and for the recorded actions alike; without
+a known model, the sign convention, stated in the report.
+
+Live mode (default) publishes the recorded camera and robot-state messages on **their bag
+topic names**: configure the policy node's ``camera_topics`` (model camera order) and
+``proprio_topic`` / ``pose_topic`` / ``joint_states_topic`` with those names, or move them with
+ROS remapping of this node's publishers (``--ros-args -r /bag/topic:=/live/topic``). Camera
+headers are restamped with the current time as each message goes out, at the recorded pacing
+(log times) scaled by ``--rate``; a ``CompressedImage`` camera goes out as recorded where the
+topic it is published on ends in ``/compressed`` (image_transport's name, which the node
+subscribes as CompressedImage), else decoded as an rgb8 Image. The instruction goes latched to
 ``<policy-ns>/instruction``. Before playing it waits (up to ``--wait-timeout`` s) for the
-policy's camera subscriptions, its ``action``, ``cmd_twist`` and ``cmd_twist_image_time``
-publishers and a first ``cmd_twist`` (the node is active). A ``cmd_twist_image_time`` twist
-(sent right after each command computed from images, stamped with the newest image used; the
-``cmd_twist`` itself carries its publish time) whose header stamp is one of our image stamps
-answers that image's frame: latency = receipt - stamp; the raw 7-D prediction is the
-``action`` of the same tick. Frames published but never answered are "dropped".
+policy's ``action``, ``cmd_twist`` and ``cmd_twist_image_time`` publishers, reads the node's
+``model_dir``, ``camera_topics`` and ``control_rate_hz`` parameters (``--model-dir`` names the
+model where the node's folder is not readable here), waits for its camera subscriptions and a
+first ``cmd_twist`` (the node is active). A ``cmd_twist_image_time`` twist (sent right after
+each command computed from images, stamped with the newest image used; the ``cmd_twist``
+itself carries its publish time) whose header stamp is one of our image stamps answers that
+image's frame: latency = receipt - stamp; the raw 7-D prediction is the ``action`` of the same
+tick. Frames published but never answered are "dropped". The report states the cameras' rates
+beside the model's and the node's control rates.
 
-Offline mode (``--offline --model-dir DIR``) runs the runtime core per frame (preprocess,
-``PolicyModel.predict``, ``TemporalAggregator.step``, ``denormalize``) without ROS; latency is
-the inference time.
+Offline mode (``--offline --model-dir DIR``) runs the runtime core (preprocess,
+``PolicyModel.predict``, ``TemporalAggregator.step``, ``denormalize``) without ROS, at the
+model's control rate (``policy.json`` ``control_rate_hz``), stepped as training resamples
+bags: a regular grid from the first frame at which the model's inputs and the recorded action
+all have a message, each topic's latest message at or before each step (a step whose image is
+over 0.5 s old is skipped, as the node would); the report lists the rates found and used.
+Latency is the inference time.
 
 Outputs in ``--out``: ``report.json`` (also printed as one JSON line on stdout at the end),
-``predictions.csv`` (per frame: predicted and recorded action, latency) and ``actions.png``.
-Exit codes: 0 done; 2 bad input (bag, topics, model, arguments), the reason on stderr;
-1 the policy never showed up or answered no frame (the report is still written when frames
-were played).
+``predictions.csv`` (per step: predicted and recorded action, gripper closed or not, latency)
+and ``actions.png``. Exit codes: 0 done; 2 bad input (bag, topics, model, arguments), the
+reason on stderr; 1 the policy never showed up or answered no frame (the report is still
+written when frames were played).
 """
 
 from __future__ import annotations
@@ -53,7 +74,7 @@ from typing import Any
 from lawm_core.errors import ModelLoadError
 from lawm_core.sidecar import PolicySidecar
 from lawm_policy.eval_replay import offline, report
-from lawm_policy.eval_replay.index import AUTO, BagIndex, ReplayError, open_bag
+from lawm_policy.eval_replay.index import AUTO, BagIndex, ProprioRequest, ReplayError, open_bag
 
 log = logging.getLogger("eval_replay")
 
@@ -141,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="proprio topic (default: the *proprio* topic if any; 'none': do not use)",
     )
     p.add_argument(
+        "--proprio-pose-topic",
+        default="",
+        help="geometry_msgs/PoseStamped end-effector pose: the ee_x/ee_y/ee_z of the model's "
+        "proprio_layout",
+    )
+    p.add_argument(
+        "--proprio-joint-states-topic",
+        default="",
+        help="sensor_msgs/JointState: the joint:<name> entries of the model's proprio_layout",
+    )
+    p.add_argument(
         "--gripper-topic",
         default="",
         help="std_msgs/Float64 gripper command, for a TwistStamped action topic",
@@ -159,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the policy node to show up (live)",
     )
     p.add_argument("--offline", action="store_true", help="run the runtime core, no ROS")
-    p.add_argument("--model-dir", help="exported model directory (offline)")
+    p.add_argument(
+        "--model-dir",
+        help="exported model directory: the model to run (offline); live: the model the node "
+        "runs, for its cameras and gripper convention (default: the node's model_dir)",
+    )
     p.add_argument("--providers", default="auto", help="onnxruntime providers (offline)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (offline)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -173,20 +209,18 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--wait-timeout must be > 0, got {args.wait_timeout}")
     if args.offline and not args.model_dir:
         p.error("--offline needs --model-dir")
-    if args.model_dir and not args.offline:
-        p.error("--model-dir is for --offline (in live mode the policy node loads the model)")
     if args.threads < 0:
         p.error(f"--threads must be >= 0, got {args.threads}")
-    if args.offline and not Path(args.model_dir).is_dir():
+    if args.model_dir and not Path(args.model_dir).is_dir():
         raise ReplayError(f"{args.model_dir}: model directory missing (--model-dir)")
 
 
-def _model_cameras(model_dir: Path) -> list[str] | None:
-    """The model's cameras from its sidecar (full checks happen when it is loaded)."""
+def read_sidecar(model_dir: str | Path) -> PolicySidecar:
+    """The model's ``policy.json`` (its graph is checked when it is loaded); ReplayError."""
     try:
-        return list(PolicySidecar.read(model_dir).cameras)
-    except ModelLoadError:
-        return None
+        return PolicySidecar.read(Path(model_dir))
+    except ModelLoadError as err:
+        raise ReplayError(f"cannot load the model: {err}") from err
 
 
 def _fmt(x) -> str:
@@ -212,17 +246,27 @@ def configure_logging(verbose: bool) -> None:
 
 
 def open_selection(args: argparse.Namespace) -> BagIndex:
-    """Open the bag and select its topics from the arguments (offline: for the model's
-    cameras, from its sidecar). ReplayError (exit code 2) on bad input."""
-    image_topics = parse_image_topics(args.image_topic)
-    cameras = _model_cameras(Path(args.model_dir)) if args.offline else None
+    """Open the bag and select its topics from the arguments: with ``--model-dir``, for the
+    model's cameras; offline also at the model's control rate and with its robot state in its
+    ``proprio_layout``. ReplayError (exit code 2) on bad input."""
+    spec = read_sidecar(args.model_dir) if args.model_dir else None
+    layout = None
+    if args.offline:
+        layout = tuple(spec.proprio_layout) if spec.proprio_dim > 0 else ()
+    proprio = ProprioRequest(
+        layout=layout,
+        topic=optional_topic(args.proprio_topic),
+        pose=optional_topic(args.proprio_pose_topic or "none"),
+        joint_states=optional_topic(args.proprio_joint_states_topic or "none"),
+    )
     return open_bag(
         args.bag,
-        image_topics=image_topics,
+        image_topics=parse_image_topics(args.image_topic),
         action_topic=optional_topic(args.action_topic),
-        proprio_topic=optional_topic(args.proprio_topic),
         gripper_topic=optional_topic(args.gripper_topic or "none"),
-        cameras=cameras,
+        cameras=list(spec.cameras) if spec is not None else None,
+        step_hz=spec.control_rate_hz if args.offline else None,
+        proprio=proprio,
     )
 
 
@@ -261,6 +305,7 @@ def evaluate(
         rate=args.rate,
         wait_timeout=args.wait_timeout,
         ros_args=ros_args,
+        model_dir=args.model_dir,
     )
 
 
@@ -273,7 +318,7 @@ def write_report(
     settings = {
         "rate": args.rate if not args.offline else None,
         "policy_ns": args.policy_ns if not args.offline else None,
-        "model_dir": str(Path(args.model_dir).resolve()) if args.offline else None,
+        "model_dir": str(Path(args.model_dir).resolve()) if args.model_dir else None,
     }
     result = report.build_report(
         index,
@@ -316,16 +361,20 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(parser, args)
         index = open_selection(args)
         instruction = choose_instruction(args, index)
+        sel = index.selection
         log.info(
-            "%s: %d frames, cameras %s, action %s, proprio %s, instruction %r (%s)",
+            "%s: %d %s, cameras %s, action %s, proprio %s, instruction %r (%s)",
             index.path,
             index.n_frames,
-            index.selection.images,
-            index.selection.action,
-            index.selection.proprio,
+            f"steps at {index.step_hz:g} Hz" if index.step_hz else "frames",
+            sel.images,
+            sel.action,
+            [t for t in (sel.proprio, sel.pose, sel.joint_states) if t] or None,
             instruction.text,
             instruction.source,
         )
+        for note in index.notes:
+            log.warning("%s", note)
         ev = evaluate(args, index, instruction, ros_args)
         result = write_report(args, index, ev, instruction)
         if result["frames"]["answered"] == 0:

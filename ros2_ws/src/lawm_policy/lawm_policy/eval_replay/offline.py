@@ -1,10 +1,11 @@
-"""Offline replay: the exported model run through the runtime core on a bag's frames, no ROS.
+"""Offline replay: the exported model run through the runtime core on a bag's steps, no ROS.
 
-``frame_inputs`` streams the bag once and gives each frame its inputs (every camera's latest
-image at or before the frame, decoded by ``lawm_core.bags`` as training decodes it, and the
-aligned proprio); ``infer`` runs them through ``lawm_core.runner.PolicyRunner``, the chain the
-policy node and simulated evaluation run; ``run_offline`` loads the model and the instruction's
-embedding and puts the two together.
+``frame_inputs`` streams the bag once and gives each step its inputs (every model camera's
+latest image at or before the step, decoded by ``lawm_core.bags`` as training decodes it, and
+the proprio in the model's layout); ``infer`` runs them through
+``lawm_core.runner.PolicyRunner``, the chain the policy node and simulated evaluation run;
+``run_offline`` loads the model and the instruction's embedding and puts the two together. The
+steps are at the model's control rate (``index``), as the node would run it on the robot.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from lawm_core.model import PolicyModel
 from lawm_core.runner import PolicyRunner
 from lawm_core.text_encoder import TextEncoderRuntime
 from lawm_policy.eval_replay.index import BagIndex, ReplayError
-from lawm_policy.eval_replay.report import Evaluation
+from lawm_policy.eval_replay.report import Evaluation, GripperScoring
 
 MAX_WARNINGS = 20
 
 
 @dataclass
 class FrameInput:
-    """A frame's inputs. ``images``: camera -> (H, W, 3) uint8 RGB as decoded from the bag;
-    ``proprio``: float32 (5,) or None (no proprio topic); ``problem``: why the frame cannot
-    be evaluated (an image missing or undecodable, no proprio yet), else None."""
+    """A step's inputs. ``images``: camera -> (H, W, 3) uint8 RGB as decoded from the bag;
+    ``proprio``: float32 (P,) in the model's layout, or None (no robot state fed);
+    ``problem``: why the step cannot be evaluated (an image missing, stale or undecodable, no
+    proprio yet), else None."""
 
     frame: int
     images: dict[str, np.ndarray]
@@ -39,8 +41,9 @@ class FrameInput:
 
 
 def frame_inputs(index: BagIndex, cameras: Sequence[str]) -> Iterator[FrameInput]:
-    """Each frame's inputs in frame order, reading the bag once (a frame is given as soon as
-    its images have been read; an image is kept only until the last frame that uses it)."""
+    """Each step's inputs in order, reading the bag once (a step is given as soon as its
+    images have been read; an image is kept only until the last step that uses it). An image
+    older than ``index.stale_ns`` at its step is a problem, as it would be on the robot."""
     sel = index.selection
     topic_cam = {sel.images[c]: c for c in cameras}
     needs = {c: index.frame_images[c] for c in cameras}
@@ -62,8 +65,15 @@ def frame_inputs(index: BagIndex, cameras: Sequence[str]) -> Iterator[FrameInput
         for cam in cameras:
             k = int(needs[cam][frame])
             got = cache[cam].get(k) if k >= 0 else None
+            age = (
+                int(index.frame_stamps[frame] - index.image_stamps[sel.images[cam]][k])
+                if k >= 0
+                else 0
+            )
             if got is None:
                 problems.append(f"no {cam} image yet")
+            elif index.stale_ns is not None and age > index.stale_ns:
+                problems.append(f"{cam} image {age * 1e-9:.3f} s old (stale)")
             elif isinstance(got, InputError):
                 problems.append(f"{cam}: {got}")
             else:
@@ -166,6 +176,12 @@ def load_model(
             f"the model's cameras are {list(model.cameras)} but the image topics are given "
             f"for {list(sel.images)}; pass --image-topic CAMERA=TOPIC for each model camera"
         )
+    layout = tuple(model.spec.proprio_layout) if model.spec.proprio_dim > 0 else ()
+    if index.proprio is not None and index.proprio_layout != layout:
+        raise ReplayError(
+            f"{model_dir}: the model's proprio_layout is {list(layout)}, the bag's robot state "
+            f"was read as {list(index.proprio_layout or ())}"
+        )
     return model
 
 
@@ -195,8 +211,8 @@ def run_offline(
     providers: str = "auto",
     threads: int = 0,
 ) -> Evaluation:
-    """Every frame of the bag through the exported model; ReplayError if no frame could be
-    evaluated."""
+    """Every step of the bag (``index``, opened at the model's control rate) through the
+    exported model; ReplayError if no step could be evaluated."""
     model = load_model(index, model_dir, providers, threads)
     lang = embed_instruction(model_dir, instruction)
     model.warmup()
@@ -207,12 +223,20 @@ def run_offline(
         raise ReplayError(
             f"{index.path}: no frame could be evaluated ({ev.warnings[0] if ev.warnings else '?'})"
         )
+    spec = model.spec
+    ev.gripper = GripperScoring.of_model(spec, f"model sidecar {Path(model_dir).resolve()}")
+    ev.extra["rates"] = {
+        **index.rates(),
+        "model_control_rate_hz": model.control_rate_hz,
+    }
     ev.extra["model"] = {
         "dir": str(Path(model_dir).resolve()),
-        "onnx_sha256": model.spec.onnx_sha256,
+        "onnx_sha256": spec.onnx_sha256,
         "provider": model.provider,
         "image_size": model.image_size,
         "chunk_size": model.chunk_size,
         "cameras": list(model.cameras),
+        "control_rate_hz": model.control_rate_hz,
+        "proprio_layout": list(spec.proprio_layout) if spec.proprio_dim > 0 else [],
     }
     return ev
