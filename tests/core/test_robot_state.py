@@ -155,16 +155,22 @@ def test_proprio_layout_assembles_pose_fingers_and_named_joints():
     fingers = GripperJoints(["fr3_finger_joint1", "fr3_finger_joint2"], [1.0, -1.0], [0.0, 0.0])
     libero = ProprioLayout(contract.PROPRIO_LAYOUT, fingers)
     pose = EePose.from_fields([0.4, -0.1, 0.3], [0, 0, 0, 1])
-    joints = libero.joint_values(FR3, [0.1, 0.2, 0.03, 0.02])
+    joints = libero.read_joints(FR3, [0.1, 0.2, 0.03, 0.02])
     np.testing.assert_allclose(libero.assemble(pose, joints), [0.4, -0.1, 0.3, 0.03, -0.02])
     assert libero.assemble(None, joints) is None and libero.assemble(pose, None) is None
 
-    # A layout learnt from a bag's JointState: joints by name, in the layout's order.
-    named = ProprioLayout(["joint:fr3_joint2", "ee_z", "joint:fr3_joint1"])
-    values = named.joint_values(FR3, [0.1, 0.2, 0.03, 0.02])
-    np.testing.assert_allclose(named.assemble(pose, values), [0.2, 0.3, 0.1])
-    with pytest.raises(InputError, match=r"lacks joint\(s\) \['fr3_joint2'\]"):
-        named.joint_values(["fr3_joint1"], [0.1])
+    # A layout learnt from a bag's JointState: joints by name, in the layout's order, merged
+    # from messages of different publishers (the arm's, the gripper's).
+    named = ProprioLayout(["joint:fr3_joint2", "ee_z", "joint:fr3_finger_joint1"])
+    arm = named.read_joints(["fr3_joint1", "fr3_joint2"], [0.1, 0.2])
+    assert arm == {"fr3_joint2": 0.2} and named.assemble(pose, arm) is None
+    hand = named.read_joints(["fr3_finger_joint1"], [0.03])
+    np.testing.assert_allclose(named.assemble(pose, {**arm, **hand}), [0.2, 0.3, 0.03])
+    assert named.read_joints(["other"], [1.0]) == {}
+    with pytest.raises(InputError, match="2 names but 1 positions"):
+        named.read_joints(["fr3_joint2", "x"], [0.1])
+    with pytest.raises(InputError, match="not finite"):
+        named.read_joints(["fr3_joint2"], [np.nan])
     named.check_sources(has_pose=True, has_joint_states=True)
     with pytest.raises(ValueError, match="need pose_topic or pose_tf_frame"):
         named.check_sources(has_pose=False, has_joint_states=True)

@@ -188,43 +188,50 @@ class ProprioLayout:
 
     @property
     def uses_joint_states(self) -> bool:
-        return self.needs_fingers or bool(self.joints)
+        return bool(self.joint_names)
 
-    def joint_values(self, names: Sequence[str], positions: Sequence[float]) -> dict[str, float]:
-        """The JointState values this layout needs: ``joint:<name>`` by name and the mapped
-        fingers (keys ``gripper_left``/``gripper_right``). InputError for mismatched arrays, a
-        missing joint (naming the joints the message has) or a non-finite value."""
-        out: dict[str, float] = {}
-        if self.needs_fingers:
-            fingers = self.gripper.fingers(names, positions)
-            out.update(zip(FINGER_NAMES, (float(v) for v in fingers)))
-        if self.joints:
-            names = list(names)
-            values = np.asarray(positions, dtype=np.float64).reshape(-1)
-            if len(names) != values.size:
-                raise InputError(f"JointState has {len(names)} names but {values.size} positions")
-            index = {n: i for i, n in enumerate(names)}
-            missing = [j for j in self.joints if j not in index]
-            if missing:
-                shown = names[:12] + (["..."] if len(names) > 12 else [])
-                raise InputError(f"JointState lacks joint(s) {missing} (it has {shown})")
-            for j in self.joints:
-                v = float(values[index[j]])
-                if not np.isfinite(v):
-                    raise InputError(f"joint {j!r} position not finite: {v}")
-                out[JOINT_PREFIX + j] = v
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        """Every JointState joint the layout reads (``joint:<name>`` and the finger joints)."""
+        fingers = self.gripper.joints if self.needs_fingers and self.gripper else ()
+        return tuple(dict.fromkeys((*self.joints, *fingers)))
+
+    def read_joints(self, names: Sequence[str], positions: Sequence[float]) -> dict[str, float]:
+        """The needed joints a JointState carries, by name (possibly none of them: several
+        publishers often share one topic, e.g. the arm's and the gripper's). InputError for
+        mismatched arrays or a needed joint's non-finite position."""
+        names = list(names)
+        values = np.asarray(positions, dtype=np.float64).reshape(-1)
+        if len(names) != values.size:
+            raise InputError(f"JointState has {len(names)} names but {values.size} positions")
+        index = {n: i for i, n in enumerate(names)}
+        out = {j: float(values[index[j]]) for j in self.joint_names if j in index}
+        bad = {j: v for j, v in out.items() if not np.isfinite(v)}
+        if bad:
+            raise InputError(f"joint positions not finite: {bad}")
         return out
 
     def assemble(self, ee: EePose | None, joints: dict[str, float] | None) -> np.ndarray | None:
-        """float32 proprio in layout order, or None while a needed piece is unknown."""
-        if (self.needs_pose and ee is None) or (self.uses_joint_states and joints is None):
+        """float32 proprio in layout order, or None while a needed piece is unknown.
+        ``joints``: the latest position of each joint by name (``read_joints``, merged)."""
+        joints = joints or {}
+        if self.needs_pose and ee is None:
             return None
+        if any(j not in joints for j in self.joint_names):
+            return None
+        fingers = None
+        if self.needs_fingers:
+            fingers = self.gripper.fingers(
+                list(self.gripper.joints), [joints[j] for j in self.gripper.joints]
+            )
         values = []
         for name in self.layout:
             if name in EE_NAMES:
                 values.append(ee.position[EE_NAMES.index(name)])
+            elif name in FINGER_NAMES:
+                values.append(fingers[FINGER_NAMES.index(name)])
             else:
-                values.append(joints[name])
+                values.append(joints[_joint_name(name)])
         return np.asarray(values, dtype=np.float32)
 
 

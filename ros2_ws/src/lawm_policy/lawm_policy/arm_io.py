@@ -49,7 +49,14 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from lawm_core import contract
 from lawm_core.errors import InputError
-from lawm_core.robot_state import EE_NAMES, EePose, GripperJoints, ProprioLayout, integrate_pose
+from lawm_core.robot_state import (
+    EE_NAMES,
+    JOINT_PREFIX,
+    EePose,
+    GripperJoints,
+    ProprioLayout,
+    integrate_pose,
+)
 from lawm_core.runner import PROPRIO
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
@@ -68,7 +75,7 @@ except ImportError:
 
 # Watchdog names of the robot-state inputs (PROPRIO: the model-layout topic).
 EE_POSE = "ee_pose"
-GRIPPER_JOINTS = "gripper_joints"
+GRIPPER_JOINTS = "joint_states"  # the diagnostics key of JointState problems
 
 
 def _stamp_s(stamp) -> float:
@@ -91,8 +98,8 @@ class RobotState:
         self._report, self._warn, self._clear = report, warn, clear
         self.flat: np.ndarray | None = None  # proprio_topic's latest value
         self.ee: EePose | None = None
-        self.joint_values: dict[str, float] | None = None  # what the layout needs of JointState
-        self._joints_at = -float("inf")  # monotonic time of the last good joint values
+        self.joint_values: dict[str, float] = {}  # the needed joints' latest positions
+        self._joint_at: dict[str, float] = {}  # joint -> monotonic time of its latest position
         gripper = (
             GripperJoints(p.gripper_joints, p.gripper_joint_scale, p.gripper_joint_offset)
             if p.joint_states_topic and p.gripper_joints
@@ -120,8 +127,8 @@ class RobotState:
             ([PROPRIO] if p.proprio_topic and self.layout else [])
             + ([EE_POSE] if p.pose_topic or p.pose_tf_frame else [])
             + (
-                [GRIPPER_JOINTS]
-                if p.joint_states_topic and self.assembler.uses_joint_states
+                [JOINT_PREFIX + j for j in self.assembler.joint_names]
+                if p.joint_states_topic
                 else []
             )
         )
@@ -162,7 +169,8 @@ class RobotState:
         for sub in self._subs:
             self.node.destroy_subscription(sub)
         self._subs = []
-        self.flat = self.ee = self.joint_values = None
+        self.flat = self.ee = None
+        self.joint_values, self._joint_at = {}, {}
 
     def release(self) -> None:
         self.stop()
@@ -196,21 +204,36 @@ class RobotState:
             self._clear(EE_POSE)
 
     def _on_joints(self, msg: JointState) -> None:
+        # Several publishers often share one joint_states topic (arm driver, gripper driver):
+        # each joint's latest position is kept, from whichever message carries it.
         try:
-            values = self.assembler.joint_values(msg.name, msg.position)
+            values = self.assembler.read_joints(msg.name, msg.position)
         except InputError as err:
-            # Several publishers often share one joint_states topic (arm driver, gripper
-            # driver): a message without our joints is normal while the messages that have
-            # them keep coming; it is a problem once they stop.
-            recent = time.monotonic() - self._joints_at < self.p.stale_timeout_s
-            if not (recent and "lacks" in str(err)):
-                self._warn(GRIPPER_JOINTS, f"ignored {self.p.joint_states_topic}: {err}")
+            self._warn(GRIPPER_JOINTS, f"ignored {self.p.joint_states_topic}: {err}")
+            return
+        now = time.monotonic()
+        overdue = [
+            j
+            for j in self.assembler.joint_names
+            if j not in values and now - self._joint_at.get(j, -1e9) > self.p.stale_timeout_s
+        ]
+        if overdue:  # named once they are overdue, not for every other publisher's message
+            shown = list(msg.name)[:12] + (["..."] if len(msg.name) > 12 else [])
+            self._warn(
+                GRIPPER_JOINTS,
+                f"{self.p.joint_states_topic}: JointState lacks joint(s) {overdue} (it has "
+                f"{shown})",
+            )
+        if not values:
             return
         stamp = msg.header.stamp
         # Some drivers leave the JointState stamp at zero: arrival time then.
-        if self._report(GRIPPER_JOINTS, _stamp_s(stamp) if stamp.sec or stamp.nanosec else None):
-            self.joint_values = values
-            self._joints_at = time.monotonic()
+        stamp_s = _stamp_s(stamp) if stamp.sec or stamp.nanosec else None
+        accepted = [j for j in values if self._report(JOINT_PREFIX + j, stamp_s)]
+        for j in accepted:
+            self.joint_values[j] = values[j]
+            self._joint_at[j] = now
+        if accepted and not overdue:
             self._clear(GRIPPER_JOINTS)
 
     def poll_tf(self) -> None:
