@@ -22,6 +22,7 @@ import yaml
 from geometry_msgs.msg import TwistStamped
 
 from lawm_apps.harness import WS_INSTALL, wait_for_publishers, wait_until
+from lawm_policy.policy_params import SAFETY_PARAMETERS
 from lawm_policy.qos import COMMAND
 
 SHARE = WS_INSTALL / "lawm_bringup" / "share" / "lawm_bringup"
@@ -248,14 +249,7 @@ def test_launch_parameters_from_arguments_keep_their_type(name):
 # -- the real arms' params files and robot.launch.py's arm table -----------------------------
 ARM_FILES = {"ur5e": "ur5e.yaml", "fr3": "fr3.yaml", "xarm": "xarm.yaml"}
 GENERIC = "robot.yaml"
-LIMITS = (
-    "max_linear_axis",
-    "max_angular_axis",
-    "max_linear_speed",
-    "max_angular_speed",
-    "max_linear_accel",
-    "max_angular_accel",
-)
+LIMITS = tuple(n for n in SAFETY_PARAMETERS if n.startswith("max_"))
 # What each arm's vendor stack names (docs/real_arms.md lists the sources).
 ARM_FACTS = {
     "ur5e": {
