@@ -49,18 +49,17 @@ import numpy as np
 import onnxruntime as ort
 import rclpy
 import torch
+import train_throughput  # bench/: the training-throughput measurement, also run alone
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CompressedImage, Image
 
-from lawm import keys
 from lawm.checkpoint import load_policy, save_policy
 from lawm.config import preset
 from lawm.export import OnnxPolicy, example_inputs, export_policy, input_names
 from lawm.models.policy import Policy
-from lawm.objectives import FinetuneObjective, PretrainObjective
 from lawm_apps.demo import DEFAULT_OUT, DemoConfig, evaluate_ros, run_demo
 from lawm_apps.harness import (
     NodeProcess,
@@ -409,44 +408,7 @@ def _diag_int(diags, key: str) -> int:
 
 # -- training -------------------------------------------------------------------------------
 def bench_training(presets: list[str], reps: int) -> dict:
-
-    out = {}
-    for name in presets:
-        cfg = preset(name)
-        pc = cfg.policy
-        k, s = pc.chunk_size, pc.image_size
-        for stage, batch in (("pretrain", 8), ("finetune", 32)):
-            torch.manual_seed(0)
-            obj = PretrainObjective(cfg) if stage == "pretrain" else FinetuneObjective(cfg)
-            opt = torch.optim.AdamW(obj.parameters(), lr=1e-4)
-            t = k + 1 if stage == "pretrain" else 1
-            b = {
-                keys.IMAGES: {
-                    c: torch.randint(0, 256, (batch, t, 3, s, s), dtype=torch.uint8)
-                    for c in pc.cameras
-                },
-                keys.PROPRIO: torch.randn(batch, t, pc.proprio_dim),
-                keys.LANG: torch.randn(batch, pc.lang_dim),
-                "camera_mask": torch.ones(batch, len(pc.cameras), dtype=torch.bool),
-                keys.HAS_PROPRIO: torch.ones(batch, dtype=torch.bool),
-                "frame_mask": torch.ones(batch, t, dtype=torch.bool),
-            }
-            if stage == "finetune":
-                b[keys.ACTIONS] = torch.rand(batch, k, pc.action_dim) * 2 - 1
-                b[keys.ACTION_MASK] = torch.ones(batch, k, dtype=torch.bool)
-            times = []
-            for _ in range(reps + 1):
-                t0 = time.perf_counter()
-                loss, _ = obj(b)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                times.append(time.perf_counter() - t0)
-            step_s = float(np.median(times[1:]))
-            out[f"train_{name}_{stage}_batch"] = batch
-            out[f"train_{name}_{stage}_step_s"] = step_s
-            out[f"train_{name}_{stage}_samples_per_s"] = batch / step_s
-    return out
+    return train_throughput.measure(presets, reps)
 
 
 # -- learning -------------------------------------------------------------------------------
