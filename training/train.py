@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""LAWM command line: pretrain, finetune, export, cca, describe, smoke, generate, eval-sim, demo.
+"""LAWM command line: pretrain, finetune, export, cca, probe, describe, smoke, generate, eval-sim,
+demo.
 
 ``python training/train.py --help`` lists them; with no command it prints that help.
 """

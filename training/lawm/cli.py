@@ -28,6 +28,7 @@ from lawm.eval_latents import latent_action_cca
 from lawm.export import ExportError, export_policy
 from lawm.models.policy import Policy
 from lawm.models.world_model import WorldModel
+from lawm.probe import format_table, run_probe
 from lawm.smoke import run_smoke
 from lawm.trainer import train
 from lawm_core import contract
@@ -230,6 +231,8 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
         wm_changes["cameras"] = cfg.policy.cameras
     if getattr(args, "wm_proprio", False):
         wm_changes["use_proprio"] = True
+    if getattr(args, "wm_variant", None):
+        wm_changes["variant"] = args.wm_variant
     if wm_changes:
         cfg = cfg.replace(world_model=dataclasses.replace(cfg.world_model, **wm_changes))
     if getattr(args, "no_augment", False):
@@ -456,6 +459,28 @@ def cmd_cca(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    rate = None  # bags at the policy's control rate, where its config says it
+    if (Path(args.policy) / "config.json").is_file():
+        rate = load_policy_config(args.policy)[0].policy.control_rate_hz
+    sources = open_data(args, labelled=True, control_rate_hz=rate)
+    world_model = args.world_model
+    beside = Path(args.policy).parent / "world_model.safetensors"
+    if world_model is None and beside.is_file():
+        world_model = beside  # the pretraining run's own world model
+    result = run_probe(
+        args.policy,
+        sources,
+        world_model=world_model,
+        lang_cache=args.lang_cache,
+        max_windows=args.max_windows,
+    )
+    print(format_table(result), flush=True)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_smoke(Path(args.out), preset_name=args.preset, progress=not args.quiet)
@@ -504,6 +529,15 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         help="world model over every camera (beyond the paper)",
     )
     p.add_argument(
+        "--wm-variant",
+        choices=("paper", "motion"),
+        default=None,
+        help="how the world model uses the latent chunk: 'paper' (default; the paper's RSSM "
+        "filters frames t..t+K from a learned initial state, never seeing the instruction) or "
+        "'motion' (starts from frame t's embedding and the instruction, then predicts "
+        "t+1..t+K open-loop driven only by the chunk)",
+    )
+    p.add_argument(
         "--wm-proprio",
         action="store_true",
         help="world model also encodes/decodes proprio (beyond the paper)",
@@ -539,7 +573,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
-    """export, cca, describe, smoke."""
+    """export, cca, probe, describe, smoke."""
     p = sub.add_parser("export", help="export a policy to ONNX + sidecar (+ text encoder)")
     p.add_argument(
         "--policy", type=existing_path, required=True, help="policy directory (run_dir/policy)"
@@ -571,6 +605,27 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lang-cache", type=Path, default=DEFAULT_LANG_CACHE)
     p.add_argument("--json", action="store_true", help="also print one JSON line")
     p.set_defaults(func=cmd_cca)
+
+    p = sub.add_parser(
+        "probe", help="diagnostics of a policy's latent actions on labelled held-out episodes"
+    )
+    p.add_argument("--policy", type=existing_path, required=True, help="policy directory")
+    _add_data_args(p)
+    p.add_argument(
+        "--world-model",
+        type=existing_path,
+        help="world_model.safetensors of the pretraining run (default: the one beside "
+        "--policy, if any); adds the world-model loss and open-loop figures",
+    )
+    p.add_argument(
+        "--max-windows",
+        type=positive_int,
+        default=512,
+        help="at most this many windows (default 512; the world-model figures use 256 of them)",
+    )
+    p.add_argument("--lang-cache", type=Path, default=DEFAULT_LANG_CACHE)
+    p.add_argument("--json", action="store_true", help="also print one JSON line")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("describe", help="parameter counts of a preset")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))

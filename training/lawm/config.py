@@ -26,6 +26,13 @@ WORLD_MODEL_SIZES: dict[str, int] = {
     "100m": 6144,
 }
 
+# How the world model is driven by the policy's chunk during pretraining (see world_model.py).
+# "paper": the paper's RSSM filters frames t..t+K from a learned initial state; it sees frame t
+#   only through its small stochastic state and never sees the instruction.
+# "motion": the state starts from frame t's full embedding and the instruction embedding, then
+#   frames t+1..t+K are predicted open-loop from the prior, driven only by the chunk.
+WORLD_MODEL_VARIANTS: tuple[str, ...] = ("paper", "motion")
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message quotes it."""
@@ -122,8 +129,16 @@ class WorldModelConfig:
     cameras: tuple[str, ...] = (contract.CAMERAS[0],)
     use_proprio: bool = False
     proprio_dim: int = contract.PROPRIO_DIM
+    # One of WORLD_MODEL_VARIANTS; "motion" also reads the instruction embedding (lang_dim).
+    variant: str = "paper"
+    lang_dim: int = 384
 
     def __post_init__(self) -> None:
+        _check(
+            self.variant in WORLD_MODEL_VARIANTS,
+            f"world model variant must be one of {list(WORLD_MODEL_VARIANTS)}, "
+            f"got {self.variant!r}",
+        )
         _check(
             self.size in WORLD_MODEL_SIZES,
             f"world model size must be one of {sorted(WORLD_MODEL_SIZES)}, got {self.size!r}",
@@ -132,7 +147,15 @@ class WorldModelConfig:
             isinstance(self.deter, int) and self.deter >= 0,
             f"deter must be an int >= 0, got {self.deter!r}",
         )
-        for name in ("hidden", "stoch", "classes", "cnn_depth", "image_size", "action_dim"):
+        for name in (
+            "hidden",
+            "stoch",
+            "classes",
+            "cnn_depth",
+            "image_size",
+            "action_dim",
+            "lang_dim",
+        ):
             _positive(name, getattr(self, name))
         _check(
             self.image_size in (32, 64, 128, 256),
@@ -236,6 +259,17 @@ class LawmConfig:
             _check(
                 cam in self.policy.cameras,
                 f"world model camera {cam!r} is not a policy camera {self.policy.cameras!r}",
+            )
+        if self.world_model.variant == "motion":
+            _check(
+                self.world_model.lang_dim == self.policy.lang_dim,
+                f"world model lang_dim {self.world_model.lang_dim} != policy lang_dim "
+                f"{self.policy.lang_dim} (world model variant 'motion' reads the instruction)",
+            )
+            _check(
+                self.wm_observe_current,
+                "world model variant 'motion' starts from frame t, so it needs "
+                "wm_observe_current=True (not --reference-wm-frames), got False",
             )
 
     # -- serialisation -----------------------------------------------------------------------

@@ -3,6 +3,8 @@
 - ``PretrainObjective``: no action labels. The policy sees frame t and emits a chunk
   z[t:t+K]; those latent actions are the world model's action inputs while it explains frames
   t..t+K. The reconstruction + KL loss reaches the policy through z (nothing detaches it).
+  World model variant "motion" also gets frame t and the instruction embedding directly and
+  predicts t+1..t+K open-loop from z alone (see ``lawm.models.world_model``).
   Inputs an episode lacks (``camera_mask``, ``has_proprio``) are hidden from both models: the
   policy masks their tokens, the world model neither encodes nor reconstructs them.
 - ``FinetuneObjective``: the same policy head regresses ground-truth chunks (normalised to
@@ -139,6 +141,8 @@ class PretrainObjective(nn.Module):
             frame_mask=frame_mask,
             camera_mask=self._wm_camera_mask(batch),
             has_proprio=batch.get(keys.HAS_PROPRIO) if wm_cfg.use_proprio else None,
+            # The "motion" variant reads the instruction; the paper's world model never does.
+            lang=batch[keys.LANG] if wm_cfg.variant == "motion" else None,
         )
         metrics = dict(metrics)
         metrics["z_abs"] = z.detach().abs().mean().item()

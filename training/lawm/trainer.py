@@ -610,7 +610,12 @@ def _resume(
 
     Raises CheckpointError when the checkpoint belongs to another stage or config."""
     state = load_checkpoint(ckpt, objective, optimizer)
-    same_config = json.loads(json.dumps(cfg.to_dict())) == state.get("config")
+    same_config = False
+    try:  # through the config class: a field added since the checkpoint takes its default
+        stored = LawmConfig.from_dict(state.get("config") or {}).to_dict()
+        same_config = json.loads(json.dumps(cfg.to_dict())) == json.loads(json.dumps(stored))
+    except (TypeError, ValueError, KeyError):
+        pass
     if state.get("stage") != stage or not same_config:
         raise CheckpointError(
             f"{ckpt} was written by a different run (stage {state.get('stage')!r} or config "

@@ -25,6 +25,21 @@ Loss: per camera, image MSE summed over the pixels of an image and averaged over
 ``kl_dyn * max(free, KL(sg(post) || prior)) + kl_rep * max(free, KL(post || sg(prior)))``.
 No reward or continue heads: LAWM only models observations.
 
+Variants (``cfg.variant``):
+
+* ``"paper"`` (default): as above. Every window starts from the learned initial state and the
+  posterior filters frames t..t+K, so frame t reaches the model only through its small stochastic
+  state and the instruction never does; the chunk's cheapest use is then to say which task it is.
+* ``"motion"``: the scene and the task reach the model through paths that bypass the chunk, and
+  only the chunk drives what happens next. The state at frame t is built from frame t's full
+  encoder embedding and the instruction embedding ``lang`` (B, L):
+  ``deter_t = tanh(context(cat(embed_t, lang_encoder(lang))))``, ``stoch_t`` the posterior at
+  (deter_t, embed_t); frames t+1..t+K are then predicted open-loop from the prior (``imagine``),
+  whose only inputs are the chunk's actions. Loss: reconstruction of frame t and of the K
+  predicted frames, plus the KL terms at frame t (posterior vs the prior of deter_t). The rollout
+  uses the latents' modes (straight-through), so the gradient reaching the chunk carries no
+  sampling noise. No learned initial state (nothing would train it).
+
 Parameter count of the paper's default (size "50m": deter 4096, hidden 512, 32x32 categoricals,
 cnn_depth 32, one 128x128 camera, dense GRU; see ``describe``): 114.15 M in total, against the
 reference model's ~115.7 M (-1.3 %):
@@ -311,8 +326,12 @@ class RSSM(nn.Module):
         self.hidden, self.action_dim, self.embed_dim = cfg.hidden, cfg.action_dim, embed_dim
         self.unimix = cfg.unimix
         sc = self.stoch * self.classes
-        # Learned initial state: deter = tanh(init_deter); starts at zero like DreamerV3's.
-        self.init_deter = nn.Parameter(torch.zeros(self.deter))
+        # Learned initial state: deter = tanh(init_deter); starts at zero like DreamerV3's. The
+        # "motion" variant starts from a context frame instead, so it has none (an unused
+        # parameter would also break DistributedDataParallel).
+        self.init_deter: nn.Parameter | None = None
+        if cfg.variant == "paper":
+            self.init_deter = nn.Parameter(torch.zeros(self.deter))
         self.img_in = _dense(sc + self.action_dim, self.hidden)
         if cfg.gru == "dense":
             self.gru: nn.Module = DenseGRU(self.hidden, self.deter)
@@ -353,6 +372,11 @@ class RSSM(nn.Module):
 
     def initial(self, batch_size: int) -> Carry:
         """Learned initial carry: deter (B, D) = tanh(param); stoch (B, S, C) = prior mode."""
+        if self.init_deter is None:
+            raise ValueError(
+                "world model variant 'motion' has no learned initial state: it starts from a "
+                "context frame (WorldModel.context_state)"
+            )
         deter = torch.tanh(self.init_deter)[None].expand(batch_size, -1)
         logits = self.prior_logits(deter[:1])
         stoch = F.one_hot(logits.argmax(-1), self.classes).to(deter.dtype)
@@ -475,6 +499,14 @@ class WorldModel(nn.Module):
                 _dense(cfg.hidden, cfg.hidden),
                 nn.Linear(cfg.hidden, cfg.proprio_dim),
             )
+        # "motion" variant: the paths from frame t and the instruction into the state.
+        self.lang_encoder: nn.Module | None = None
+        self.context: nn.Module | None = None
+        if cfg.variant == "motion":
+            self.lang_encoder = _dense(cfg.lang_dim, cfg.hidden)
+            self.context = nn.Sequential(
+                _dense(embed_dim + cfg.hidden, cfg.hidden), nn.Linear(cfg.hidden, cfg.deter_size)
+            )
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_inputs(self, images: dict[str, Tensor], actions: Tensor) -> None:
@@ -523,6 +555,63 @@ class WorldModel(nn.Module):
             out["proprio"] = self.proprio_decoder(feat)
         return out
 
+    # -- the "motion" variant's open-loop states ----------------------------------------------
+    def context_state(
+        self, embed: Tensor, lang: Tensor, sample: bool = False
+    ) -> tuple[Carry, Tensor]:
+        """The "motion" variant's state at frame t: its embedding (B, E) and the instruction
+        embedding (B, L) -> (posterior dict(deter, stoch, logits), prior logits (B, S, C) of the
+        same deter). ``sample=False`` takes the posterior's mode."""
+        if self.context is None or self.lang_encoder is None:
+            raise ValueError(f"context_state needs variant 'motion', not {self.cfg.variant!r}")
+        lang_h = self.lang_encoder(lang.to(embed.dtype))
+        deter = torch.tanh(self.context(torch.cat([embed, lang_h], -1)))
+        post = self.rssm._post_from(deter, self.rssm._embed_proj(embed), sample)
+        return post, self.rssm.prior_logits(deter)
+
+    def _open_loop_states(
+        self,
+        images: dict[str, Tensor],
+        actions: Tensor,
+        is_first: Tensor,
+        lang: Tensor | None,
+        proprio: Tensor | None,
+        camera_mask: Tensor | None,
+        has_proprio: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The "motion" variant's states: frame 0's from its observation and ``lang``, then
+        frames 1..T-1 imagined from ``actions[:, 1:]`` alone -> (feat (B, T, F), posterior
+        logits (B, 1, S, C) and prior logits (B, 1, S, C) at frame 0, prior logits
+        (B, T, S, C))."""
+        b, t = actions.shape[:2]
+        if lang is None:
+            raise ValueError(
+                "world model variant 'motion' is conditioned on the instruction: pass lang "
+                f"(B, {self.cfg.lang_dim})"
+            )
+        if tuple(lang.shape) != (b, self.cfg.lang_dim):
+            raise ValueError(
+                f"lang must be (B, {self.cfg.lang_dim}) = ({b}, {self.cfg.lang_dim}), "
+                f"got {tuple(lang.shape)}"
+            )
+        first = is_first.bool()
+        if not bool(first[:, 0].all()) or bool(first[:, 1:].any()):
+            raise ValueError(
+                "world model variant 'motion' predicts one window of one episode from its first "
+                "frame: is_first must be true at frame 0 only"
+            )
+        frame0 = {c: images[c][:, :1] for c in self.cfg.cameras}
+        p0 = proprio[:, :1] if proprio is not None else None
+        embed0 = self.embed(frame0, p0, camera_mask, has_proprio)[:, 0]
+        post0, prior0 = self.context_state(embed0, lang)
+        feat = self.rssm.feature(post0)[:, None]
+        prior_all = prior0[:, None]
+        if t > 1:
+            priors = self.rssm.imagine(post0, actions[:, 1:], sample=False)
+            feat = torch.cat([feat, self.rssm.feature(priors)], 1)
+            prior_all = torch.cat([prior_all, priors["logits"]], 1)
+        return feat, post0["logits"][:, None], prior0[:, None], prior_all
+
     # -- training -------------------------------------------------------------------------------
     def loss(
         self,
@@ -533,12 +622,17 @@ class WorldModel(nn.Module):
         frame_mask: Tensor | None = None,
         camera_mask: Tensor | None = None,
         has_proprio: Tensor | None = None,
+        lang: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """World-model loss over a sequence; differentiable w.r.t. ``actions``.
 
         images[cam] (B, T, 3, H, W) uint8, actions (B, T, A), is_first (B, T) bool,
         proprio (B, T, P) | None, frame_mask (B, T) bool | None, camera_mask (B, n_cams) bool
-        | None (``cfg.cameras`` order), has_proprio (B,) bool | None -> (scalar loss, metrics).
+        | None (``cfg.cameras`` order), has_proprio (B,) bool | None, lang (B, L) | None (read
+        by the "motion" variant only, which needs it) -> (scalar loss, metrics).
+
+        The "motion" variant starts from frame 0 (``is_first`` true there only) and predicts
+        frames 1..T-1 open-loop from ``actions[:, 1:]``; its KL terms are those of frame 0.
 
         An absent camera (or proprio) of a sample is neither encoded (see ``embed``) nor
         reconstructed: the loss and its gradients do not depend on its pixels (the zeros a
@@ -557,9 +651,16 @@ class WorldModel(nn.Module):
                 f"got {tuple(camera_mask.shape)}"
             )
         use_proprio = self.proprio_decoder is not None
-        embeds = self.embed(images, proprio, camera_mask, has_proprio if use_proprio else None)
-        posts, priors = self.rssm.observe(embeds, actions, is_first)
-        feat = self.rssm.feature(posts)
+        has_p = has_proprio if use_proprio else None
+        if cfg.variant == "motion":
+            feat, kl_post, kl_prior, prior_all = self._open_loop_states(
+                images, actions, is_first, lang, proprio, camera_mask, has_p
+            )
+        else:
+            embeds = self.embed(images, proprio, camera_mask, has_p)
+            posts, priors = self.rssm.observe(embeds, actions, is_first)
+            feat = self.rssm.feature(posts)
+            kl_post, kl_prior, prior_all = posts["logits"], priors["logits"], priors["logits"]
         preds = self.decode(feat)
         dev = feat.device
 
@@ -613,8 +714,9 @@ class WorldModel(nn.Module):
             total = total + p_loss
             extra["proprio"] = p_loss.detach()
 
-        dyn, rep, raw = kl_balance(posts["logits"], priors["logits"], cfg.free_bits)
-        dyn, rep = masked_mean(dyn, frames), masked_mean(rep, frames)
+        kl_frames = frames[:, : kl_post.shape[1]]  # all frames; frame 0 alone for "motion"
+        dyn, rep, raw = kl_balance(kl_post, kl_prior, cfg.free_bits)
+        dyn, rep = masked_mean(dyn, kl_frames), masked_mean(rep, kl_frames)
         total = total + cfg.kl_dyn * dyn + cfg.kl_rep * rep
 
         with torch.no_grad():
@@ -624,9 +726,9 @@ class WorldModel(nn.Module):
                 "recon_mse": mse_sum / n_images,
                 "kl_dyn": dyn.detach(),
                 "kl_rep": rep.detach(),
-                "kl": masked_mean(raw, frames),
-                "prior_ent": masked_mean(categorical_entropy(priors["logits"]), frames),
-                "post_ent": masked_mean(categorical_entropy(posts["logits"]), frames),
+                "kl": masked_mean(raw, kl_frames),
+                "prior_ent": masked_mean(categorical_entropy(prior_all), frames),
+                "post_ent": masked_mean(categorical_entropy(kl_post), kl_frames),
                 **extra,
             }
             # One device->host copy for all metrics instead of one sync per .item().
@@ -642,8 +744,12 @@ class WorldModel(nn.Module):
         n_context: int,
         proprio: Tensor | None = None,
         sample: bool = False,
+        lang: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Observe frames [0, n_context), then imagine the rest open-loop from the actions.
+
+        The "motion" variant takes one context frame (``n_context=1``) and needs ``lang``
+        (B, L); it always uses the latents' modes.
 
         images[cam] (B, >= n_context, 3, H, W), actions (B, T, A) (``actions[:, t]`` leads into
         frame t), proprio (B, >= n_context, P) when used -> {cam: (B, T, 3, H, W) float in
@@ -656,16 +762,27 @@ class WorldModel(nn.Module):
             raise ValueError(f"n_context must be in [1, {t}], got {n_context!r}")
         ctx = {c: images[c][:, :n_context] for c in self.cfg.cameras}
         p_ctx = proprio[:, :n_context] if proprio is not None else None
-        is_first = torch.zeros(b, n_context, dtype=torch.bool, device=actions.device)
-        is_first[:, 0] = True
-        posts, _ = self.rssm.observe(
-            self.embed(ctx, p_ctx), actions[:, :n_context], is_first, sample=sample
-        )
-        feat = self.rssm.feature(posts)
-        if n_context < t:
-            priors = self.rssm.imagine(_last(posts), actions[:, n_context:], sample=sample)
-            feat = torch.cat([feat, self.rssm.feature(priors)], 1)
-        out = self.decode(feat)
+        if self.cfg.variant == "motion":
+            if n_context != 1:
+                raise ValueError(
+                    f"world model variant 'motion' predicts from one context frame "
+                    f"(n_context=1), got {n_context!r}"
+                )
+            is_first = torch.zeros(b, t, dtype=torch.bool, device=actions.device)
+            is_first[:, 0] = True
+            feat = self._open_loop_states(ctx, actions, is_first, lang, p_ctx, None, None)[0]
+            out = self.decode(feat)
+        else:
+            is_first = torch.zeros(b, n_context, dtype=torch.bool, device=actions.device)
+            is_first[:, 0] = True
+            posts, _ = self.rssm.observe(
+                self.embed(ctx, p_ctx), actions[:, :n_context], is_first, sample=sample
+            )
+            feat = self.rssm.feature(posts)
+            if n_context < t:
+                priors = self.rssm.imagine(_last(posts), actions[:, n_context:], sample=sample)
+                feat = torch.cat([feat, self.rssm.feature(priors)], 1)
+            out = self.decode(feat)
         result = {c: (out[c].float() + 0.5).clamp(0.0, 1.0) for c in self.cfg.cameras}
         if "proprio" in out:
             y = out["proprio"].float()
@@ -677,7 +794,8 @@ def describe(cfg: WorldModelConfig) -> dict[str, int]:
     """Parameter counts per component, built on the meta device (no memory, ~instant).
 
     Keys: encoder (image encoders), rssm, rssm_gru, rssm_rest, decoder (image decoders),
-    proprio (proprio encoder + decoder, 0 when unused), total.
+    proprio (proprio encoder + decoder, 0 when unused), context (the "motion" variant's frame
+    and instruction paths into the state, 0 for "paper"), total.
     """
     with torch.device("meta"):
         wm = WorldModel(cfg)
@@ -686,6 +804,7 @@ def describe(cfg: WorldModelConfig) -> dict[str, int]:
     proprio = sum(
         count_parameters(m) for m in (wm.proprio_encoder, wm.proprio_decoder) if m is not None
     )
+    context = sum(count_parameters(m) for m in (wm.lang_encoder, wm.context) if m is not None)
     return {
         "encoder": count_parameters(wm.encoders),
         "rssm": rssm,
@@ -693,5 +812,6 @@ def describe(cfg: WorldModelConfig) -> dict[str, int]:
         "rssm_rest": rssm - gru,
         "decoder": count_parameters(wm.decoders),
         "proprio": proprio,
+        "context": context,
         "total": count_parameters(wm),
     }
