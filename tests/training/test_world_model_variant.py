@@ -301,3 +301,17 @@ def test_a_run_checkpointed_before_the_variant_existed_still_resumes(tmp_path):
     old = cfg.to_dict()
     del old["world_model"]["variant"], old["world_model"]["lang_dim"]
     assert LawmConfig.from_dict(old).to_dict() == cfg.to_dict()
+
+
+def test_the_shuffled_control_gives_every_window_another_windows_chunk():
+    import torch
+
+    from lawm.config import LawmConfig, preset
+    from lawm.objectives import _derangement
+
+    for n in (2, 3, 17):
+        idx = _derangement(n, "cpu")
+        assert sorted(idx.tolist()) == list(range(n)) and not (idx == torch.arange(n)).any()
+    assert preset("debug").replace(pretrain_chunk="shuffled").pretrain_chunk == "shuffled"
+    with pytest.raises(ValueError, match="pretrain_chunk must be one of"):
+        LawmConfig(pretrain_chunk="zeros")

@@ -239,6 +239,8 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
         cfg = cfg.replace(augment=AugmentConfig(color_jitter=0.0, random_shift=0))
     if getattr(args, "reference_wm_frames", False):
         cfg = cfg.replace(wm_observe_current=False)
+    if getattr(args, "pretrain_chunk", None):
+        cfg = cfg.replace(pretrain_chunk=args.pretrain_chunk)
     if getattr(args, "control_rate_hz", None):
         cfg = cfg.replace(
             policy=dataclasses.replace(cfg.policy, control_rate_hz=args.control_rate_hz)
@@ -527,6 +529,14 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         "--wm-all-cameras",
         action="store_true",
         help="world model over every camera (beyond the paper)",
+    )
+    p.add_argument(
+        "--pretrain-chunk",
+        choices=("policy", "shuffled"),
+        default=None,
+        help="pretraining: the chunk the world model gets, 'policy' (default, LAWM) or "
+        "'shuffled' (another window's: a control for 'more optimisation' vs 'trained by the "
+        "world model')",
     )
     p.add_argument(
         "--wm-variant",

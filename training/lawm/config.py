@@ -236,6 +236,9 @@ class AugmentConfig:
         _check(self.random_shift >= 0, f"random_shift must be >= 0, got {self.random_shift!r}")
 
 
+PRETRAIN_CHUNKS = ("policy", "shuffled")
+
+
 @dataclass(frozen=True)
 class LawmConfig:
     """Everything needed to rebuild a model and resume its training."""
@@ -248,6 +251,10 @@ class LawmConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Feed frame t as the RSSM's first observation so z[t] explains t -> t+1 (see DESIGN.md).
     wm_observe_current: bool = True
+    # Which chunk the world model gets in pretraining: "policy" (LAWM), or "shuffled" (another
+    # window's chunk of the batch: a control that trains the policy through the same objective
+    # but with a chunk that cannot explain its window's motion).
+    pretrain_chunk: str = "policy"
 
     def __post_init__(self) -> None:
         _check(
@@ -260,6 +267,10 @@ class LawmConfig:
                 cam in self.policy.cameras,
                 f"world model camera {cam!r} is not a policy camera {self.policy.cameras!r}",
             )
+        _check(
+            self.pretrain_chunk in PRETRAIN_CHUNKS,
+            f"pretrain_chunk must be one of {list(PRETRAIN_CHUNKS)}, got {self.pretrain_chunk!r}",
+        )
         if self.world_model.variant == "motion":
             _check(
                 self.world_model.lang_dim == self.policy.lang_dim,

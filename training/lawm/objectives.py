@@ -114,6 +114,11 @@ class PretrainObjective(nn.Module):
             raise ValueError("pretraining batch contains action labels; LAWM pretrains without")
         z = self.latent_actions(batch)  # (B, K, A)
         b, k, a = z.shape
+        if self.cfg.pretrain_chunk == "shuffled" and b > 1:
+            # The control arm: each window gets another window's chunk (a derangement), so
+            # the policy is trained through the same objective by a chunk that cannot explain
+            # its window's motion.
+            z = z[_derangement(b, z.device)]
         wm_cfg = self.cfg.world_model
         frames = {c: batch[keys.IMAGES][c] for c in wm_cfg.cameras}  # (B, K+1, 3, H, W)
         frame_mask = batch.get("frame_mask")
@@ -167,3 +172,12 @@ def _resize_frames(frames: Tensor, size: int) -> Tensor:
     flat = frames.flatten(0, 1).float()
     out = F.interpolate(flat, size=(size, size), mode="area")
     return out.round().clamp(0, 255).to(torch.uint8).view(b, t, 3, size, size)
+
+
+def _derangement(n: int, device) -> Tensor:
+    """Indices of a random permutation of range(n) with no fixed point (n > 1): one cycle
+    through a random order, each index taking the next one's place."""
+    order = torch.randperm(n, device=device)
+    idx = torch.empty(n, dtype=torch.long, device=device)
+    idx[order] = torch.roll(order, -1)
+    return idx

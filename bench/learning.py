@@ -1,0 +1,1026 @@
+#!/usr/bin/env python3
+"""Does pretraining on unlabeled clips make the fine-tuned policy better? A benchmark that can
+tell (not a test). Usage, after ``source scripts/env.sh``:
+
+    python bench/learning.py [--quick] [--settings in_domain,cross_task,spatial] [--n 1,3,10]
+                             [--seeds 0,1,2] [--pretrain-seeds 0,1] [--arms ARM[,ARM]]
+
+Arms, all at equal labelled data (N demonstrations per task) and an equal fine-tuning budget
+(the same steps, batch and schedule; fine-tuning seed s pairs every arm with scratch seed s):
+
+- ``scratch``: behaviour cloning from a fresh network;
+- ``lawm_paper``: LAWM as the paper describes it (world-model variant "paper"), the pretrained
+  policy fine-tuned whole, its head included;
+- ``lawm_paper_fresh_head``: the same pretrained policy with a freshly initialised head;
+- ``lawm_motion``: the fixed method (world-model variant "motion": the world model gets the
+  scene and the task directly and predicts frames t+1..t+K open-loop from the chunk), with a
+  fresh head;
+- ``control_shuffled``: the default method's pretraining with each window's chunk handed to
+  another window's world model (the policy is still trained through the world model, for the
+  same steps, but its chunk cannot explain its own frames): separates "trained by the world
+  model" from "more optimisation steps";
+- ``oracle``: behaviour cloning of the clips with their recorded actions first (the ceiling of
+  what the clips can give), then the same fine-tuning.
+
+An arm whose switch the training package lacks is skipped, with the reason in the results.
+
+Settings (LIBERO, rendered at the demo's 64 px by its scripted experts; cached under
+``.cache/demo/`` beside the demo's data, which is reused):
+
+- ``in_domain``: LIBERO-Object tasks 0-1; pretraining clips of init states 10-24 of the same
+  tasks (the demo's clips), demonstrations from init states 0-9 (the first N per task);
+- ``cross_task``: pretraining clips of LIBERO-Object tasks 2-9 (init states 10-24), the same
+  demonstrations and held-out episodes of tasks 0-1;
+- ``spatial``: LIBERO-Spatial tasks 0-1 (``--spatial-tasks``), laid out like ``in_domain``.
+
+The primary figure is the held-out action MSE in raw action units (the OSC_POSE deltas as
+recorded, so no normaliser differs between N or arms) on unseen demonstrations (init states
+25-34 of the fine-tuning tasks), per episode and averaged over the runs of an arm; its 95 %
+interval and those of the paired differences against scratch are bootstrapped over the held-out
+episodes (paired by seed: arm run (p, s) against scratch run s on the same episode). Beside it,
+the probe figures of each pretrained policy (``lawm.probe``: held-out linear-probe R^2 of the
+true action chunk from the latent chunk, from the trunk features, from the same network
+untrained, from proprio alone; world-model loss with the policy's chunk vs others).
+
+``--quick``: in-domain, N = 1, one seed per arm, shorter training, offline figures only; data
+generated if missing (cached). Results (every run resumes or is reused when rerun) land in
+``runs/bench_learning/{quick,full}/``: ``results.json`` and ``results.md``. The last line
+printed is one JSON object; its ``lawm_*`` figures are the default method's (the arm of the
+training package's default world-model variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lawm import keys
+from lawm.checkpoint import load_policy
+from lawm.config import LawmConfig, WorldModelConfig, preset
+from lawm.data import WindowDataset, collate, open_sources
+from lawm.models.policy import policy_inputs
+from lawm.trainer import LangTable, train
+from lawm_core.files import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "runs" / "bench_learning"
+DEFAULT_CACHE = ROOT / ".cache" / "demo"
+SETTINGS = ("in_domain", "cross_task", "spatial")
+HELDOUT_STATES = range(25, 35)  # unseen by every arm: demos 0-9, clips 10-24
+CROSS_TASK_PRETRAIN = tuple(range(2, 10))
+CI_LEVEL = 0.95
+N_BOOT = 4000
+
+
+def _say(text: str) -> None:
+    print(f"[bench learning] {text}", flush=True)
+
+
+# -- statistics -------------------------------------------------------------------------------
+def bootstrap_mean_ci(
+    values: Sequence[float], n_boot: int = N_BOOT, level: float = CI_LEVEL, seed: int = 0
+) -> list[float]:
+    """Percentile bootstrap interval [low, high] of the mean of ``values`` (one value per
+    held-out episode), resampling the values with replacement. A single value gives [v, v]."""
+    x = np.asarray(values, np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"need a non-empty 1-D list of values, got shape {x.shape}")
+    if len(x) == 1:
+        return [float(x[0]), float(x[0])]
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return [float(lo), float(hi)]
+
+
+def episode_means(runs: dict[Any, Sequence[float]]) -> np.ndarray:
+    """Per-episode mean over the runs of an arm (each run: one value per held-out episode, the
+    episodes in the same order in every run)."""
+    if not runs:
+        raise ValueError("no runs")
+    table = np.asarray(list(runs.values()), np.float64)
+    if table.ndim != 2:
+        raise ValueError("every run must score the same held-out episodes")
+    return table.mean(axis=0)
+
+
+def paired_differences(
+    arm: dict[tuple[int, int], Sequence[float]], scratch: dict[int, Sequence[float]]
+) -> np.ndarray:
+    """Per-episode mean of (arm run (p, s) - scratch run s): each arm run is paired with the
+    scratch run of its fine-tuning seed s on the same episode. Raises KeyError when a seed has
+    no scratch run."""
+    if not arm:
+        raise ValueError("no runs")
+    diffs = []
+    for (_, s), values in sorted(arm.items()):
+        if s not in scratch:
+            raise KeyError(f"fine-tuning seed {s} has no scratch run to pair with")
+        diffs.append(np.asarray(values, np.float64) - np.asarray(scratch[s], np.float64))
+    return np.mean(diffs, axis=0)
+
+
+def grid(runs: dict[Any, Sequence[float]]) -> np.ndarray | None:
+    """Runs as an array (pretraining seeds, fine-tuning seeds, episodes): keys (p, s), or s
+    (one pretraining "seed"). None when some (p, s) of the grid has no run."""
+    keyed = {(k if isinstance(k, tuple) else (0, k)): v for k, v in runs.items()}
+    ps = sorted({p for p, _ in keyed})
+    ss = sorted({s for _, s in keyed})
+    if len(keyed) != len(ps) * len(ss):
+        return None
+    return np.asarray([[keyed[(p, s)] for s in ss] for p in ps], np.float64)
+
+
+def run_bootstrap_ci(
+    table: np.ndarray, n_boot: int = N_BOOT, level: float = CI_LEVEL, seed: int = 0
+) -> list[float]:
+    """Percentile bootstrap interval of the grand mean of ``table`` (pretraining seeds,
+    fine-tuning seeds, episodes), resampling the pretraining seeds, the fine-tuning seeds and
+    the episodes independently: it counts the spread between training runs as well as between
+    episodes (with one seed of each it is ``bootstrap_mean_ci`` of the episodes)."""
+    t = np.asarray(table, np.float64)
+    if t.ndim != 3 or 0 in t.shape:
+        raise ValueError(f"need a (pretrain seeds, seeds, episodes) table, got shape {t.shape}")
+    rng = np.random.default_rng(seed)
+    weights = [
+        rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n for n in t.shape
+    ]  # (n_boot, n) resampling weights per axis
+    means = np.einsum("bp,bs,be,pse->b", *weights, t)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return [float(lo), float(hi)]
+
+
+def verdict(ci: Sequence[float]) -> str:
+    """'lower' / 'higher' when the interval of (arm - scratch) excludes zero, else 'no
+    difference' (lower MSE is better)."""
+    lo, hi = ci
+    if hi < 0:
+        return "lower"
+    if lo > 0:
+        return "higher"
+    return "no difference"
+
+
+def summarise_cell(
+    runs: dict[str, dict[Any, Sequence[float]]], n_boot: int = N_BOOT
+) -> dict[str, dict[str, Any]]:
+    """Figures of one (setting, N): ``runs[arm]`` maps a run key to its per-episode held-out
+    MSE (scratch: key s; the others: key (p, s)). Per arm: mean, 95 % interval, per-run means
+    and, beside scratch, the paired difference with its interval and verdict."""
+    out: dict[str, dict[str, Any]] = {}
+    scratch = runs.get("scratch")
+    for name, arm_runs in runs.items():
+        if not arm_runs:
+            continue
+        per_episode = episode_means(arm_runs)
+        row: dict[str, Any] = {
+            "heldout_mse": float(per_episode.mean()),
+            "heldout_mse_ci": bootstrap_mean_ci(per_episode, n_boot),
+            "runs": {_key_text(k): float(np.mean(v)) for k, v in sorted(arm_runs.items())},
+            "episodes": int(len(per_episode)),
+        }
+        table = grid(arm_runs)
+        if table is not None:
+            row["heldout_mse_ci_runs"] = run_bootstrap_ci(table, n_boot)
+        if name != "scratch" and scratch:
+            d = paired_differences(arm_runs, scratch)
+            ci = bootstrap_mean_ci(d, n_boot)
+            row.update(minus_scratch=float(d.mean()), minus_scratch_ci=ci, verdict=verdict(ci))
+            base = grid(scratch)
+            if table is not None and base is not None and base.shape[1] == table.shape[1]:
+                ci_runs = run_bootstrap_ci(table - base, n_boot)  # paired by fine-tuning seed
+                row.update(minus_scratch_ci_runs=ci_runs, verdict_runs=verdict(ci_runs))
+        out[name] = row
+    return out
+
+
+def _key_text(key: Any) -> str:
+    return f"p{key[0]}_f{key[1]}" if isinstance(key, tuple) else f"f{key}"
+
+
+# -- arms -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    """How an arm starts fine-tuning. ``start``: "scratch", "pretrain" (LAWM pretraining with
+    world-model ``variant`` and, for a control, the chunk switch ``control``) or "oracle"
+    (behaviour cloning of the clips with their actions)."""
+
+    name: str
+    start: str
+    what: str
+    variant: str | None = None
+    control: str | None = None
+    reinit_head: bool = False
+
+
+def variant_field() -> bool:
+    """Whether the training package has selectable world-model variants."""
+    return "variant" in {f.name for f in dataclasses.fields(WorldModelConfig)}
+
+
+def default_variant() -> str:
+    return WorldModelConfig().variant if variant_field() else "paper"
+
+
+# The switch the control arm needs: LawmConfig.pretrain_chunk, "policy" (the default) or
+# "shuffled" (each window's chunk goes to another window's world model in the batch).
+CONTROL_FIELD = "pretrain_chunk"
+CONTROL_VALUE = "shuffled"
+
+
+def control_field() -> bool:
+    return CONTROL_FIELD in {f.name for f in dataclasses.fields(LawmConfig)}
+
+
+def default_arm_name() -> str:
+    return "lawm_motion" if default_variant() == "motion" else "lawm_paper"
+
+
+def arms() -> dict[str, Arm]:
+    default = default_variant()
+    return {
+        a.name: a
+        for a in (
+            Arm("scratch", "scratch", "behaviour cloning from a fresh network"),
+            Arm(
+                "lawm_paper",
+                "pretrain",
+                "LAWM as in the paper (world model 'paper'), head reused",
+                variant="paper",
+            ),
+            Arm(
+                "lawm_paper_fresh_head",
+                "pretrain",
+                "LAWM as in the paper, fresh head (--reinit-head)",
+                variant="paper",
+                reinit_head=True,
+            ),
+            Arm(
+                "lawm_motion",
+                "pretrain",
+                "the fixed method (world model 'motion'), fresh head",
+                variant="motion",
+                reinit_head=True,
+            ),
+            Arm(
+                "control_shuffled",
+                "pretrain",
+                f"the default method's pretraining (world model {default!r}) with the chunks "
+                "shuffled across the batch",
+                variant=default,
+                control=CONTROL_VALUE,
+                reinit_head=default == "motion",
+            ),
+            Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
+        )
+    }
+
+
+def unavailable(arm: Arm) -> str | None:
+    """Why the training package cannot run ``arm``; None when it can."""
+    if arm.variant not in (None, "paper") and not variant_field():
+        return (
+            f"the training package has no world-model variant {arm.variant!r} "
+            "(WorldModelConfig.variant)"
+        )
+    if arm.variant is not None and variant_field():
+        from lawm.config import WORLD_MODEL_VARIANTS
+
+        if arm.variant not in WORLD_MODEL_VARIANTS:
+            return f"world-model variant {arm.variant!r} is not in {list(WORLD_MODEL_VARIANTS)}"
+    if arm.control is not None and not control_field():
+        return (
+            f"pretraining has no chunk switch: it needs LawmConfig.{CONTROL_FIELD} with the value "
+            f"{CONTROL_VALUE!r} (PretrainObjective hands each window's chunk to another "
+            "window's world model, e.g. z[torch.randperm(B)], so the policy is still trained "
+            "through the world model but its chunk cannot explain its own frames)"
+        )
+    return None
+
+
+# -- budgets and settings ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """Training sizes, equal for every arm: ``pretrain_steps`` (LAWM pretraining and the
+    oracle's behaviour cloning of the clips), ``finetune_steps`` on the demonstrations."""
+
+    preset: str = "small"
+    pretrain_steps: int = 800
+    finetune_steps: int = 1000
+    probe_windows: int = 512
+    eval_stride: int = 1  # every eval_stride-th held-out window
+
+    def config(
+        self,
+        *,
+        pretrain_seed: int = 0,
+        finetune_seed: int = 0,
+        variant: str | None = None,
+        control: str | None = None,
+    ) -> LawmConfig:
+        cfg = preset(self.preset)
+        changes: dict[str, Any] = {
+            "pretrain": dataclasses.replace(
+                cfg.pretrain,
+                steps=self.pretrain_steps,
+                checkpoint_every=max(1, self.pretrain_steps // 2),
+                seed=pretrain_seed,
+            ),
+            "finetune": dataclasses.replace(
+                cfg.finetune,
+                steps=self.finetune_steps,
+                checkpoint_every=max(1, self.finetune_steps // 2),
+                seed=finetune_seed,
+            ),
+        }
+        if variant is not None and variant_field():
+            changes["world_model"] = dataclasses.replace(cfg.world_model, variant=variant)
+        if control is not None:
+            changes[CONTROL_FIELD] = control
+        return cfg.replace(**changes)
+
+
+FULL = Budget()
+QUICK = Budget(pretrain_steps=300, finetune_steps=400, probe_windows=256, eval_stride=2)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Data of one setting: ``pretrain`` clips (opened without actions for LAWM pretraining,
+    with them for the oracle), a pool of labelled ``demos`` (the first N per task are used)
+    and unseen labelled ``heldout`` episodes of the same tasks."""
+
+    name: str
+    pretrain: Path
+    demos: Path
+    heldout: Path
+    about: str = ""
+
+
+def _ensure(path: Path, suite: str, tasks, states, image_size: int, workers: int, progress):
+    """The cached file, generated by the scripted experts when missing."""
+    from lawm_sim.generate import generate
+
+    if path.exists():
+        _say(f"cached {path}")
+        return path
+    n = len(tasks) * len(states)
+    _say(f"{n} expert episodes -> {path}")
+    summary = generate(
+        suite, list(tasks), list(states), path, image_size=image_size, workers=workers,
+        progress=progress,
+    )  # fmt: skip
+    _say(f"{summary['successful']}/{n} successful")
+    return path
+
+
+def libero_setting(
+    name: str, cache: Path, progress: bool, spatial_tasks: tuple[int, ...] = (0, 1)
+) -> Setting:
+    """The LIBERO data of a setting, from the demo's generation and cache."""
+    from lawm_apps.demo import DemoConfig, make_data
+
+    if name not in SETTINGS:
+        raise ValueError(f"unknown setting {name!r}; choose from {list(SETTINGS)}")
+    demo = (
+        DemoConfig()
+        if name != "spatial"
+        else DemoConfig(suite="libero_spatial", tasks=spatial_tasks)
+    )
+    files = make_data(demo, cache, progress)
+    tasks = "-".join(str(t) for t in demo.tasks)
+    states = HELDOUT_STATES
+    held = cache / (
+        f"heldout_{demo.suite}_t{tasks}_i{states.start}-{states.stop - 1}_{demo.image_size}px.hdf5"
+    )
+    _ensure(held, demo.suite, demo.tasks, states, demo.image_size, demo.workers, progress)
+    clips = files["clips"]
+    about = (
+        f"{demo.suite} tasks {list(demo.tasks)}: clips init states "
+        f"{demo.demos_per_task}-{demo.demos_per_task + demo.clips_per_task - 1}"
+    )
+    if name == "cross_task":
+        other = DemoConfig(tasks=CROSS_TASK_PRETRAIN)
+        path, clip_states = other.data_files(cache)["clips"]
+        clips = _ensure(path, other.suite, other.tasks, clip_states, other.image_size,
+                        other.workers, progress)  # fmt: skip
+        about = (
+            f"{demo.suite}: pretraining clips of tasks {list(CROSS_TASK_PRETRAIN)} (init states "
+            f"{clip_states[0]}-{clip_states[-1]}); demonstrations of tasks {list(demo.tasks)}"
+        )
+    about += (
+        f"; demonstrations init states 0-{demo.demos_per_task - 1}; held-out init states "
+        f"{states.start}-{states.stop - 1}"
+    )
+    return Setting(name, clips, files["demos"], held, about)
+
+
+def first_per_task(sources: list, n: int) -> list:
+    """The first ``n`` episodes of each instruction, in file order (LIBERO files are in
+    (task, init state) order, so these are the lowest init states)."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in sources:
+        task = " ".join(s.instruction.split())
+        if seen.get(task, 0) < n:
+            seen[task] = seen.get(task, 0) + 1
+            out.append(s)
+    return out
+
+
+# -- held-out evaluation ----------------------------------------------------------------------
+@torch.no_grad()
+def heldout_mse(
+    policy_dir: Path,
+    sources: list,
+    *,
+    lang_cache: Path | None = None,
+    stride: int = 1,
+    batch_size: int = 64,
+) -> list[float]:
+    """Per-episode action MSE in raw action units of the policy's chunk (denormalised with its
+    own statistics) against the recorded chunk, over the valid steps of every
+    ``stride``-th window of each held-out episode. One value per source, in order."""
+    policy, cfg, _ = load_policy(policy_dir)
+    policy.eval()
+    pc = cfg.policy
+    dataset = WindowDataset(
+        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
+        proprio_dim=pc.proprio_dim,
+    )  # fmt: skip
+    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
+    index = np.arange(0, len(dataset), stride)
+    episode = np.array([dataset.locate(int(i))[0] for i in index])
+    sse = np.zeros(len(sources))
+    count = np.zeros(len(sources))
+    for start in range(0, len(index), batch_size):
+        rows = index[start : start + batch_size]
+        batch = collate([dataset[int(i)] for i in rows])
+        batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
+        pred = policy.unnormalize_actions(policy(**policy_inputs(batch)))
+        mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]
+        sq = ((pred - batch[keys.ACTIONS].to(pred.dtype)) ** 2 * mask).sum(dim=(1, 2))
+        n = mask.sum(dim=(1, 2)) * pred.shape[-1]
+        np.add.at(sse, episode[start : start + len(rows)], sq.numpy())
+        np.add.at(count, episode[start : start + len(rows)], n.numpy())
+    if (count == 0).any():
+        raise ValueError(f"{int((count == 0).sum())} held-out episode(s) have no window")
+    return (sse / count).tolist()
+
+
+# -- the runs ---------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What one invocation runs."""
+
+    settings: list[Setting]
+    arms: list[str]
+    ns: list[int]
+    seeds: list[int]  # fine-tuning
+    pretrain_seeds: list[int]
+    budget: Budget
+    out: Path
+    lang_cache: Path
+    progress: bool = True
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "policy" / "config.json").is_file()
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Runner:
+    """Trains and evaluates what a plan needs, reusing every finished run."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.arms = arms()
+        self.bar: Any = None
+        self.seconds: dict[str, float] = {}
+        self._ready: set[Path] = set()  # run dirs trained (or found finished) by this runner
+
+    def _train(self, label: str, stage: str, cfg, sources, run_dir: Path, **kw) -> Path:
+        if run_dir in self._ready:
+            return run_dir / "policy"
+        if not _done(run_dir):
+            self.bar.set_description(label)
+            t0 = time.perf_counter()
+            train(stage, cfg, sources, run_dir, lang_cache=self.plan.lang_cache,
+                  progress=self.plan.progress, **kw)  # fmt: skip
+            self.seconds[str(run_dir.relative_to(self.plan.out))] = time.perf_counter() - t0
+        self._ready.add(run_dir)
+        self.bar.update(1)
+        return run_dir / "policy"
+
+    # -- pretraining ---
+    def pretrained(self, setting: Setting, arm: Arm, p: int) -> Path:
+        """The run dir of the arm's pretraining (shared by the arms that pretrain alike)."""
+        b = self.plan.budget
+        root = self.plan.out / setting.name
+        if arm.start == "oracle":
+            run_dir = root / f"oracle_bc_s{b.pretrain_steps}_p{p}"
+            if run_dir in self._ready:
+                return run_dir
+            # The oracle's first stage: behaviour cloning of the clips, pretraining's length.
+            cfg = b.config(finetune_seed=p)
+            cfg = cfg.replace(
+                finetune=dataclasses.replace(
+                    cfg.finetune, steps=b.pretrain_steps,
+                    checkpoint_every=max(1, b.pretrain_steps // 2),
+                )
+            )  # fmt: skip
+            clips = open_sources(setting.pretrain, labelled=True)
+            self._train(
+                f"{setting.name}: oracle BC of clips p{p}", "finetune", cfg, clips, run_dir
+            )
+            return run_dir
+        name = f"pretrain_{arm.variant}" + (f"_{arm.control}" if arm.control else "")
+        run_dir = root / f"{name}_s{b.pretrain_steps}_p{p}"
+        if run_dir in self._ready:
+            return run_dir
+        cfg = b.config(pretrain_seed=p, variant=arm.variant, control=arm.control)
+        # Opened unlabeled: the pretraining loader is never handed an action.
+        clips = open_sources(setting.pretrain, labelled=False)
+        self._train(f"{setting.name}: {name} p{p}", "pretrain", cfg, clips, run_dir)
+        return run_dir
+
+    def probe(self, setting: Setting, run_dir: Path, heldout: list) -> dict | None:
+        path = run_dir / "probe.json"
+        cached = _read_json(path)
+        if cached is not None:
+            return cached
+        try:
+            from lawm.probe import run_probe
+        except ImportError as err:
+            return {"unavailable": f"lawm.probe is missing ({err})"}
+        wm = run_dir / "world_model.safetensors"
+        self.bar.set_description(f"{setting.name}: probe {run_dir.name}")
+        kw = {"lang_cache": self.plan.lang_cache, "max_windows": self.plan.budget.probe_windows}
+        try:
+            result = run_probe(
+                run_dir / "policy", heldout, world_model=wm if wm.is_file() else None, **kw
+            )
+        except (ValueError, RuntimeError) as err:
+            if not wm.is_file():
+                raise
+            # The policy's figures stand without the world model's; say why those are missing.
+            result = run_probe(run_dir / "policy", heldout, world_model=None, **kw)
+            result["world_model_error"] = f"{type(err).__name__}: {err}"
+            _say(f"probe of {run_dir.name} without its world model: {err}")
+        atomic_write_text(path, json.dumps(result, indent=1))
+        return result
+
+    # -- fine-tuning ---
+    def finetuned(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int, demos):
+        b = self.plan.budget
+        tag = f"{arm.name}_s{b.finetune_steps}" + (f"_p{p}" if p is not None else "") + f"_f{s}"
+        run_dir = self.plan.out / setting.name / f"n{n}" / tag
+        init = None
+        if arm.start != "scratch":
+            init = self.pretrained(setting, arm, p) / "policy"
+        cfg = b.config(finetune_seed=s, variant=arm.variant, control=arm.control)
+        self._train(
+            f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
+            reinit_head=arm.reinit_head,
+        )  # fmt: skip
+        return run_dir
+
+    def evaluate(self, run_dir: Path, heldout: list) -> list[float]:
+        path = run_dir / "heldout.json"
+        names = [s.name for s in heldout]
+        cached = _read_json(path)
+        stride = self.plan.budget.eval_stride
+        if cached and cached.get("episodes") == names and cached.get("stride") == stride:
+            return cached["mse"]
+        self.bar.set_description(f"held-out MSE {run_dir.name}")
+        mse = heldout_mse(run_dir / "policy", heldout, lang_cache=self.plan.lang_cache,
+                          stride=stride)  # fmt: skip
+        atomic_write_text(path, json.dumps({"episodes": names, "stride": stride, "mse": mse}))
+        return mse
+
+    def count_jobs(self) -> int:
+        pl = self.plan
+        per_seed = {a for a in pl.arms if self.arms[a].start != "scratch"}
+        pretrain_kinds = {
+            (self.arms[a].start, self.arms[a].variant, self.arms[a].control) for a in per_seed
+        }
+        ft = (
+            len(pl.ns)
+            * len(pl.seeds)
+            * (("scratch" in pl.arms) + len(per_seed) * len(pl.pretrain_seeds))
+        )
+        return len(pl.settings) * (len(pretrain_kinds) * len(pl.pretrain_seeds) + ft)
+
+    def run(self) -> dict[str, Any]:
+        pl = self.plan
+        results: dict[str, Any] = {"settings": {}}
+        self.bar = tqdm(total=self.count_jobs(), desc="bench", unit="run",
+                        disable=not pl.progress, position=0)  # fmt: skip
+        try:
+            for setting in pl.settings:
+                results["settings"][setting.name] = self.run_setting(setting)
+        finally:
+            self.bar.close()
+        results["train_seconds"] = {k: round(v, 1) for k, v in self.seconds.items()}
+        return results
+
+    def run_setting(self, setting: Setting) -> dict[str, Any]:
+        pl = self.plan
+        heldout = open_sources(setting.heldout, labelled=True)
+        pool = open_sources(setting.demos, labelled=True)
+        out: dict[str, Any] = {"about": setting.about, "heldout_episodes": len(heldout)}
+        # Pretraining and its probes first: every N reuses them.
+        probes: dict[str, dict[str, Any]] = {}
+        for name in pl.arms:
+            arm = self.arms[name]
+            if arm.start != "pretrain":
+                continue
+            for p in pl.pretrain_seeds:
+                run_dir = self.pretrained(setting, arm, p)
+                key = run_dir.name
+                if key not in probes:
+                    probes[key] = {"arms": [], "probe": self.probe(setting, run_dir, heldout)}
+                probes[key]["arms"].append(name)
+        out["probes"] = probes
+        cells = {}
+        for n in pl.ns:
+            demos = first_per_task(pool, n)
+            runs: dict[str, dict[Any, list[float]]] = {}
+            for name in pl.arms:
+                arm = self.arms[name]
+                runs[name] = {}
+                for s in pl.seeds:
+                    for p in [None] if arm.start == "scratch" else pl.pretrain_seeds:
+                        run_dir = self.finetuned(setting, arm, n, p, s, demos)
+                        runs[name][s if p is None else (p, s)] = self.evaluate(run_dir, heldout)
+            cells[str(n)] = {
+                "demos": len(demos),
+                "arms": summarise_cell(runs),
+            }
+        out["cells"] = cells
+        out["probe_summary"] = probe_summary(probes, pl.arms, self.arms)
+        return out
+
+
+def probe_summary(probes: dict, arm_names: Sequence[str], table: dict[str, Arm]) -> dict:
+    """Per arm that pretrains: the probe R^2 figures (mean over pretraining seeds) of its
+    pretrained policy, and the world-model loss with its chunk vs the alternatives."""
+    out: dict[str, Any] = {}
+    for name in arm_names:
+        found = [v["probe"] for v in probes.values() if name in v["arms"]]
+        found = [f for f in found if f and "probe_r2" in f]
+        if not found:
+            continue
+        r2 = {
+            k: _mean([f["probe_r2"].get(k) for f in found])
+            for k in ("latent", "trunk", "untrained_latent", "untrained_trunk", "proprio",
+                      "shuffled")
+        }  # fmt: skip
+        row: dict[str, Any] = {"probe_r2": r2, "pretrain_seeds": len(found)}
+        losses = [f.get("wm_loss") for f in found if f.get("wm_loss")]
+        if losses:
+            row["wm_loss"] = {k: _mean([x.get(k) for x in losses]) for k in losses[0]}
+        splits = [f.get("variance_split", {}).get("latent") for f in found]
+        splits = [x for x in splits if x]
+        if splits:
+            row["latent_variance_split"] = {
+                k: _mean([x.get(k) for x in splits])
+                for k in ("between_tasks", "between_episodes", "within_episode")
+            }
+        out[name] = row
+    return out
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    return float(np.mean(v)) if v else None
+
+
+# -- report -----------------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(ci: Sequence[float] | None, digits: int = 4) -> str:
+    return "n/a" if not ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "Held-out action MSE (raw action units; unseen demonstrations), mean over runs. 95 % "
+        "bootstrap intervals: over held-out episodes (the runs fixed), and over episodes and "
+        "training seeds both ('runs too'); differences paired by fine-tuning seed. The verdict "
+        "reads the episode interval; 'runs too' says whether it holds across seeds.",
+        f"default method: {results['default_arm']}; budget: {results['budget']}",
+    ]
+    for name, reason in results.get("skipped", {}).items():
+        lines.append(f"skipped {name}: {reason}")
+    for sname, s in results["settings"].items():
+        lines += ["", f"## {sname}: {s['about']} ({s['heldout_episodes']} held-out episodes)"]
+        for n, cell in s["cells"].items():
+            lines += [
+                "",
+                f"N = {n} per task ({cell['demos']} demonstrations)",
+                "",
+                "| arm | held-out MSE | 95 % interval | minus scratch | 95 % interval | "
+                "runs too | verdict (runs too) |",
+                "|---|---:|---:|---:|---:|---:|---|",
+            ]
+            for arm, row in cell["arms"].items():
+                said = row.get("verdict", "")
+                if "verdict_runs" in row:
+                    said += f" ({row['verdict_runs']})"
+                lines.append(
+                    f"| {arm} | {_fmt(row['heldout_mse'])} | {_ci(row['heldout_mse_ci'])} | "
+                    f"{_fmt(row.get('minus_scratch'))} | {_ci(row.get('minus_scratch_ci'))} | "
+                    f"{_ci(row.get('minus_scratch_ci_runs'))} | {said} |"
+                )
+        ps = s.get("probe_summary") or {}
+        if ps:
+            lines += [
+                "",
+                "Held-out linear-probe R^2 of the true action chunk (pretrained policy, mean "
+                "over pretraining seeds)",
+                "",
+                "| arm | latent | trunk | untrained latent | untrained trunk | proprio | "
+                "shuffled |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for arm, row in ps.items():
+                r = row["probe_r2"]
+                lines.append(
+                    f"| {arm} | "
+                    + " | ".join(
+                        _fmt(r[k], 3)
+                        for k in (
+                            "latent",
+                            "trunk",
+                            "untrained_latent",
+                            "untrained_trunk",
+                            "proprio",
+                            "shuffled",
+                        )
+                    )  # fmt: skip
+                    + " |"
+                )
+            wm_rows = [(a, r["wm_loss"]) for a, r in ps.items() if r.get("wm_loss")]
+            if wm_rows:
+                keys_ = list(wm_rows[0][1])
+                lines += ["", "World-model loss with the chunk of", "",
+                          "| arm | " + " | ".join(keys_) + " |",
+                          "|---|" + "---:|" * len(keys_)]  # fmt: skip
+                for a, w in wm_rows:
+                    lines.append(f"| {a} | " + " | ".join(_fmt(w[k], 3) for k in keys_) + " |")
+    if results.get("targets"):
+        lines += ["", "Targets"]
+        lines += [f"- {t['what']}: {t['status']}" for t in results["targets"]]
+    lines.append("")
+    lines.append(f"time: {results['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, str]]:
+    """The issue's offline targets for the default method, each met / not met / not measured."""
+    arm = results["default_arm"]
+    out = []
+    for sname, s in results["settings"].items():
+        ps = (s.get("probe_summary") or {}).get(arm)
+        if ps:
+            r = ps["probe_r2"]
+            ok = all(
+                r[k] is not None and r["latent"] is not None and r["latent"] > r[k]
+                for k in ("untrained_latent", "proprio")
+            )
+            out.append({
+                "what": f"{sname}: probe R^2 of {arm}'s chunk above the untrained network's and "
+                f"proprio's ({_fmt(r['latent'], 3)} vs {_fmt(r['untrained_latent'], 3)}, "
+                f"{_fmt(r['proprio'], 3)})",
+                "status": "met" if ok else "not met",
+            })  # fmt: skip
+        if sname == "spatial":
+            continue
+        for n, cell in s["cells"].items():
+            row = cell["arms"].get(arm)
+            if int(n) > 3 or not row or "minus_scratch_ci" not in row:
+                continue
+            ok = row["minus_scratch_ci"][1] < 0
+            runs = row.get("minus_scratch_ci_runs")
+            status = "met" if ok else "not met"
+            if ok and runs is not None:
+                status += " (across seeds too)" if runs[1] < 0 else " (not across seeds)"
+            out.append({
+                "what": f"{sname} N={n}: held-out MSE of {arm} below scratch beyond the 95 % "
+                f"interval (difference {_fmt(row['minus_scratch'])}, episodes "
+                f"{_ci(row['minus_scratch_ci'])}, runs too {_ci(runs)})",
+                "status": status,
+            })  # fmt: skip
+    return out
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The last printed line: the first setting's first N, with the default method as
+    ``lawm_``; a figure that is unavailable is null with a ``*_reason``."""
+    arm = results["default_arm"]
+    line: dict[str, Any] = {"default_method": arm}
+    sname, s = next(iter(results["settings"].items()))
+    n, cell = next(iter(s["cells"].items()))
+    line.update(setting=sname, n_per_task=int(n))
+    for prefix, name in (("lawm", arm), ("scratch", "scratch")):
+        row = cell["arms"].get(name)
+        if row:
+            line[f"{prefix}_heldout_mse"] = row["heldout_mse"]
+            line[f"{prefix}_heldout_mse_ci"] = row["heldout_mse_ci"]
+        else:
+            line[f"{prefix}_heldout_mse"] = line[f"{prefix}_heldout_mse_ci"] = None
+            line[f"{prefix}_heldout_mse_reason"] = results.get("skipped", {}).get(
+                name, "arm not run"
+            )
+    row = cell["arms"].get(arm) or {}
+    line["lawm_minus_scratch"] = row.get("minus_scratch")
+    line["lawm_minus_scratch_ci"] = row.get("minus_scratch_ci")
+    line["lawm_minus_scratch_ci_runs"] = row.get("minus_scratch_ci_runs")
+    for other, orow in cell["arms"].items():
+        if other not in (arm, "scratch"):
+            line[f"{other}_heldout_mse"] = orow["heldout_mse"]
+            line[f"{other}_minus_scratch_ci"] = orow.get("minus_scratch_ci")
+    ps = (s.get("probe_summary") or {}).get(arm)
+    figures = {
+        "lawm_probe_r2": "latent",
+        "lawm_trunk_probe_r2": "trunk",
+        "untrained_probe_r2": "untrained_latent",
+        "proprio_probe_r2": "proprio",
+    }
+    for key, src in figures.items():
+        line[key] = ps["probe_r2"][src] if ps else None
+        if line[key] is None:
+            line[key + "_reason"] = _probe_reason(s, arm, results)
+    line["skipped"] = results.get("skipped", {})
+    line["seconds"] = round(results["seconds"], 1)
+    return line
+
+
+def _probe_reason(s: dict, arm: str, results: dict) -> str:
+    if arm in results.get("skipped", {}):
+        return f"{arm} was skipped"
+    for v in (s.get("probes") or {}).values():
+        if arm in v["arms"] and v["probe"] and "unavailable" in v["probe"]:
+            return v["probe"]["unavailable"]
+    return "no probe figure for this arm (the probe could not compute it on the held-out data)"
+
+
+# -- entry point ------------------------------------------------------------------------------
+def run_bench(
+    plan: Plan,
+    budget_name: str = "",
+    *,
+    data_seconds: float = 0.0,
+    write: bool = True,
+    print_out: Callable = print,
+) -> dict[str, Any]:
+    """Run ``plan``; returns the results (also written to plan.out/results.{json,md}).
+    ``data_seconds``: the time the data took (generation or cache look-up), counted in the
+    reported total."""
+    t0 = time.perf_counter() - data_seconds
+    table_ = arms()
+    runnable = []
+    for name in plan.arms:
+        if name not in table_:
+            raise ValueError(f"unknown arm {name!r}; choose from {list(table_)}")
+        why = unavailable(table_[name])
+        if why is None:
+            runnable.append(name)
+        else:
+            plan.skipped[name] = why
+            _say(f"skipping {name}: {why}")
+    if "scratch" not in runnable:
+        raise ValueError("the scratch arm is the reference of every difference; keep it")
+    plan.arms = runnable
+    plan.out.mkdir(parents=True, exist_ok=True)
+    results = Runner(plan).run()
+    results.update(
+        default_arm=default_arm_name(),
+        budget={"name": budget_name, **dataclasses.asdict(plan.budget)},
+        arms={n: dataclasses.asdict(table_[n]) for n in plan.arms},
+        skipped=dict(plan.skipped),
+        seeds=plan.seeds,
+        pretrain_seeds=plan.pretrain_seeds,
+        ns=plan.ns,
+        torch_threads=torch.get_num_threads(),
+        data_seconds=round(data_seconds, 1),
+        seconds=time.perf_counter() - t0,
+    )
+    results["targets"] = targets(results)
+    text = table(results)
+    if write:
+        atomic_write_text(plan.out / "results.json", json.dumps(results, indent=1))
+        atomic_write_text(plan.out / "results.md", text + "\n")
+    print_out("\n" + text + f"\n\nwritten to {plan.out}/ (results.json, results.md)")
+    print_out(json.dumps(headline(results)))
+    return results
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def _names(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in names if v not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"{bad or text!r}: choose from {list(choices)}")
+        return names
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Offline benchmark: does pretraining on clips improve the fine-tuned policy?",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="arms:\n" + "\n".join(f"  {a.name}: {a.what}" for a in arms().values()),
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="in-domain, N = 1, one seed per arm, shorter training (about 15 min)",
+    )
+    p.add_argument("--settings", type=_names(SETTINGS), help=f"of {list(SETTINGS)}")
+    p.add_argument("--n", type=_ints, help="demonstrations per task (default 1,3,10)")
+    p.add_argument("--seeds", type=_ints, help="fine-tuning seeds (default 0,1,2)")
+    p.add_argument("--pretrain-seeds", type=_ints, help="pretraining seeds (default 0,1)")
+    p.add_argument("--arms", type=_names(tuple(arms())), help="default: all")
+    p.add_argument("--pretrain-steps", type=int, help="pretraining (and oracle BC) steps")
+    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps")
+    p.add_argument("--spatial-tasks", type=_ints, default=[0, 1], help="LIBERO-Spatial tasks")
+    p.add_argument("--out", type=Path, help="default runs/bench_learning/{quick,full}")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="generated data")
+    p.add_argument(
+        "--fresh", action="store_true", help="delete the output folder first (data stays cached)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    budget = QUICK if args.quick else FULL
+    if args.pretrain_steps or args.finetune_steps:
+        budget = dataclasses.replace(
+            budget,
+            pretrain_steps=args.pretrain_steps or budget.pretrain_steps,
+            finetune_steps=args.finetune_steps or budget.finetune_steps,
+        )
+    names = args.settings or (["in_domain"] if args.quick else list(SETTINGS))
+    progress = not args.quiet
+    out = args.out or DEFAULT_OUT / mode
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    settings = [libero_setting(n, args.cache, progress, tuple(args.spatial_tasks)) for n in names]
+    data_seconds = time.perf_counter() - t0
+    plan = Plan(
+        settings=settings,
+        arms=args.arms or list(arms()),
+        ns=args.n or ([1] if args.quick else [1, 3, 10]),
+        seeds=args.seeds or ([0] if args.quick else [0, 1, 2]),
+        pretrain_seeds=args.pretrain_seeds or ([0] if args.quick else [0, 1]),
+        budget=budget,
+        out=out,
+        lang_cache=DEFAULT_OUT / "lang_cache.safetensors",
+        progress=progress,
+    )
+    run_bench(plan, mode, data_seconds=data_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

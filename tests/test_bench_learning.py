@@ -1,0 +1,163 @@
+"""bench/learning.py: its statistics, and a dry run of every arm on tiny synthetic data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lawm.data import open_sources
+from lawm.data.synthetic import write_synthetic_hdf5
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "bench/learning.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_episodes():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(1.0, 0.5, 10), rng.normal(1.0, 0.5, 400)
+    lo, hi = bench.bootstrap_mean_ci(few)
+    assert lo < few.mean() < hi
+    lo2, hi2 = bench.bootstrap_mean_ci(many)
+    assert lo2 < many.mean() < hi2
+    assert hi2 - lo2 < (hi - lo) / 3  # about sqrt(40) narrower
+    assert bench.bootstrap_mean_ci([0.3]) == [0.3, 0.3]
+    assert bench.bootstrap_mean_ci(few) == bench.bootstrap_mean_ci(few)  # seeded
+    with pytest.raises(ValueError):
+        bench.bootstrap_mean_ci([])
+
+
+def test_differences_are_paired_by_fine_tuning_seed():
+    scratch = {0: [1.0, 2.0, 3.0], 1: [2.0, 3.0, 4.0]}
+    # Each arm run is exactly 0.5 below the scratch run of its own fine-tuning seed.
+    arm = {(p, s): [v - 0.5 for v in scratch[s]] for p in (0, 1) for s in (0, 1)}
+    d = bench.paired_differences(arm, scratch)
+    np.testing.assert_allclose(d, [-0.5, -0.5, -0.5])
+    # Paired, the interval is a point; unpaired (per-episode means) it would not exclude 0.
+    cell = bench.summarise_cell({"scratch": scratch, "x": arm})
+    assert cell["x"]["minus_scratch_ci"] == pytest.approx([-0.5, -0.5])
+    assert cell["x"]["verdict"] == "lower"
+    assert cell["scratch"]["heldout_mse"] == pytest.approx(2.5)
+    assert cell["scratch"]["runs"] == {"f0": 2.0, "f1": 3.0}
+    assert cell["x"]["runs"]["p1_f0"] == pytest.approx(1.5)
+    with pytest.raises(KeyError, match="seed 2"):
+        bench.paired_differences({(0, 2): [1.0, 1.0, 1.0]}, scratch)
+
+
+def test_the_runs_too_interval_counts_the_spread_between_seeds():
+    rng = np.random.default_rng(1)
+    episodes = rng.normal(0.0, 0.1, 30)
+    # Three fine-tuning seeds whose runs differ by far more than the episodes do.
+    runs = {(0, s): episodes + offset for s, offset in enumerate((-1.0, 0.0, 1.5))}
+    table = bench.grid(runs)
+    assert table.shape == (1, 3, 30)
+    lo, hi = bench.bootstrap_mean_ci(bench.episode_means(runs))
+    lo_r, hi_r = bench.run_bootstrap_ci(table)
+    assert lo_r <= table.mean() <= hi_r
+    assert hi_r - lo_r > 10 * (hi - lo)
+    # One run of each: the same as the episode bootstrap's spread.
+    one = bench.run_bootstrap_ci(episodes[None, None])
+    ref = bench.bootstrap_mean_ci(episodes)
+    assert one == pytest.approx(ref, abs=0.01)
+    assert bench.grid({(0, 0): [1.0], (1, 1): [1.0]}) is None  # (0, 1), (1, 0) missing
+    cell = bench.summarise_cell({"scratch": {s: [0.0] * 30 for s in range(3)}, "x": runs})
+    assert cell["x"]["verdict_runs"] == "no difference"
+
+
+def test_verdicts():
+    assert bench.verdict([-0.2, -0.01]) == "lower"
+    assert bench.verdict([0.01, 0.2]) == "higher"
+    assert bench.verdict([-0.1, 0.1]) == "no difference"
+
+
+def test_first_per_task_takes_the_first_episodes_of_each_instruction(tmp_path):
+    path = write_synthetic_hdf5(tmp_path / "d.hdf5", episodes=12, length=16, image_size=32)
+    sources = open_sources(path, labelled=True)
+    picked = bench.first_per_task(sources, 2)
+    assert len(picked) == 8  # 4 instructions x 2
+    assert [s.name for s in picked] == [s.name for s in sources[:8]]
+    assert len(bench.first_per_task(sources, 10)) == 12  # all there is
+
+
+def test_arms_name_what_they_need():
+    table = bench.arms()
+    assert {"scratch", "lawm_paper", "lawm_paper_fresh_head", "lawm_motion", "oracle"} <= set(
+        table
+    )
+    assert bench.unavailable(table["scratch"]) is None
+    assert bench.unavailable(table["lawm_paper"]) is None
+    why = bench.unavailable(table["control_shuffled"])
+    if not bench.control_field():
+        assert bench.CONTROL_FIELD in why
+    assert bench.default_arm_name() in table
+
+
+def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
+    """The whole pipeline at toy size: pretraining, the oracle, fine-tuning of every arm, the
+    held-out MSE, probes, the report and the last JSON line."""
+    files = {
+        name: write_synthetic_hdf5(
+            tmp_path / f"{name}.hdf5", episodes=8, length=16, image_size=32, seed=seed
+        )
+        for seed, name in enumerate(("clips", "demos", "heldout"))
+    }
+    setting = bench.Setting("in_domain", files["clips"], files["demos"], files["heldout"], "toy")
+    plan = bench.Plan(
+        settings=[setting],
+        arms=list(bench.arms()),
+        ns=[1],
+        seeds=[0],
+        pretrain_seeds=[0],
+        budget=bench.Budget(
+            preset="debug", pretrain_steps=3, finetune_steps=3, probe_windows=32, eval_stride=3
+        ),
+        out=tmp_path / "out",
+        lang_cache=tmp_path / "lang.safetensors",
+        progress=False,
+    )
+    printed: list[str] = []
+    results = bench.run_bench(plan, "test", print_out=printed.append)
+
+    cell = results["settings"]["in_domain"]["cells"]["1"]
+    assert cell["demos"] == 4
+    ran = set(cell["arms"])
+    assert ran | set(results["skipped"]) == set(bench.arms())
+    for name, row in cell["arms"].items():
+        lo, hi = row["heldout_mse_ci"]
+        assert lo <= row["heldout_mse"] <= hi, name
+        assert row["episodes"] == 8
+        if name != "scratch":
+            assert row["verdict"] in ("lower", "higher", "no difference")
+    # The LAWM arms fine-tuned from the pretrained policy; scratch from nothing.
+    info = json.loads(
+        next((plan.out / "in_domain" / "n1").glob("lawm_paper_s3_p0_f0"))
+        .joinpath("policy", "config.json")
+        .read_text()
+    )["info"]
+    assert "pretrain_paper" in info["init_from"]
+    line = json.loads(printed[-1])
+    for key in ("lawm_heldout_mse", "scratch_heldout_mse", "lawm_probe_r2"):
+        assert key in line
+    assert len(line["lawm_heldout_mse_ci"]) == 2 and len(line["scratch_heldout_mse_ci"]) == 2
+    assert line["untrained_probe_r2"] is None or np.isfinite(line["untrained_probe_r2"])
+    assert line["proprio_probe_r2"] is None or np.isfinite(line["proprio_probe_r2"])
+    assert (plan.out / "results.md").read_text().startswith("Held-out action MSE")
+
+    # Rerun: every run and figure is reused, nothing trains again.
+    again = bench.run_bench(plan, "test", print_out=lambda _: None)
+    assert again["train_seconds"] == {}
+    assert again["settings"]["in_domain"]["cells"] == results["settings"]["in_domain"]["cells"]
