@@ -10,7 +10,8 @@ import torch
 
 from lawm import keys
 from lawm.checkpoint import load_policy, save_policy
-from lawm.data import DataError, WindowDataset, collate
+from lawm.data import WindowDataset, collate
+from lawm.data.base import require_labelled
 from lawm.metrics import canonical_correlations, heldout_canonical_correlations
 from lawm.models.policy import Policy
 from lawm.trainer import LangTable
@@ -34,14 +35,7 @@ def latent_action_cca(
     (descending), their mean, and the sample count.
     """
 
-    unlabelled = [s.name for s in sources if not s.has_actions]
-    if unlabelled:
-        raise DataError(
-            f"cca needs labelled episodes (recorded actions to correlate with); "
-            f"{len(unlabelled)} of {len(sources)} have none, e.g. {unlabelled[:3]}; pass "
-            "--data with demonstrations that carry actions (LIBERO/robomimic HDF5, or rosbag2 "
-            "with --action-topic), not video"
-        )
+    require_labelled(sources, "cca", "recorded actions to correlate with")
     policy, cfg, _ = load_policy(policy_dir)
     policy.eval()
     pc = cfg.policy

@@ -39,6 +39,7 @@ import torch
 from lawm import keys
 from lawm.checkpoint import CheckpointError, load_policy, load_state_strict, load_tensors
 from lawm.data import CAMERA_MASK, FRAME_MASK, DataError, WindowDataset, collate
+from lawm.data.base import require_labelled
 from lawm.models.policy import Policy, policy_inputs
 from lawm.models.world_model import WorldModel
 from lawm.objectives import PretrainObjective, _resize_frames
@@ -159,14 +160,7 @@ def run_probe(
     ``world_model``: a world_model.safetensors of the same config (None: the world-model
     figures are null). Returns the JSON dictionary (keys ``PROBE_KEYS``)."""
     t0 = time.perf_counter()
-    unlabelled = [s.name for s in sources if not s.has_actions]
-    if unlabelled:
-        raise DataError(
-            f"probe needs labelled episodes (the true actions the probes predict); "
-            f"{len(unlabelled)} of {len(sources)} have none, e.g. {unlabelled[:3]}; pass --data "
-            "with held-out demonstrations that carry actions (LIBERO/robomimic HDF5, or rosbag2 "
-            "with --action-topic), not video"
-        )
+    require_labelled(sources, "probe", "the true actions the probes predict")
     policy, cfg, _ = load_policy(policy_dir)
     policy.eval()
     wm = _load_world_model(Path(world_model), cfg) if world_model is not None else None

@@ -233,3 +233,15 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def require_labelled(sources, command: str, why: str) -> None:
+    """DataError naming ``command`` when some of ``sources`` carry no actions (``why``: what
+    the command needs the actions for)."""
+    unlabelled = [s.name for s in sources if not s.has_actions]
+    if unlabelled:
+        raise DataError(
+            f"{command} needs labelled episodes ({why}); {len(unlabelled)} of {len(sources)} "
+            f"have none, e.g. {unlabelled[:3]}; pass --data with demonstrations that carry "
+            "actions (LIBERO/robomimic HDF5, or rosbag2 with --action-topic), not video"
+        )
