@@ -225,7 +225,8 @@ class Arm:
     what: str
     variant: str | None = None
     control: str | None = None
-    reinit_head: bool = False
+    head: str = "reuse"  # how fine-tuning's action head starts: reuse, fresh or probe
+    init_lr_scale: float = 1.0  # fine-tuning's learning-rate factor of the pretrained trunk
 
 
 def variant_field() -> bool:
@@ -266,16 +267,39 @@ def arms() -> dict[str, Arm]:
             Arm(
                 "lawm_paper_fresh_head",
                 "pretrain",
-                "LAWM as in the paper, fresh head (--reinit-head)",
+                "LAWM as in the paper, fresh head (--head fresh)",
                 variant="paper",
-                reinit_head=True,
+                head="fresh",
+            ),
+            Arm(
+                "lawm_paper_probe_head",
+                "pretrain",
+                "LAWM as in the paper, head fitted by a linear probe first (--head probe)",
+                variant="paper",
+                head="probe",
             ),
             Arm(
                 "lawm_motion",
                 "pretrain",
-                "the fixed method (world model 'motion'), fresh head",
+                "world model 'motion', fresh head",
                 variant="motion",
-                reinit_head=True,
+                head="fresh",
+            ),
+            Arm(
+                "lawm_motion_probe_head_slow",
+                "pretrain",
+                "world model 'motion', head fitted by a linear probe first, pretrained trunk "
+                "at a tenth of the learning rate (--init-lr-scale 0.1)",
+                variant="motion",
+                head="probe",
+                init_lr_scale=0.1,
+            ),
+            Arm(
+                "lawm_motion_probe_head",
+                "pretrain",
+                "world model 'motion', head fitted by a linear probe first",
+                variant="motion",
+                head="probe",
             ),
             Arm(
                 "control_shuffled",
@@ -284,7 +308,7 @@ def arms() -> dict[str, Arm]:
                 "shuffled across the batch",
                 variant=default,
                 control=CONTROL_VALUE,
-                reinit_head=default == "motion",
+                head="fresh" if default == "motion" else "reuse",
             ),
             Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
         )
@@ -332,6 +356,7 @@ class Budget:
         finetune_seed: int = 0,
         variant: str | None = None,
         control: str | None = None,
+        init_lr_scale: float = 1.0,
     ) -> LawmConfig:
         cfg = preset(self.preset)
         changes: dict[str, Any] = {
@@ -346,6 +371,7 @@ class Budget:
                 steps=self.finetune_steps,
                 checkpoint_every=max(1, self.finetune_steps // 2),
                 seed=finetune_seed,
+                **({"init_lr_scale": init_lr_scale} if init_lr_scale != 1.0 else {}),
             ),
         }
         if variant is not None and variant_field():
@@ -597,10 +623,13 @@ class Runner:
         init = None
         if arm.start != "scratch":
             init = self.pretrained(setting, arm, p) / "policy"
-        cfg = b.config(finetune_seed=s, variant=arm.variant, control=arm.control)
+        cfg = b.config(
+            finetune_seed=s, variant=arm.variant, control=arm.control,
+            init_lr_scale=arm.init_lr_scale,
+        )  # fmt: skip
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
-            reinit_head=arm.reinit_head,
+            head=arm.head,
         )  # fmt: skip
         return run_dir
 

@@ -26,6 +26,7 @@ from lawm.data import (
 )
 from lawm.eval_latents import latent_action_cca
 from lawm.export import ExportError, export_policy
+from lawm.head_fit import HEAD_INITS
 from lawm.models.policy import Policy
 from lawm.models.world_model import WorldModel
 from lawm.probe import format_table, run_probe
@@ -212,6 +213,7 @@ def _opt_overrides(args: argparse.Namespace) -> dict:
         ("checkpoint_every", "checkpoint_every"),
         ("seed", "seed"),
         ("log_every", "log_every"),
+        ("init_lr_scale", "init_lr_scale"),
     ]:
         value = getattr(args, flag, None)
         if value is not None:
@@ -340,6 +342,11 @@ def open_data(
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, stage: str) -> int:
+    head = getattr(args, "head", None)
+    if head is not None and getattr(args, "reinit_head", False) and head != "fresh":
+        raise UsageError(f"--reinit-head asks for a fresh head, --head asks for {head!r}")
+    if head not in (None, "reuse") and getattr(args, "init", None) is None:
+        raise UsageError(f"--head {head} needs --init (a pretrained policy)")
     cfg = build_config(args, stage)
     gripper = gripper_flags(args)
     # Pretraining reads images only (labelled=False): the loaders never hand it an action.
@@ -361,6 +368,7 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         args.out,
         init=getattr(args, "init", None),
         reinit_head=getattr(args, "reinit_head", False),
+        head=getattr(args, "head", None),
         resume=not args.no_resume,
         device=args.device,
         lang_cache=args.lang_cache,
@@ -568,10 +576,23 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         help="pretrained policy directory or checkpoint (default: from scratch)",
     )
     p.add_argument(
+        "--head",
+        choices=HEAD_INITS,
+        help="with --init: how the action head starts. reuse: the pretrained one (it emits "
+        "latent actions, not robot actions; the default); fresh: freshly initialised; probe: "
+        "its last layer fitted to the demonstrations on the frozen pretrained features first "
+        "(linear probe, then fine-tune)",
+    )
+    p.add_argument(
         "--reinit-head",
         action="store_true",
-        help="with --init: keep a freshly initialised action head (the pretrained one emits "
-        "latent actions, not robot actions)",
+        help="with --init: the same as --head fresh",
+    )
+    p.add_argument(
+        "--init-lr-scale",
+        type=positive_float,
+        help="with --init: learning-rate factor of the pretrained weights other than the head "
+        "(in (0, 1]; default 1)",
     )
     p.add_argument(
         "--no-augment",

@@ -196,8 +196,15 @@ class OptimConfig:
     log_every: int = 10
     seed: int = 0
     amp: bool = True  # mixed precision on GPU only; ignored on CPU
+    # Fine-tuning from pretrained weights: learning-rate factor of every loaded policy weight
+    # except the action head's (a pretrained trunk moved more gently than a fresh head).
+    init_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        _check(
+            0.0 < self.init_lr_scale <= 1.0,
+            f"init_lr_scale must be in (0, 1], got {self.init_lr_scale!r}",
+        )
         for name in (
             "lr",
             "batch_size",

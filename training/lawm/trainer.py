@@ -22,7 +22,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from lawm.checkpoint import (
 from lawm.config import LawmConfig, OptimConfig
 from lawm.data import DataError, WindowDataset, collate, compute_stats
 from lawm.data.base import data_proprio_layout
+from lawm.head_fit import HEAD_INITS, fit_head
 from lawm.language import TextEmbedder
 from lawm.objectives import FinetuneObjective, PretrainObjective
 from lawm_core import contract
@@ -89,20 +90,36 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def param_groups(
+    module: nn.Module,
+    weight_decay: float,
+    slow: Callable[[str], bool] | None = None,
+    slow_scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    """AdamW groups: matrices and conv kernels decay; norms, biases, embeddings and tokens do
+    not. Parameters named by ``slow`` go to groups whose learning rate is scaled by
+    ``slow_scale`` (``lr_scale``); the first group is always an unscaled one."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        # Matrices and conv kernels decay; norms, biases, embeddings and tokens do not.
-        if p.ndim >= 2 and "embed" not in name and "token" not in name:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        decays = p.ndim >= 2 and "embed" not in name and "token" not in name
+        is_slow = slow is not None and slow_scale != 1.0 and slow(name)
+        groups.setdefault((is_slow, decays), []).append(p)
+    out = [
+        {"params": groups.get((False, True), []), "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": groups.get((False, False), []), "weight_decay": 0.0, "lr_scale": 1.0},
     ]
+    for decays in (True, False):
+        if (True, decays) in groups:
+            out.append({"params": groups[(True, decays)], "lr_scale": slow_scale,
+                        "weight_decay": weight_decay if decays else 0.0})  # fmt: skip
+    return out
+
+
+def _loaded_trunk(name: str) -> bool:
+    """A policy weight that fine-tuning loads from pretrained weights, other than the head."""
+    return name.startswith("policy.") and not name.startswith("policy.head.")
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -457,6 +474,7 @@ def train(
     stop_at: int | None = None,
     reinit_head: bool = False,
     gripper: Mapping[str, Any] | None = None,
+    head: str | None = None,
 ) -> dict[str, Any]:
     """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
 
@@ -470,9 +488,14 @@ def train(
     "closed"}, fine-tuning; None: what the data says, else sign). The policy's record
     (config.json "info") gets ``control_rate_hz``, ``proprio_layout``, ``inputs`` (cameras
     present in some episode, whether some episode had proprio) and, fine-tuning, ``gripper``.
+
+    ``head`` (fine-tuning from ``init``): "reuse" the pretrained action head (the default),
+    "fresh" (what ``reinit_head`` asks for) or "probe": its last layer fitted to the
+    demonstrations on the frozen pretrained features before fine-tuning (``lawm.head_fit``).
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    head = resolve_head(head, reinit_head, stage, init)
     layout = data_proprio_layout(sources) or contract.PROPRIO_LAYOUT
     cfg = with_proprio_layout(cfg, layout)
     check_control_rate(stage, sources, cfg.policy.control_rate_hz)
@@ -491,7 +514,7 @@ def train(
         lang_cache=lang_cache,
         total=total,
         stop=total if stop_at is None else min(total, stop_at),
-        reinit_head=reinit_head,
+        head=head,
         info=data_info(stage, cfg, sources, layout, grip),
     )
     if grip is not None:
@@ -537,7 +560,7 @@ def _prepare(
     lang_cache: Path | None,
     total: int,
     stop: int,
-    reinit_head: bool,
+    head: str,
     info: dict[str, Any],
 ) -> _Run:
     """Join the process group, build the objective, data and optimiser, and restore the
@@ -560,8 +583,11 @@ def _prepare(
         proprio_dim=cfg.policy.proprio_dim,
     )
     lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
+    slow = _loaded_trunk if (stage == "finetune" and init is not None) else None
     optimizer = torch.optim.AdamW(
-        param_groups(objective, opt_cfg.weight_decay), lr=opt_cfg.lr, betas=opt_cfg.betas
+        param_groups(objective, opt_cfg.weight_decay, slow, opt_cfg.init_lr_scale),
+        lr=opt_cfg.lr,
+        betas=opt_cfg.betas,
     )
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
@@ -569,8 +595,15 @@ def _prepare(
     else:
         start = 0
         init_from, stats = _fresh_start(
-            stage, sources, objective, init, reinit_head, info["proprio_layout"]
+            stage, sources, objective, init, head, info["proprio_layout"]
         )
+        if head == "probe":
+            fit = fit_head(objective.policy, dataset, lang)
+            init_from = (
+                f"{init_from} (head fitted to {int(fit['windows'])} windows: action MSE "
+                f"{fit['mse_before']:.4f} -> {fit['mse_after']:.4f})"
+            )
+            log.info("head fitted by a linear probe: %s", init_from)
     model: nn.Module = objective
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -631,7 +664,7 @@ def _fresh_start(
     sources: list,
     objective: nn.Module,
     init: Path | None,
-    reinit_head: bool,
+    head: str,
     proprio_layout: Sequence[str],
 ) -> tuple[str | None, dict[str, Any]]:
     """Compute the data statistics, load the ``init`` weights (if any) and give the policy
@@ -640,7 +673,7 @@ def _fresh_start(
     init_from = None
     if init is not None:
         init_from = init_policy_from(
-            objective, init, reinit_head=reinit_head, proprio_layout=proprio_layout
+            objective, init, reinit_head=head == "fresh", proprio_layout=proprio_layout
         )
     # Data statistics become part of the policy (and of the exported graph).
     policy_stats = {k: v for k, v in stats.items() if k.startswith("proprio")}
@@ -648,6 +681,19 @@ def _fresh_start(
         policy_stats.update({k: v for k, v in stats.items() if k.startswith("action")})
     objective.policy.set_stats(policy_stats)
     return init_from, stats
+
+
+def resolve_head(head: str | None, reinit_head: bool, stage: str, init: Path | None) -> str:
+    """The head start of a run: ``head``, else "fresh" with ``reinit_head``, else "reuse"."""
+    if head is None:
+        return "fresh" if reinit_head else "reuse"
+    if head not in HEAD_INITS:
+        raise ValueError(f"head must be one of {list(HEAD_INITS)}, got {head!r}")
+    if reinit_head and head != "fresh":
+        raise ValueError(f"reinit_head asks for a fresh head, head asks for {head!r}")
+    if head != "reuse" and (stage != "finetune" or init is None):
+        raise ValueError(f"head {head!r} applies to fine-tuning from pretrained weights (init)")
+    return head
 
 
 def _loader(run: _Run) -> torch.utils.data.DataLoader:
@@ -671,7 +717,8 @@ def _train_step(run: _Run, step_batch: dict, step: int) -> dict[str, float]:
     opt = run.opt
     torch.manual_seed(opt.seed * 1_000_003 + step * 101 + run.d.rank)
     for group in run.optimizer.param_groups:
-        group["lr"] = opt.lr * lr_factor(step, opt.warmup_steps, run.total)
+        scale = group.get("lr_scale", 1.0)
+        group["lr"] = opt.lr * scale * lr_factor(step, opt.warmup_steps, run.total)
     step_batch[keys.LANG] = run.lang(step_batch[keys.INSTRUCTION])
     step_batch = to_device(step_batch, run.dev)
     agg = _accumulate_gradients(run, step_batch)

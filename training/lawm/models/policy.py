@@ -292,11 +292,29 @@ class Policy(nn.Module):
 
     def _decode(self, tokens: Tensor, key_bias: Tensor | None) -> Tensor:
         """Transformer over the tokens, head on the last (action) token -> (B, K, A)."""
+        out = self.head(self._action_feature(tokens, key_bias))
+        return torch.tanh(out).view(tokens.shape[0], self.cfg.chunk_size, self.cfg.action_dim)
+
+    def _action_feature(self, tokens: Tensor, key_bias: Tensor | None) -> Tensor:
         h = tokens
         for block in self.blocks:
             h = block(h, key_bias)
-        out = self.head(self.ln_f(h[:, -1]))
-        return torch.tanh(out).view(tokens.shape[0], self.cfg.chunk_size, self.cfg.action_dim)
+        return self.ln_f(h[:, -1])
+
+    def head_features(self, **inputs) -> Tensor:
+        """What the head's last linear layer reads, for the inputs of ``forward``: (B, F).
+        ``tanh(self.head[-1](head_features(...)))`` reshaped to (B, K, A) is ``forward``."""
+        actions = {}
+
+        def grab(_module, args, _out):
+            actions["x"] = args[0]
+
+        hook = self.head[-1].register_forward_hook(grab)
+        try:
+            self.forward(**inputs)
+        finally:
+            hook.remove()
+        return actions["x"]
 
 
 def policy_inputs(batch: dict, t: int = 0) -> dict:
