@@ -10,15 +10,20 @@ Arms, all at equal labelled data (N demonstrations per task) and an equal fine-t
 
 - ``scratch``: behaviour cloning from a fresh network;
 - ``lawm_paper``: LAWM as the paper describes it (world-model variant "paper"), the pretrained
-  policy fine-tuned whole, its head included;
+  policy fine-tuned whole, its head included (``--head reuse``);
 - ``lawm_paper_fresh_head``: the same pretrained policy with a freshly initialised head;
-- ``lawm_motion``: the fixed method (world-model variant "motion": the world model gets the
-  scene and the task directly and predicts frames t+1..t+K open-loop from the chunk), with a
-  fresh head;
+- ``lawm_motion``: world-model variant "motion" (the world model gets the scene and the task
+  directly and predicts frames t+1..t+K open-loop from the chunk), fresh head;
+- ``lawm_kinematic_fresh_head``: world-model variant "kinematic" (each latent action moves a
+  pose code through one shared linear map; frames rendered from a scene code and the pose
+  code), fresh head;
+- ``lawm_kinematic``: the fixed method and the training package's defaults: variant
+  "kinematic", the head's last layer fitted by a linear probe on the frozen pretrained
+  features before fine-tuning (``--head probe``);
 - ``control_shuffled``: the default method's pretraining with each window's chunk handed to
   another window's world model (the policy is still trained through the world model, for the
-  same steps, but its chunk cannot explain its own frames): separates "trained by the world
-  model" from "more optimisation steps";
+  same steps, but its chunk cannot explain its own frames), then the default method's
+  fine-tuning: separates "trained by the world model" from "more optimisation steps";
 - ``oracle``: behaviour cloning of the clips with their recorded actions first (the ceiling of
   what the clips can give), then the same fine-tuning.
 
@@ -42,8 +47,9 @@ the probe figures of each pretrained policy (``lawm.probe``: held-out linear-pro
 true action chunk from the latent chunk, from the trunk features, from the same network
 untrained, from proprio alone; world-model loss with the policy's chunk vs others).
 
-``--quick``: in-domain, N = 1, one seed per arm, shorter training, offline figures only; data
-generated if missing (cached). Results (every run resumes or is reused when rerun) land in
+``--quick``: in-domain, N = 1, one seed per arm, shorter fine-tuning, offline figures only,
+arms scratch, the default method, its control and the oracle; data generated if missing
+(cached). Results (every run resumes or is reused when rerun) land in
 ``runs/bench_learning/{quick,full}/``: ``results.json`` and ``results.md``. The last line
 printed is one JSON object; its ``lawm_*`` figures are the default method's (the arm of the
 training package's default world-model variant).
@@ -67,12 +73,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lawm import keys
-from lawm.checkpoint import load_policy
 from lawm.config import LawmConfig, WorldModelConfig, preset
-from lawm.data import WindowDataset, collate, open_sources
-from lawm.models.policy import policy_inputs
-from lawm.trainer import LangTable, train
+from lawm.data import open_sources
+from lawm.heldout import CI_LEVEL, N_BOOT, bootstrap_mean_ci, first_per_task, heldout_mse
+from lawm.trainer import train
 from lawm_core.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +85,6 @@ DEFAULT_CACHE = ROOT / ".cache" / "demo"
 SETTINGS = ("in_domain", "cross_task", "spatial")
 HELDOUT_STATES = range(25, 35)  # unseen by every arm: demos 0-9, clips 10-24
 CROSS_TASK_PRETRAIN = tuple(range(2, 10))
-CI_LEVEL = 0.95
-N_BOOT = 4000
 
 
 def _say(text: str) -> None:
@@ -90,23 +92,6 @@ def _say(text: str) -> None:
 
 
 # -- statistics -------------------------------------------------------------------------------
-def bootstrap_mean_ci(
-    values: Sequence[float], n_boot: int = N_BOOT, level: float = CI_LEVEL, seed: int = 0
-) -> list[float]:
-    """Percentile bootstrap interval [low, high] of the mean of ``values`` (one value per
-    held-out episode), resampling the values with replacement. A single value gives [v, v]."""
-    x = np.asarray(values, np.float64)
-    if x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"need a non-empty 1-D list of values, got shape {x.shape}")
-    if len(x) == 1:
-        return [float(x[0]), float(x[0])]
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [tail, 1.0 - tail])
-    return [float(lo), float(hi)]
-
-
 def episode_means(runs: dict[Any, Sequence[float]]) -> np.ndarray:
     """Per-episode mean over the runs of an arm (each run: one value per held-out episode, the
     episodes in the same order in every run)."""
@@ -226,7 +211,6 @@ class Arm:
     variant: str | None = None
     control: str | None = None
     head: str = "reuse"  # how fine-tuning's action head starts: reuse, fresh or probe
-    init_lr_scale: float = 1.0  # fine-tuning's learning-rate factor of the pretrained trunk
 
 
 def variant_field() -> bool:
@@ -248,8 +232,20 @@ def control_field() -> bool:
     return CONTROL_FIELD in {f.name for f in dataclasses.fields(LawmConfig)}
 
 
+# The head each variant's method fine-tunes with (the arm of the default variant).
+DEFAULT_HEADS = {"paper": "reuse", "motion": "fresh", "kinematic": "probe"}
+DEFAULT_ARMS = {"paper": "lawm_paper", "motion": "lawm_motion", "kinematic": "lawm_kinematic"}
+QUICK_ARMS = ("scratch", "default", "control_shuffled", "oracle")  # "default": the method
+
+
 def default_arm_name() -> str:
-    return "lawm_motion" if default_variant() == "motion" else "lawm_paper"
+    return DEFAULT_ARMS.get(default_variant(), "lawm_paper")
+
+
+def quick_arms() -> list[str]:
+    """``--quick``'s arms: scratch, the default method, its shuffled-chunk control, the
+    oracle."""
+    return [default_arm_name() if a == "default" else a for a in QUICK_ARMS]
 
 
 def arms() -> dict[str, Arm]:
@@ -261,7 +257,7 @@ def arms() -> dict[str, Arm]:
             Arm(
                 "lawm_paper",
                 "pretrain",
-                "LAWM as in the paper (world model 'paper'), head reused",
+                "LAWM as in the paper (world model 'paper'), head reused (--head reuse)",
                 variant="paper",
             ),
             Arm(
@@ -272,13 +268,6 @@ def arms() -> dict[str, Arm]:
                 head="fresh",
             ),
             Arm(
-                "lawm_paper_probe_head",
-                "pretrain",
-                "LAWM as in the paper, head fitted by a linear probe first (--head probe)",
-                variant="paper",
-                head="probe",
-            ),
-            Arm(
                 "lawm_motion",
                 "pretrain",
                 "world model 'motion', fresh head",
@@ -286,29 +275,28 @@ def arms() -> dict[str, Arm]:
                 head="fresh",
             ),
             Arm(
-                "lawm_motion_probe_head_slow",
+                "lawm_kinematic_fresh_head",
                 "pretrain",
-                "world model 'motion', head fitted by a linear probe first, pretrained trunk "
-                "at a tenth of the learning rate (--init-lr-scale 0.1)",
-                variant="motion",
-                head="probe",
-                init_lr_scale=0.1,
+                "world model 'kinematic', fresh head",
+                variant="kinematic",
+                head="fresh",
             ),
             Arm(
-                "lawm_motion_probe_head",
+                "lawm_kinematic",
                 "pretrain",
-                "world model 'motion', head fitted by a linear probe first",
-                variant="motion",
+                "the fixed method: world model 'kinematic', head fitted by a linear probe first "
+                "(--head probe; the defaults)",
+                variant="kinematic",
                 head="probe",
             ),
             Arm(
                 "control_shuffled",
                 "pretrain",
                 f"the default method's pretraining (world model {default!r}) with the chunks "
-                "shuffled across the batch",
+                "shuffled across the batch, then its fine-tuning",
                 variant=default,
                 control=CONTROL_VALUE,
-                head="fresh" if default == "motion" else "reuse",
+                head=DEFAULT_HEADS.get(default, "reuse"),
             ),
             Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
         )
@@ -344,7 +332,7 @@ class Budget:
     oracle's behaviour cloning of the clips), ``finetune_steps`` on the demonstrations."""
 
     preset: str = "small"
-    pretrain_steps: int = 800
+    pretrain_steps: int = 1500
     finetune_steps: int = 1000
     probe_windows: int = 512
     eval_stride: int = 1  # every eval_stride-th held-out window
@@ -356,7 +344,6 @@ class Budget:
         finetune_seed: int = 0,
         variant: str | None = None,
         control: str | None = None,
-        init_lr_scale: float = 1.0,
     ) -> LawmConfig:
         cfg = preset(self.preset)
         changes: dict[str, Any] = {
@@ -371,7 +358,6 @@ class Budget:
                 steps=self.finetune_steps,
                 checkpoint_every=max(1, self.finetune_steps // 2),
                 seed=finetune_seed,
-                **({"init_lr_scale": init_lr_scale} if init_lr_scale != 1.0 else {}),
             ),
         }
         if variant is not None and variant_field():
@@ -382,7 +368,7 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(pretrain_steps=300, finetune_steps=400, probe_windows=256, eval_stride=2)
+QUICK = Budget(pretrain_steps=1500, finetune_steps=400, probe_windows=256, eval_stride=2)
 
 
 @dataclass(frozen=True)
@@ -456,59 +442,7 @@ def libero_setting(
     return Setting(name, clips, files["demos"], held, about)
 
 
-def first_per_task(sources: list, n: int) -> list:
-    """The first ``n`` episodes of each instruction, in file order (LIBERO files are in
-    (task, init state) order, so these are the lowest init states)."""
-    seen: dict[str, int] = {}
-    out = []
-    for s in sources:
-        task = " ".join(s.instruction.split())
-        if seen.get(task, 0) < n:
-            seen[task] = seen.get(task, 0) + 1
-            out.append(s)
-    return out
-
-
 # -- held-out evaluation ----------------------------------------------------------------------
-@torch.no_grad()
-def heldout_mse(
-    policy_dir: Path,
-    sources: list,
-    *,
-    lang_cache: Path | None = None,
-    stride: int = 1,
-    batch_size: int = 64,
-) -> list[float]:
-    """Per-episode action MSE in raw action units of the policy's chunk (denormalised with its
-    own statistics) against the recorded chunk, over the valid steps of every
-    ``stride``-th window of each held-out episode. One value per source, in order."""
-    policy, cfg, _ = load_policy(policy_dir)
-    policy.eval()
-    pc = cfg.policy
-    dataset = WindowDataset(
-        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
-        proprio_dim=pc.proprio_dim,
-    )  # fmt: skip
-    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
-    index = np.arange(0, len(dataset), stride)
-    episode = np.array([dataset.locate(int(i))[0] for i in index])
-    sse = np.zeros(len(sources))
-    count = np.zeros(len(sources))
-    for start in range(0, len(index), batch_size):
-        rows = index[start : start + batch_size]
-        batch = collate([dataset[int(i)] for i in rows])
-        batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
-        pred = policy.unnormalize_actions(policy(**policy_inputs(batch)))
-        mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]
-        sq = ((pred - batch[keys.ACTIONS].to(pred.dtype)) ** 2 * mask).sum(dim=(1, 2))
-        n = mask.sum(dim=(1, 2)) * pred.shape[-1]
-        np.add.at(sse, episode[start : start + len(rows)], sq.numpy())
-        np.add.at(count, episode[start : start + len(rows)], n.numpy())
-    if (count == 0).any():
-        raise ValueError(f"{int((count == 0).sum())} held-out episode(s) have no window")
-    return (sse / count).tolist()
-
-
 # -- the runs ---------------------------------------------------------------------------------
 @dataclass
 class Plan:
@@ -623,10 +557,7 @@ class Runner:
         init = None
         if arm.start != "scratch":
             init = self.pretrained(setting, arm, p) / "policy"
-        cfg = b.config(
-            finetune_seed=s, variant=arm.variant, control=arm.control,
-            init_lr_scale=arm.init_lr_scale,
-        )  # fmt: skip
+        cfg = b.config(finetune_seed=s, variant=arm.variant, control=arm.control)
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
             head=arm.head,
@@ -1038,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     data_seconds = time.perf_counter() - t0
     plan = Plan(
         settings=settings,
-        arms=args.arms or list(arms()),
+        arms=args.arms or (quick_arms() if args.quick else list(arms())),
         ns=args.n or ([1] if args.quick else [1, 3, 10]),
         seeds=args.seeds or ([0] if args.quick else [0, 1, 2]),
         pretrain_seeds=args.pretrain_seeds or ([0] if args.quick else [0, 1]),

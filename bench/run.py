@@ -417,10 +417,15 @@ def bench_learning(progress: bool) -> dict:
     cfg = DemoConfig()
     demo = run_demo(cfg, progress=progress)
     loop = demo["closed_loop"]["models"]
+    held = demo["heldout_action_mse"]
     return {
         "learning_suite": cfg.suite,
         "learning_tasks": list(cfg.tasks),
-        "learning_labelled_demos_per_task": cfg.demos_per_task,
+        "learning_labelled_demos_per_task": cfg.finetune_demos_per_task,
+        "learning_heldout_demos": held["episodes"],
+        "heldout_mse_lawm": held["lawm"]["mean"],
+        "heldout_mse_scratch": held["scratch"]["mean"],
+        "heldout_mse_lawm_minus_scratch_ci": held["lawm_minus_scratch"]["ci"],
         "learning_unlabeled_clips_per_task": cfg.clips_per_task,
         "learning_episodes_per_model": cfg.eval_episodes * len(cfg.tasks),
         "cca_mean": demo["cca"]["cca_mean"],

@@ -95,9 +95,14 @@ def test_first_per_task_takes_the_first_episodes_of_each_instruction(tmp_path):
 
 def test_arms_name_what_they_need():
     table = bench.arms()
-    assert {"scratch", "lawm_paper", "lawm_paper_fresh_head", "lawm_motion", "oracle"} <= set(
-        table
-    )
+    assert {
+        "scratch", "lawm_paper", "lawm_paper_fresh_head", "lawm_motion", "lawm_kinematic",
+        "control_shuffled", "oracle",
+    } <= set(table)  # fmt: skip
+    assert bench.default_arm_name() == "lawm_kinematic"  # the training package's default
+    assert table["lawm_kinematic"].head == "probe" and table["lawm_paper"].head == "reuse"
+    quick = bench.quick_arms()
+    assert quick == ["scratch", "lawm_kinematic", "control_shuffled", "oracle"]
     assert bench.unavailable(table["scratch"]) is None
     assert bench.unavailable(table["lawm_paper"]) is None
     why = bench.unavailable(table["control_shuffled"])

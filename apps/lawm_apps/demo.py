@@ -37,6 +37,7 @@ from lawm.config import preset
 from lawm.data import open_sources
 from lawm.eval_latents import latent_action_cca, untrained_cca
 from lawm.export import export_policy
+from lawm.heldout import bootstrap_mean_ci, first_per_task, heldout_mse
 from lawm.trainer import train
 from lawm_apps.harness import WS_INSTALL, NodeProcess, executable
 from lawm_core.files import atomic_write_text
@@ -56,12 +57,15 @@ class DemoConfig:
     suite: str = "libero_object"
     tasks: tuple[int, ...] = (0, 1)
     demos_per_task: int = 10  # labelled, init states 0..demos-1
+    # The first ones each model fine-tunes on (both the same); the others are held out for the
+    # offline action error. 3: where pretraining measured better than scratch (README).
+    finetune_demos_per_task: int = 3
     clips_per_task: int = 15  # unlabeled, the next init states
     eval_episodes: int = 10  # per task and model, unseen init states from eval_init_state
     eval_init_state: int = 40
     image_size: int = 64  # rendered size (data and closed loop alike)
     preset: str = "small"
-    pretrain_steps: int = 800
+    pretrain_steps: int = 1500
     finetune_steps: int = 1000
     max_steps: int = 220  # closed-loop horizon (the expert needs about 110-150 steps)
     workers: int = 2  # simulator processes while generating data
@@ -70,6 +74,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in (
             "demos_per_task",
+            "finetune_demos_per_task",
             "clips_per_task",
             "eval_episodes",
             "image_size",
@@ -83,6 +88,11 @@ class DemoConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
+        if self.finetune_demos_per_task >= self.demos_per_task:
+            raise ValueError(
+                f"finetune_demos_per_task {self.finetune_demos_per_task} leaves none of the "
+                f"{self.demos_per_task} demos per task held out"
+            )
         if self.eval_init_state < self.demos_per_task + self.clips_per_task:
             raise ValueError(
                 f"eval_init_state {self.eval_init_state} overlaps the training init states "
@@ -148,7 +158,9 @@ def train_models(cfg: DemoConfig, data: dict[str, Path], out: Path, progress: bo
     lang_cache = out / "lang_cache.safetensors"
     # The clips are opened unlabeled: the pretraining loader is never handed an action.
     clips = open_sources(data["clips"], labelled=False)
-    demos = open_sources(data["demos"], labelled=True)
+    pool = open_sources(data["demos"], labelled=True)
+    demos = first_per_task(pool, cfg.finetune_demos_per_task)
+    held = [s for s in pool if not any(s is d for d in demos)]
     _say(f"pretrain: LAWM on {len(clips)} unlabeled clips ({cfg.pretrain_steps} steps)")
     t0 = time.perf_counter()
     train("pretrain", lcfg, clips, out / "pretrain", lang_cache=lang_cache, progress=progress)
@@ -170,7 +182,24 @@ def train_models(cfg: DemoConfig, data: dict[str, Path], out: Path, progress: bo
             progress=progress,
         )
         timings[f"finetune_{name}_s"] = time.perf_counter() - t0
-    return {"timings": timings, "config": lcfg, "demos": demos, "lang_cache": lang_cache}
+    return {
+        "timings": timings, "config": lcfg, "demos": demos, "heldout": held,
+        "lang_cache": lang_cache,
+    }  # fmt: skip
+
+
+def heldout_error(held: list, out: Path, lang_cache: Path) -> dict[str, Any]:
+    """Both models' action MSE (raw units) on the held-out demonstrations, per episode, with
+    95 % bootstrap intervals of each mean and of the paired difference (LAWM - scratch)."""
+    mse = {n: heldout_mse(out / f"finetune_{n}" / "policy", held, lang_cache=lang_cache)
+           for n in MODELS}  # fmt: skip
+    diff = [a - b for a, b in zip(mse["lawm"], mse["scratch"])]
+    return {
+        "episodes": len(held),
+        **{n: {"mean": float(np.mean(v)), "ci": bootstrap_mean_ci(v), "per_episode": v}
+           for n, v in mse.items()},
+        "lawm_minus_scratch": {"mean": float(np.mean(diff)), "ci": bootstrap_mean_ci(diff)},
+    }  # fmt: skip
 
 
 def export_models(out: Path) -> dict[str, Any]:
@@ -483,8 +512,10 @@ def write_plots(out: Path, results: dict) -> list[str]:
 def table(results: dict) -> str:
     cfg = results["demo_config"]
     lines = [
-        f"LAWM demo: {cfg['suite']} tasks {cfg['tasks']}, {cfg['demos_per_task']} labelled demos "
-        f"per task, {cfg['clips_per_task']} unlabeled clips per task, preset {cfg['preset']}",
+        f"LAWM demo: {cfg['suite']} tasks {cfg['tasks']}, {cfg['finetune_demos_per_task']} "
+        f"labelled demos per task to fine-tune on (the other "
+        f"{cfg['demos_per_task'] - cfg['finetune_demos_per_task']} held out), "
+        f"{cfg['clips_per_task']} unlabeled clips per task, preset {cfg['preset']}",
         "",
         "| | LAWM (pretrained) | scratch |",
         "|---|---:|---:|",
@@ -502,6 +533,19 @@ def table(results: dict) -> str:
                 f"| task {t} | {m['lawm']['tasks'][t]['success_rate']:.0%} | "
                 f"{m['scratch']['tasks'][t]['success_rate']:.0%} |"
             )
+    h = results.get("heldout_action_mse")
+    if h:
+        d = h["lawm_minus_scratch"]
+        lines.append(
+            f"| held-out action MSE, raw units ({h['episodes']} unseen demos; 95 % bootstrap) | "
+            f"{h['lawm']['mean']:.4f} [{h['lawm']['ci'][0]:.4f}, {h['lawm']['ci'][1]:.4f}] | "
+            f"{h['scratch']['mean']:.4f} [{h['scratch']['ci'][0]:.4f}, "
+            f"{h['scratch']['ci'][1]:.4f}] |"
+        )
+        lines.append(
+            f"| LAWM minus scratch, paired by episode | {d['mean']:+.4f} "
+            f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] | - |"
+        )
     ft = results.get("final_action_mse", {})
     if ft:
         lines.append(
@@ -557,13 +601,17 @@ def run_demo(
     exports = export_models(out)
     secs["export_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _say("CCA of latent actions on the held-out demos; inference latency")
-    cca = latent_cca(trained["config"], trained["demos"], out, trained["lang_cache"])
+    _say("held-out action error; CCA of latent actions on the held-out demos; latency")
+    heldout = heldout_error(trained["heldout"], out, trained["lang_cache"])
+    # Every demonstration is held out from pretraining (it saw the clips only).
+    pool = trained["demos"] + trained["heldout"]
+    cca = latent_cca(trained["config"], pool, out, trained["lang_cache"])
     latency = inference_latency(Path(exports["lawm"]["dir"]))
     secs["cca_latency_s"] = time.perf_counter() - t0
     results: dict[str, Any] = {
         "demo_config": dataclasses.asdict(cfg),
         "exports": exports,
+        "heldout_action_mse": heldout,
         "cca": cca,
         "latency": latency,
         "final_action_mse": {

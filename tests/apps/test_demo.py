@@ -15,6 +15,7 @@ from lawm_apps.harness import ROOT
 TINY = DemoConfig(
     tasks=(0,),
     demos_per_task=2,
+    finetune_demos_per_task=1,
     clips_per_task=1,
     eval_episodes=1,
     eval_init_state=3,
@@ -53,10 +54,15 @@ def test_demo_end_to_end_then_cached_rerun(tmp_path, capsys):
         assert len(results["exports"][name]["onnx_sha256"]) == 64
     assert 0 < results["latency"]["ort_ms_p50"] <= results["latency"]["ort_ms_p99"]
     assert -1 <= results["cca"]["cca_heldout_mean"] <= 1
+    # Fine-tuned on demo 0; demo 1 held out and scored in raw units, paired by episode.
+    held = results["heldout_action_mse"]
+    assert held["episodes"] == 1 and len(held["lawm"]["per_episode"]) == 1
+    diff = held["lawm"]["per_episode"][0] - held["scratch"]["per_episode"][0]
+    assert held["lawm_minus_scratch"]["mean"] == pytest.approx(diff)
     for name in ("results.json", "results.md", "curves.png", "success.png", "latency.png"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "results.md").read_text()
-    assert "closed-loop success" in table and "CCA" in table
+    assert "closed-loop success" in table and "CCA" in table and "held-out action MSE" in table
     printed = capsys.readouterr().out
     assert "expert episodes" in printed and "closed-loop success" in printed
 
@@ -76,6 +82,8 @@ def test_demo_config_refuses_eval_states_that_were_trained_on():
         DemoConfig(demos_per_task=10, clips_per_task=15, eval_init_state=20)
     with pytest.raises(ValueError, match="eval_episodes"):
         DemoConfig(eval_episodes=0)
+    with pytest.raises(ValueError, match="leaves none of the 3 demos per task held out"):
+        DemoConfig(demos_per_task=3, finetune_demos_per_task=3)
 
 
 def test_demo_cli_bad_flags_exit_2_with_one_line(tmp_path):

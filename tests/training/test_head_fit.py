@@ -69,7 +69,9 @@ def test_fit_head_lowers_the_demonstrations_error_and_touches_only_the_last_laye
 
 
 def test_resolve_head():
-    assert resolve_head(None, False, "finetune", None) == "reuse"
+    assert resolve_head(None, False, "finetune", None) == "reuse"  # nothing to fit from
+    assert resolve_head(None, False, "finetune", "x") == "probe"  # the default from --init
+    assert resolve_head(None, False, "pretrain", "x") == "reuse"
     assert resolve_head(None, True, "finetune", "x") == "fresh"
     assert resolve_head("probe", False, "finetune", "x") == "probe"
     with pytest.raises(ValueError, match="one of"):

@@ -94,6 +94,7 @@ def test_pretraining_learns_and_finetuning_fits_the_actions(synthetic, lang_cach
         demos,
         tmp_path / "fine",
         init=tmp_path / "pre" / "policy",
+        head="reuse",  # from the pretrained head as it is: the whole fit is fine-tuning's
         lang_cache=lang_cache,
         progress=False,
     )

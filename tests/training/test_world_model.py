@@ -29,7 +29,8 @@ CAM = contract.CAMERAS[0]
 
 
 def _debug_cfg(**changes) -> WorldModelConfig:
-    return dataclasses.replace(preset("debug").world_model, **changes)
+    # The paper's RSSM model (the debug preset's default variant is "kinematic").
+    return dataclasses.replace(preset("debug").world_model, **{"variant": "paper", **changes})
 
 
 def _batch(cfg: WorldModelConfig, b: int, t: int, seed: int = 0):
@@ -353,8 +354,8 @@ def test_learns_the_moving_square_and_uses_the_actions():
 
 # -- sizes --------------------------------------------------------------------------------------
 def test_paper_size_parameter_count():
-    dense = describe(WorldModelConfig(size="50m"))
-    block = describe(WorldModelConfig(size="50m", gru="blockdiag"))
+    dense = describe(WorldModelConfig(size="50m", variant="paper"))
+    block = describe(WorldModelConfig(size="50m", gru="blockdiag", variant="paper"))
     print(f"50m dense: {dense}")
     print(f"50m blockdiag: {block}")
     # Reference world model at size 50m: ~115.7 M parameters, of which the dense GRU ~56.6 M.
@@ -367,6 +368,6 @@ def test_paper_size_parameter_count():
     assert block["rssm_gru"] < 0.25 * dense["rssm_gru"], block
     # describe() counts the same model as a real build (meta device: no memory used).
     with torch.device("meta"):
-        wm = WorldModel(WorldModelConfig(size="50m"))
+        wm = WorldModel(WorldModelConfig(size="50m", variant="paper"))
     assert count_parameters(wm) == dense["total"]
     assert isinstance(wm.rssm, RSSM)

@@ -51,7 +51,7 @@ def _inputs(cfg: WorldModelConfig, b: int = 3, t: int = 5, seed: int = 0):
 
 # -- configuration ------------------------------------------------------------------------------
 def test_variant_is_validated_and_recorded():
-    assert WorldModelConfig().variant == "paper"  # the default stays the paper's model
+    assert WorldModelConfig().variant == "kinematic"  # the measured default (README)
     with pytest.raises(ConfigError, match="variant.*'sideways'"):
         WorldModelConfig(variant="sideways")
     with pytest.raises(ConfigError, match="lang_dim.*0"):
@@ -62,7 +62,7 @@ def test_variant_is_validated_and_recorded():
     with pytest.raises(ConfigError, match="lang_dim 16 != policy lang_dim 384"):
         cfg.replace(world_model=dataclasses.replace(cfg.world_model, lang_dim=16))
     assert LawmConfig.from_json(cfg.to_json()).world_model.variant == "motion"
-    # A config written before the field existed reads as the paper's model.
+    # A config written before the field existed reads as the paper's model (all were).
     old = cfg.to_dict()
     del old["world_model"]["variant"], old["world_model"]["lang_dim"]
     assert LawmConfig.from_dict(old).world_model.variant == "paper"
@@ -73,10 +73,14 @@ def test_cli_flag_names_both_variants_and_sets_the_config(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["pretrain", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--wm-variant {paper,motion}" in help_text
-    assert "'paper' (default" in help_text and "'motion'" in help_text
+    assert "--wm-variant {paper,motion,kinematic}" in help_text
+    assert all(f"'{v}'" in help_text for v in ("paper", "motion", "kinematic"))
     base = ["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
-    for argv, variant in ((base, "paper"), (base + ["--wm-variant", "motion"], "motion")):
+    for argv, variant in (
+        (base, "kinematic"),
+        (base + ["--wm-variant", "motion"], "motion"),
+        (base + ["--wm-variant", "paper"], "paper"),
+    ):
         args = parser.parse_args(argv + ["--preset", "debug"])
         assert build_config(args, "pretrain").world_model.variant == variant
     with pytest.raises(SystemExit):
@@ -293,14 +297,17 @@ def test_motion_chunk_beats_another_windows_chunk_after_short_pretraining(
 
 
 def test_a_run_checkpointed_before_the_variant_existed_still_resumes(tmp_path):
-    # A checkpoint's stored config without the fields added since (variant, lang_dim) reads
-    # back as the current default config, so the trainer's resume check accepts it.
+    # A checkpoint's stored config without the fields added since (variant, lang_dim,
+    # pose_dim) reads back as the paper's model it was, with the other new fields at their
+    # defaults, so the trainer's resume check accepts it under --wm-variant paper.
     from lawm.config import LawmConfig, preset
 
     cfg = preset("debug")
-    old = cfg.to_dict()
+    paper = cfg.replace(world_model=dataclasses.replace(cfg.world_model, variant="paper"))
+    old = paper.to_dict()
     del old["world_model"]["variant"], old["world_model"]["lang_dim"]
-    assert LawmConfig.from_dict(old).to_dict() == cfg.to_dict()
+    del old["world_model"]["pose_dim"]
+    assert LawmConfig.from_dict(old).to_dict() == paper.to_dict()
 
 
 def test_the_shuffled_control_gives_every_window_another_windows_chunk():

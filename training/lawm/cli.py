@@ -14,7 +14,15 @@ from pathlib import Path
 import torch
 
 from lawm.checkpoint import CheckpointError, load_policy_config
-from lawm.config import PRESETS, WORLD_MODEL_SIZES, AugmentConfig, ConfigError, LawmConfig, preset
+from lawm.config import (
+    PRESETS,
+    WORLD_MODEL_SIZES,
+    WORLD_MODEL_VARIANTS,
+    AugmentConfig,
+    ConfigError,
+    LawmConfig,
+    preset,
+)
 from lawm.data import (
     FORMATS,
     DataError,
@@ -548,12 +556,14 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--wm-variant",
-        choices=("paper", "motion"),
+        choices=WORLD_MODEL_VARIANTS,
         default=None,
-        help="how the world model uses the latent chunk: 'paper' (default; the paper's RSSM "
-        "filters frames t..t+K from a learned initial state, never seeing the instruction) or "
-        "'motion' (starts from frame t's embedding and the instruction, then predicts "
-        "t+1..t+K open-loop driven only by the chunk)",
+        help="how the world model uses the latent chunk: 'paper' (the paper's RSSM filters "
+        "frames t..t+K from a learned initial state, never seeing the instruction), 'motion' "
+        "(starts from frame t's embedding and the instruction, then predicts t+1..t+K "
+        "open-loop driven only by the chunk) or 'kinematic' (a scene code and a pose code from "
+        "frame t; each latent action moves the pose code by one shared linear map, frames are "
+        "rendered from both). Default: the preset's",
     )
     p.add_argument(
         "--wm-proprio",
@@ -578,10 +588,10 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         choices=HEAD_INITS,
-        help="with --init: how the action head starts. reuse: the pretrained one (it emits "
-        "latent actions, not robot actions; the default); fresh: freshly initialised; probe: "
-        "its last layer fitted to the demonstrations on the frozen pretrained features first "
-        "(linear probe, then fine-tune)",
+        help="with --init: how the action head starts. probe (the default): its last layer "
+        "fitted to the demonstrations on the frozen pretrained features first (linear probe, "
+        "then fine-tune); reuse: the pretrained head as it is (the paper's way; it emits "
+        "latent actions, not robot actions); fresh: freshly initialised",
     )
     p.add_argument(
         "--reinit-head",

@@ -31,7 +31,9 @@ WORLD_MODEL_SIZES: dict[str, int] = {
 #   only through its small stochastic state and never sees the instruction.
 # "motion": the state starts from frame t's full embedding and the instruction embedding, then
 #   frames t+1..t+K are predicted open-loop from the prior, driven only by the chunk.
-WORLD_MODEL_VARIANTS: tuple[str, ...] = ("paper", "motion")
+# "kinematic": a scene code and a pose code from frame t; each latent action moves the pose
+#   code by one shared linear map, and frames t..t+K are rendered from (scene, pose).
+WORLD_MODEL_VARIANTS: tuple[str, ...] = ("paper", "motion", "kinematic")
 
 
 class ConfigError(ValueError):
@@ -130,8 +132,9 @@ class WorldModelConfig:
     use_proprio: bool = False
     proprio_dim: int = contract.PROPRIO_DIM
     # One of WORLD_MODEL_VARIANTS; "motion" also reads the instruction embedding (lang_dim).
-    variant: str = "paper"
+    variant: str = "kinematic"
     lang_dim: int = 384
+    pose_dim: int = 32  # the "kinematic" variant's pose code
 
     def __post_init__(self) -> None:
         _check(
@@ -155,6 +158,7 @@ class WorldModelConfig:
             "image_size",
             "action_dim",
             "lang_dim",
+            "pose_dim",
         ):
             _positive(name, getattr(self, name))
         _check(
@@ -284,10 +288,11 @@ class LawmConfig:
                 f"world model lang_dim {self.world_model.lang_dim} != policy lang_dim "
                 f"{self.policy.lang_dim} (world model variant 'motion' reads the instruction)",
             )
+        if self.world_model.variant in ("motion", "kinematic"):
             _check(
                 self.wm_observe_current,
-                "world model variant 'motion' starts from frame t, so it needs "
-                "wm_observe_current=True (not --reference-wm-frames), got False",
+                f"world model variant {self.world_model.variant!r} starts from frame t, so it "
+                "needs wm_observe_current=True (not --reference-wm-frames), got False",
             )
 
     # -- serialisation -----------------------------------------------------------------------
@@ -317,6 +322,11 @@ class LawmConfig:
                     kwargs[k] = v
             return klass(**kwargs)
 
+        wm = data.get("world_model") if isinstance(data, dict) else None
+        if isinstance(wm, dict) and "variant" not in wm:
+            # Written before world models had variants: those were all the paper's model (the
+            # default variant has changed since).
+            data = {**data, "world_model": {**wm, "variant": "paper"}}
         return build(cls, data)
 
     @classmethod
@@ -403,8 +413,9 @@ def _small() -> LawmConfig:
 
 
 def _paper() -> LawmConfig:
-    # The paper's sizes and the reference code's optimisation defaults.
-    return LawmConfig(preset="paper")
+    # The paper's sizes and the reference code's optimisation defaults, and the paper's world
+    # model (variant "paper"; --wm-variant kinematic gives this repository's method at this size).
+    return LawmConfig(preset="paper", world_model=WorldModelConfig(variant="paper"))
 
 
 PRESETS = {"debug": _debug, "small": _small, "paper": _paper}

@@ -489,9 +489,10 @@ def train(
     (config.json "info") gets ``control_rate_hz``, ``proprio_layout``, ``inputs`` (cameras
     present in some episode, whether some episode had proprio) and, fine-tuning, ``gripper``.
 
-    ``head`` (fine-tuning from ``init``): "reuse" the pretrained action head (the default),
-    "fresh" (what ``reinit_head`` asks for) or "probe": its last layer fitted to the
-    demonstrations on the frozen pretrained features before fine-tuning (``lawm.head_fit``).
+    ``head`` (fine-tuning from ``init``): "probe" (the default): the head's last layer fitted
+    to the demonstrations on the frozen pretrained features before fine-tuning
+    (``lawm.head_fit``); "reuse" the pretrained head as it is (the paper's way); "fresh"
+    (what ``reinit_head`` asks for).
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -684,9 +685,12 @@ def _fresh_start(
 
 
 def resolve_head(head: str | None, reinit_head: bool, stage: str, init: Path | None) -> str:
-    """The head start of a run: ``head``, else "fresh" with ``reinit_head``, else "reuse"."""
+    """The head start of a run: ``head``; else "fresh" with ``reinit_head``; else "probe" when
+    fine-tuning from pretrained weights (measured best, README), "reuse" otherwise."""
     if head is None:
-        return "fresh" if reinit_head else "reuse"
+        if reinit_head:
+            return "fresh"
+        return "probe" if stage == "finetune" and init is not None else "reuse"
     if head not in HEAD_INITS:
         raise ValueError(f"head must be one of {list(HEAD_INITS)}, got {head!r}")
     if reinit_head and head != "fresh":

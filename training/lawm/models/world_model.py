@@ -27,9 +27,10 @@ No reward or continue heads: LAWM only models observations.
 
 Variants (``cfg.variant``):
 
-* ``"paper"`` (default): as above. Every window starts from the learned initial state and the
-  posterior filters frames t..t+K, so frame t reaches the model only through its small stochastic
-  state and the instruction never does; the chunk's cheapest use is then to say which task it is.
+* ``"paper"``: as above (the paper's model). Every window starts from the learned initial
+  state and the posterior filters frames t..t+K, so frame t reaches the model only through its
+  small stochastic state and the instruction never does; the chunk's cheapest use is then to
+  say which task it is.
 * ``"motion"``: the scene and the task reach the model through paths that bypass the chunk, and
   only the chunk drives what happens next. The state at frame t is built from frame t's full
   encoder embedding and the instruction embedding ``lang`` (B, L):
@@ -39,6 +40,18 @@ Variants (``cfg.variant``):
   predicted frames, plus the KL terms at frame t (posterior vs the prior of deter_t). The rollout
   uses the latents' modes (straight-through), so the gradient reaching the chunk carries no
   sampling noise. No learned initial state (nothing would train it).
+* ``"kinematic"``: no recurrent state. Frame t's embedding gives a scene code
+  ``scene = dense(embed_t)`` and a pose code ``pose_t = W_p embed_t`` (``cfg.pose_dim``); each
+  latent action then moves the pose code by one shared linear map,
+  ``pose_{t+i} = pose_t + W_a (z_{t+1} + ... + z_{t+i})``, and every frame t..t+K is rendered from
+  ``(scene, pose_{t+i})`` by a small MLP and the image decoder. Nothing tells the decoder how far
+  into the window a frame is except the summed chunk, and the chunk can only act as additive
+  steps through one linear map, so its cheapest use is the per-step displacement of what moves
+  (the arm): latent actions that relate linearly to end-effector deltas. Deterministic (no KL);
+  the instruction is not read (the chunk must also say where the motion goes). Loss:
+  reconstruction of frames t..t+K (and proprio when used). The default: on the demo's
+  LIBERO data it is the variant whose pretraining lowers the fine-tuned policy's held-out
+  action error below training from scratch (README, ``bench/learning.py``).
 
 Parameter count of the paper's default (size "50m": deter 4096, hidden 512, 32x32 categoricals,
 cnn_depth 32, one 128x128 camera, dense GRU; see ``describe``): 114.15 M in total, against the
@@ -488,8 +501,10 @@ class WorldModel(nn.Module):
             )
             embed_dim += cfg.hidden
         self.embed_dim = embed_dim
-        self.rssm = RSSM(cfg, embed_dim)
-        feat = self.rssm.feat_dim
+        kinematic = cfg.variant == "kinematic"
+        # The "kinematic" variant has no recurrent state (see the module docstring).
+        self.rssm: RSSM | None = None if kinematic else RSSM(cfg, embed_dim)
+        feat = cfg.hidden if kinematic else self.rssm.feat_dim
         self.decoders = nn.ModuleDict(
             {c: FrameDecoder(feat, cfg.image_size, cfg.cnn_depth) for c in cfg.cameras}
         )
@@ -506,6 +521,18 @@ class WorldModel(nn.Module):
             self.lang_encoder = _dense(cfg.lang_dim, cfg.hidden)
             self.context = nn.Sequential(
                 _dense(embed_dim + cfg.hidden, cfg.hidden), nn.Linear(cfg.hidden, cfg.deter_size)
+            )
+        # "kinematic" variant: scene and pose codes of frame t, the chunk's linear steps.
+        self.scene: nn.Module | None = None
+        self.pose: nn.Module | None = None
+        self.displace: nn.Module | None = None
+        self.render: nn.Module | None = None
+        if kinematic:
+            self.scene = _dense(embed_dim, cfg.hidden)
+            self.pose = nn.Linear(embed_dim, cfg.pose_dim)
+            self.displace = nn.Linear(cfg.action_dim, cfg.pose_dim, bias=False)
+            self.render = nn.Sequential(
+                _dense(cfg.hidden + cfg.pose_dim, cfg.hidden), _dense(cfg.hidden, cfg.hidden)
             )
 
     # -- helpers --------------------------------------------------------------------------------
@@ -612,6 +639,35 @@ class WorldModel(nn.Module):
             prior_all = torch.cat([prior_all, priors["logits"]], 1)
         return feat, post0["logits"][:, None], prior0[:, None], prior_all
 
+    def _kinematic_states(
+        self,
+        images: dict[str, Tensor],
+        actions: Tensor,
+        is_first: Tensor,
+        proprio: Tensor | None,
+        camera_mask: Tensor | None,
+        has_proprio: Tensor | None,
+    ) -> Tensor:
+        """The "kinematic" variant's features (B, T, hidden): frame 0's scene code with the pose
+        code of frame 0 moved by ``actions[:, 1:]`` (cumulative, through one linear map)."""
+        assert self.scene is not None and self.pose is not None
+        assert self.displace is not None and self.render is not None
+        first = is_first.bool()
+        if not bool(first[:, 0].all()) or bool(first[:, 1:].any()):
+            raise ValueError(
+                "world model variant 'kinematic' predicts one window of one episode from its "
+                "first frame: is_first must be true at frame 0 only"
+            )
+        t = actions.shape[1]
+        frame0 = {c: images[c][:, :1] for c in self.cfg.cameras}
+        p0 = proprio[:, :1] if proprio is not None else None
+        embed0 = self.embed(frame0, p0, camera_mask, has_proprio)[:, 0]
+        steps = self.displace(actions[:, 1:].to(embed0.dtype))  # (B, T-1, pose)
+        pose0 = self.pose(embed0)[:, None]
+        pose = torch.cat([pose0, pose0 + torch.cumsum(steps, 1)], 1)  # (B, T, pose)
+        scene = self.scene(embed0)[:, None].expand(-1, t, -1)
+        return self.render(torch.cat([scene, pose], -1))
+
     # -- training -------------------------------------------------------------------------------
     def loss(
         self,
@@ -652,11 +708,15 @@ class WorldModel(nn.Module):
             )
         use_proprio = self.proprio_decoder is not None
         has_p = has_proprio if use_proprio else None
-        if cfg.variant == "motion":
+        kl_post = kl_prior = prior_all = None
+        if cfg.variant == "kinematic":
+            feat = self._kinematic_states(images, actions, is_first, proprio, camera_mask, has_p)
+        elif cfg.variant == "motion":
             feat, kl_post, kl_prior, prior_all = self._open_loop_states(
                 images, actions, is_first, lang, proprio, camera_mask, has_p
             )
         else:
+            assert self.rssm is not None
             embeds = self.embed(images, proprio, camera_mask, has_p)
             posts, priors = self.rssm.observe(embeds, actions, is_first)
             feat = self.rssm.feature(posts)
@@ -714,21 +774,27 @@ class WorldModel(nn.Module):
             total = total + p_loss
             extra["proprio"] = p_loss.detach()
 
-        kl_frames = frames[:, : kl_post.shape[1]]  # all frames; frame 0 alone for "motion"
-        dyn, rep, raw = kl_balance(kl_post, kl_prior, cfg.free_bits)
-        dyn, rep = masked_mean(dyn, kl_frames), masked_mean(rep, kl_frames)
-        total = total + cfg.kl_dyn * dyn + cfg.kl_rep * rep
+        kl_values: dict[str, Tensor] = {}
+        if kl_post is not None:  # every variant but the deterministic "kinematic"
+            kl_frames = frames[:, : kl_post.shape[1]]  # all frames; frame 0 alone for "motion"
+            dyn, rep, raw = kl_balance(kl_post, kl_prior, cfg.free_bits)
+            dyn, rep = masked_mean(dyn, kl_frames), masked_mean(rep, kl_frames)
+            total = total + cfg.kl_dyn * dyn + cfg.kl_rep * rep
+            with torch.no_grad():
+                kl_values = {
+                    "kl_dyn": dyn.detach(),
+                    "kl_rep": rep.detach(),
+                    "kl": masked_mean(raw, kl_frames),
+                    "prior_ent": masked_mean(categorical_entropy(prior_all), frames),
+                    "post_ent": masked_mean(categorical_entropy(kl_post), kl_frames),
+                }
 
         with torch.no_grad():
             values = {
                 "loss": total.detach(),
                 "recon": image_loss.detach(),
                 "recon_mse": mse_sum / n_images,
-                "kl_dyn": dyn.detach(),
-                "kl_rep": rep.detach(),
-                "kl": masked_mean(raw, kl_frames),
-                "prior_ent": masked_mean(categorical_entropy(prior_all), frames),
-                "post_ent": masked_mean(categorical_entropy(kl_post), kl_frames),
+                **kl_values,
                 **extra,
             }
             # One device->host copy for all metrics instead of one sync per .item().
@@ -762,17 +828,21 @@ class WorldModel(nn.Module):
             raise ValueError(f"n_context must be in [1, {t}], got {n_context!r}")
         ctx = {c: images[c][:, :n_context] for c in self.cfg.cameras}
         p_ctx = proprio[:, :n_context] if proprio is not None else None
-        if self.cfg.variant == "motion":
+        if self.cfg.variant in ("motion", "kinematic"):
             if n_context != 1:
                 raise ValueError(
-                    f"world model variant 'motion' predicts from one context frame "
+                    f"world model variant {self.cfg.variant!r} predicts from one context frame "
                     f"(n_context=1), got {n_context!r}"
                 )
             is_first = torch.zeros(b, t, dtype=torch.bool, device=actions.device)
             is_first[:, 0] = True
-            feat = self._open_loop_states(ctx, actions, is_first, lang, p_ctx, None, None)[0]
+            if self.cfg.variant == "kinematic":
+                feat = self._kinematic_states(ctx, actions, is_first, p_ctx, None, None)
+            else:
+                feat = self._open_loop_states(ctx, actions, is_first, lang, p_ctx, None, None)[0]
             out = self.decode(feat)
         else:
+            assert self.rssm is not None
             is_first = torch.zeros(b, n_context, dtype=torch.bool, device=actions.device)
             is_first[:, 0] = True
             posts, _ = self.rssm.observe(
@@ -795,16 +865,18 @@ def describe(cfg: WorldModelConfig) -> dict[str, int]:
 
     Keys: encoder (image encoders), rssm, rssm_gru, rssm_rest, decoder (image decoders),
     proprio (proprio encoder + decoder, 0 when unused), context (the "motion" variant's frame
-    and instruction paths into the state, 0 for "paper"), total.
+    and instruction paths into the state; the "kinematic" variant's scene, pose, displacement
+    and render layers; 0 for "paper"), total. The "kinematic" variant has no rssm (0).
     """
     with torch.device("meta"):
         wm = WorldModel(cfg)
-    gru = count_parameters(wm.rssm.gru)
-    rssm = count_parameters(wm.rssm)
+    gru = count_parameters(wm.rssm.gru) if wm.rssm is not None else 0
+    rssm = count_parameters(wm.rssm) if wm.rssm is not None else 0
     proprio = sum(
         count_parameters(m) for m in (wm.proprio_encoder, wm.proprio_decoder) if m is not None
     )
-    context = sum(count_parameters(m) for m in (wm.lang_encoder, wm.context) if m is not None)
+    paths = (wm.lang_encoder, wm.context, wm.scene, wm.pose, wm.displace, wm.render)
+    context = sum(count_parameters(m) for m in paths if m is not None)
     return {
         "encoder": count_parameters(wm.encoders),
         "rssm": rssm,

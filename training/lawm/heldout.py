@@ -1,0 +1,95 @@
+"""Held-out evaluation of a fine-tuned policy, shared by ``bench/learning.py`` and the demo.
+
+- ``first_per_task``: the first N labelled episodes of each instruction (the demonstrations a
+  run fine-tunes on; the rest of a file can then be held out).
+- ``heldout_mse``: per-episode action MSE in raw action units (the policy's chunk denormalised
+  with its own statistics, against the recorded chunk), so policies trained on different data,
+  hence with different normalisers, are compared in the same units.
+- ``bootstrap_mean_ci``: percentile bootstrap interval of a mean over episodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lawm import keys
+from lawm.checkpoint import load_policy
+from lawm.data import WindowDataset, collate
+from lawm.models.policy import policy_inputs
+from lawm.trainer import LangTable
+
+CI_LEVEL = 0.95
+N_BOOT = 4000
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], n_boot: int = N_BOOT, level: float = CI_LEVEL, seed: int = 0
+) -> list[float]:
+    """Percentile bootstrap interval [low, high] of the mean of ``values`` (one value per
+    held-out episode), resampling the values with replacement. A single value gives [v, v]."""
+    x = np.asarray(values, np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"need a non-empty 1-D list of values, got shape {x.shape}")
+    if len(x) == 1:
+        return [float(x[0]), float(x[0])]
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return [float(lo), float(hi)]
+
+
+def first_per_task(sources: list, n: int) -> list:
+    """The first ``n`` episodes of each instruction, in file order (LIBERO files are in
+    (task, init state) order, so these are the lowest init states)."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in sources:
+        task = " ".join(s.instruction.split())
+        if seen.get(task, 0) < n:
+            seen[task] = seen.get(task, 0) + 1
+            out.append(s)
+    return out
+
+
+@torch.no_grad()
+def heldout_mse(
+    policy_dir: Path,
+    sources: list,
+    *,
+    lang_cache: Path | None = None,
+    stride: int = 1,
+    batch_size: int = 64,
+) -> list[float]:
+    """Per-episode action MSE in raw action units of the policy's chunk (denormalised with its
+    own statistics) against the recorded chunk, over the valid steps of every
+    ``stride``-th window of each held-out episode. One value per source, in order."""
+    policy, cfg, _ = load_policy(policy_dir)
+    policy.eval()
+    pc = cfg.policy
+    dataset = WindowDataset(
+        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
+        proprio_dim=pc.proprio_dim,
+    )  # fmt: skip
+    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
+    index = np.arange(0, len(dataset), stride)
+    episode = np.array([dataset.locate(int(i))[0] for i in index])
+    sse = np.zeros(len(sources))
+    count = np.zeros(len(sources))
+    for start in range(0, len(index), batch_size):
+        rows = index[start : start + batch_size]
+        batch = collate([dataset[int(i)] for i in rows])
+        batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
+        pred = policy.unnormalize_actions(policy(**policy_inputs(batch)))
+        mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]
+        sq = ((pred - batch[keys.ACTIONS].to(pred.dtype)) ** 2 * mask).sum(dim=(1, 2))
+        n = mask.sum(dim=(1, 2)) * pred.shape[-1]
+        np.add.at(sse, episode[start : start + len(rows)], sq.numpy())
+        np.add.at(count, episode[start : start + len(rows)], n.numpy())
+    if (count == 0).any():
+        raise ValueError(f"{int((count == 0).sum())} held-out episode(s) have no window")
+    return (sse / count).tolist()
