@@ -65,6 +65,8 @@ def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> d
         "pretrain_loss_first_last": first_last(pre["history"], "loss"),
         "pretrain_recon_mse_first_last": first_last(pre["history"], "recon_mse"),
         "finetune_action_mse_first_last": first_last(fine["history"], "action_mse"),
+        # The head start's fit before fine-tuning (None when resumed or not fitted).
+        "finetune_head_fit": fine["head_fit"],
         "cca_mean": round(cca["mean"], 4),
         "cca_heldout_mean": round(cca.get("heldout_mean", float("nan")), 4),
         "cca_heldout_mean_untrained": round(cca0.get("heldout_mean", float("nan")), 4),

@@ -442,6 +442,7 @@ class _Run:
     init_from: str | None
     stats: dict[str, Any]
     info: dict[str, Any]  # what the data was (data_info), for the policy's record
+    head_fit: dict[str, float] | None = None  # the probe head's fit (windows, mse before/after)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The JSON part of a checkpoint: what a resumed run must match, and the data stats."""
@@ -545,6 +546,7 @@ def train(
         "history": history,
         "run_dir": str(run.run_dir),
         "n_windows": len(run.dataset),
+        "head_fit": run.head_fit,
     }
 
 
@@ -591,6 +593,7 @@ def _prepare(
         betas=opt_cfg.betas,
     )
     ckpt = latest_checkpoint(run_dir) if resume else None
+    fit = None
     if ckpt is not None:
         start, init_from, stats = _resume(ckpt, stage, cfg, sources, objective, optimizer)
     else:
@@ -628,6 +631,7 @@ def _prepare(
         stop=stop,
         init_from=init_from,
         stats=stats,
+        head_fit=fit,
         info=info,
     )
 
