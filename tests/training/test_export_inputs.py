@@ -105,11 +105,6 @@ def _graph_feed(batch: dict, sidecar: PolicySidecar) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def lang_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("lang") / "cache.safetensors"
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("data")
     (d / "full").mkdir()

@@ -99,3 +99,32 @@ def test_finetune_with_a_probe_head_starts_from_the_fitted_layer(demos, tmp_path
     assert first["action_mse"] < fresh["action_mse"], (first, fresh)
     pre = load_tensors(tmp_path / "pre" / "model.safetensors")
     assert set(pre) == set(load_tensors(tmp_path / "probe" / "policy" / "model.safetensors"))
+
+
+def test_init_lr_scale_slows_the_loaded_trunk_only(demos, tmp_path):
+    cfg = preset("debug")
+    ft = cfg.finetune.__class__(**{**cfg.finetune.__dict__, "steps": 3, "init_lr_scale": 0.1})
+    cfg = cfg.replace(finetune=ft)
+    torch.manual_seed(5)
+    save_policy(tmp_path / "pre", Policy(cfg.policy), cfg, {"stage": "pretrain"})
+    sources = open_sources(demos, labelled=True)
+    kw = {"lang_cache": tmp_path / "lang.safetensors", "progress": False}
+    train("finetune", cfg, sources, tmp_path / "run", init=tmp_path / "pre", head="fresh", **kw)
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    groups = state["param_groups"]
+    full = [g for g in groups if g["lr_scale"] == 1.0]
+    slow = [g for g in groups if g["lr_scale"] == 0.1]
+    assert full and slow
+    # Every slow group runs at a tenth of the full groups' learning rate at the same step.
+    assert all(g["lr"] == pytest.approx(0.1 * full[0]["lr"]) for g in slow)
+    # The head (and only policy weights outside it) is at the full rate: the slow groups hold
+    # exactly the loaded trunk's parameters.
+    policy = Policy(cfg.policy)
+    n_head = sum(1 for n, _ in policy.named_parameters() if n.startswith("head."))
+    n_trunk = sum(1 for n, _ in policy.named_parameters() if not n.startswith("head."))
+    assert sum(len(g["params"]) for g in slow) == n_trunk
+    assert sum(len(g["params"]) for g in full) == n_head
+    # From scratch there is nothing loaded to slow down.
+    train("finetune", cfg, sources, tmp_path / "scratch", **kw)
+    state = json.loads((latest_checkpoint(tmp_path / "scratch") / "state.json").read_text())
+    assert {g["lr_scale"] for g in state["param_groups"]} == {1.0}

@@ -12,15 +12,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from wm_inputs import pretrain_batch
 
 from lawm import keys
 from lawm.checkpoint import latest_checkpoint, load_tensors, save_policy
 from lawm.config import AugmentConfig, preset
-from lawm.data import WindowDataset, collate, open_sources
+from lawm.data import open_sources
 from lawm.data.synthetic import write_synthetic_hdf5
 from lawm.models.policy import Policy
 from lawm.objectives import PretrainObjective
-from lawm.trainer import LangTable, train
+from lawm.trainer import train
 from lawm_core import contract
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +36,6 @@ def synthetic(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def lang_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("lang") / "cache.safetensors"
-
-
 def _cfg(steps=40, **opt):
     cfg = preset("debug")
     return cfg.replace(
@@ -49,14 +45,7 @@ def _cfg(steps=40, **opt):
 
 
 def _pretrain_batch(cfg, sources, lang_cache, n=4):
-    ds = WindowDataset(
-        sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode="pretrain"
-    )
-    batch = collate([ds[i] for i in range(n)])
-    batch[keys.LANG] = LangTable([s.instruction for s in sources], lang_cache, 384)(
-        batch[keys.INSTRUCTION]
-    )
-    return batch
+    return pretrain_batch(cfg, sources, lang_cache, range(n))
 
 
 def test_pretraining_gradient_reaches_every_policy_parameter(synthetic, lang_cache):

@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from wm_inputs import random_window
 
 from lawm.config import WorldModelConfig, preset
 from lawm.models.world_model import (
@@ -34,15 +35,7 @@ def _debug_cfg(**changes) -> WorldModelConfig:
 
 
 def _batch(cfg: WorldModelConfig, b: int, t: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    s = cfg.image_size
-    images = {
-        c: torch.randint(0, 256, (b, t, 3, s, s), generator=g, dtype=torch.uint8)
-        for c in cfg.cameras
-    }
-    actions = torch.rand(b, t, cfg.action_dim, generator=g) * 2 - 1
-    is_first = torch.zeros(b, t, dtype=torch.bool)
-    is_first[:, 0] = True
+    images, actions, is_first, g = random_window(cfg, b, t, seed)
     proprio = torch.randn(b, t, cfg.proprio_dim, generator=g) if cfg.use_proprio else None
     return images, actions, is_first, proprio
 

@@ -11,14 +11,14 @@ import dataclasses
 
 import pytest
 import torch
+from wm_inputs import pretrain_batch, random_window
 
 from lawm import keys
 from lawm.config import ConfigError, LawmConfig, WorldModelConfig, preset
-from lawm.data import WindowDataset, collate, open_sources
+from lawm.data import open_sources
 from lawm.data.synthetic import write_synthetic_hdf5
 from lawm.models.world_model import WorldModel, describe
 from lawm.objectives import PretrainObjective
-from lawm.trainer import LangTable
 from lawm_core import contract
 
 CAM = contract.CAMERAS[0]
@@ -33,16 +33,7 @@ def _wm_cfg(**changes) -> WorldModelConfig:
 
 
 def _inputs(cfg: WorldModelConfig, b: int = 3, t: int = 6, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    s = cfg.image_size
-    images = {
-        c: torch.randint(0, 256, (b, t, 3, s, s), generator=g, dtype=torch.uint8)
-        for c in cfg.cameras
-    }
-    actions = torch.rand(b, t, cfg.action_dim, generator=g) * 2 - 1
-    is_first = torch.zeros(b, t, dtype=torch.bool)
-    is_first[:, 0] = True
-    return images, actions, is_first
+    return random_window(cfg, b, t, seed)[:3]
 
 
 def test_config_and_structure():
@@ -148,21 +139,12 @@ def test_absent_cameras_and_proprio_are_neither_encoded_nor_reconstructed():
 
 
 # -- pretraining on synthetic data --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def lang_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("lang") / "cache.safetensors"
-
-
 def test_pretraining_reaches_every_policy_parameter_without_labels(tmp_path, lang_cache):
     cfg = _kinematic(preset("debug"))
     size = cfg.policy.image_size
     path = write_synthetic_hdf5(tmp_path / "v.hdf5", episodes=4, length=20, image_size=size)
     sources = open_sources(path, labelled=False)
-    ds = WindowDataset(sources, cfg.policy.cameras, size, cfg.policy.chunk_size, mode="pretrain")
-    batch = collate([ds[i] for i in range(4)])
-    batch[keys.LANG] = LangTable([s.instruction for s in sources], lang_cache, 384)(
-        batch[keys.INSTRUCTION]
-    )
+    batch = pretrain_batch(cfg, sources, lang_cache, range(4))
     assert keys.ACTIONS not in batch
     torch.manual_seed(0)
     obj = PretrainObjective(cfg)

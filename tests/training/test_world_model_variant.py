@@ -12,16 +12,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from wm_inputs import pretrain_batch, random_window
 
 from lawm import keys
 from lawm.checkpoint import load_policy, load_tensors
 from lawm.cli import build_config, build_parser
 from lawm.config import ConfigError, LawmConfig, WorldModelConfig, preset
-from lawm.data import WindowDataset, collate, open_sources
+from lawm.data import open_sources
 from lawm.data.synthetic import write_synthetic_hdf5
 from lawm.models.world_model import WorldModel, describe
 from lawm.objectives import PretrainObjective
-from lawm.trainer import LangTable, train
+from lawm.trainer import train
 from lawm_core import contract
 
 CAM = contract.CAMERAS[0]
@@ -36,15 +37,7 @@ def _wm_cfg(**changes) -> WorldModelConfig:
 
 
 def _inputs(cfg: WorldModelConfig, b: int = 3, t: int = 5, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    s = cfg.image_size
-    images = {
-        c: torch.randint(0, 256, (b, t, 3, s, s), generator=g, dtype=torch.uint8)
-        for c in cfg.cameras
-    }
-    actions = torch.rand(b, t, cfg.action_dim, generator=g) * 2 - 1
-    is_first = torch.zeros(b, t, dtype=torch.bool)
-    is_first[:, 0] = True
+    images, actions, is_first, g = random_window(cfg, b, t, seed)
     lang = torch.randn(b, cfg.lang_dim, generator=g)
     return images, actions, is_first, lang
 
@@ -186,19 +179,7 @@ def synthetic(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def lang_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("lang") / "cache.safetensors"
-
-
-def _batch(cfg, sources, lang_cache, rows):
-    ds = WindowDataset(
-        sources, cfg.policy.cameras, cfg.policy.image_size, cfg.policy.chunk_size, mode="pretrain"
-    )
-    batch = collate([ds[int(i)] for i in rows])
-    lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
-    batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
-    return batch
+_batch = pretrain_batch
 
 
 def test_motion_pretraining_reaches_every_policy_parameter_without_labels(synthetic, lang_cache):

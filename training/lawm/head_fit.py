@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lawm import keys
-from lawm.data import collate
+from lawm.data import collate, to_device
 from lawm.models.policy import Policy, policy_inputs
 
 HEAD_INITS = ("reuse", "fresh", "probe")
@@ -41,9 +41,7 @@ def _features(
     for start in range(0, len(index), batch):
         b = collate([dataset[int(i)] for i in index[start : start + batch]])
         b[keys.LANG] = lang(b[keys.INSTRUCTION])
-        b = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in b.items()}
-        if keys.IMAGES in b:
-            b[keys.IMAGES] = {c: v.to(dev) for c, v in b[keys.IMAGES].items()}
+        b = to_device(b, dev)
         feats.append(policy.head_features(**policy_inputs(b)).float())
         targets.append(policy.normalize_actions(b[keys.ACTIONS].float()).flatten(1))
         masks.append(b[keys.ACTION_MASK].float().repeat_interleave(a, dim=1))

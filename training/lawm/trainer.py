@@ -46,7 +46,7 @@ from lawm.checkpoint import (
     save_policy,
 )
 from lawm.config import LawmConfig, OptimConfig
-from lawm.data import DataError, WindowDataset, collate, compute_stats
+from lawm.data import DataError, WindowDataset, collate, compute_stats, to_device
 from lawm.data.base import data_proprio_layout
 from lawm.head_fit import HEAD_INITS, fit_head
 from lawm.language import TextEmbedder
@@ -163,18 +163,6 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 # -- helpers --------------------------------------------------------------------------------
-def to_device(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, dict):
-            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out
-
-
 def split_batch(batch: dict, parts: int) -> list[dict]:
     if parts == 1:
         return [batch]

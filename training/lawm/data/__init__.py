@@ -7,7 +7,7 @@ Everything is read lazily per window; nothing loads a whole dataset into memory.
 """
 
 from lawm.data.base import DataError, EpisodeSource
-from lawm.data.dataset import CAMERA_MASK, FRAME_MASK, WindowDataset, collate
+from lawm.data.dataset import CAMERA_MASK, FRAME_MASK, WindowDataset, collate, to_device
 from lawm.data.formats import FORMATS, detect_format, open_sources
 from lawm.data.hdf5 import Hdf5Options
 from lawm.data.rosbag import RosbagOptions
@@ -25,6 +25,7 @@ __all__ = [
     "Ssv2Options",
     "WindowDataset",
     "collate",
+    "to_device",
     "compute_stats",
     "detect_format",
     "open_sources",

@@ -186,6 +186,20 @@ class WindowDataset(torch.utils.data.Dataset):
         return sample
 
 
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A collated batch with its tensors (also those one dict level down, the cameras) on
+    ``device``; other values as they are."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples: tensors gain a leading B, ``images`` stays a dict of (B, T, 3, S, S),
     strings become lists."""

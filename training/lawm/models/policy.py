@@ -304,17 +304,17 @@ class Policy(nn.Module):
     def head_features(self, **inputs) -> Tensor:
         """What the head's last linear layer reads, for the inputs of ``forward``: (B, F).
         ``tanh(self.head[-1](head_features(...)))`` reshaped to (B, K, A) is ``forward``."""
-        actions = {}
+        seen: dict[str, Tensor] = {}
 
         def grab(_module, args, _out):
-            actions["x"] = args[0]
+            seen["input"] = args[0]
 
         hook = self.head[-1].register_forward_hook(grab)
         try:
             self.forward(**inputs)
         finally:
             hook.remove()
-        return actions["x"]
+        return seen["input"]
 
 
 def policy_inputs(batch: dict, t: int = 0) -> dict:
