@@ -683,8 +683,17 @@ class PolicyNode(LifecycleNode):
         self.pub_diag.publish(msg)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class _StopRequest:
+    """Ctrl-C (SIGINT) and SIGTERM (what launch sends when SIGINT was not enough) set a flag the
+    spin loop reads. A raised KeyboardInterrupt would be lost when the signal lands inside a
+    finalizer (Python prints "Exception ignored" and carries on), and the node would keep
+    running; a flag cannot be lost."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
 
 
 def _stop_arm(node: PolicyNode) -> None:
@@ -700,11 +709,12 @@ def _stop_arm(node: PolicyNode) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    # Ctrl-C and SIGTERM (what launch sends when SIGINT was not enough) raise
-    # KeyboardInterrupt here instead of shutting the context down at once, so the last
-    # command can still be a zero twist.
+    # Ctrl-C and SIGTERM end the spin loop instead of shutting the context down at once, so
+    # the last command can still be a zero twist.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = _StopRequest()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     node = None
     try:
         node = PolicyNode()
@@ -713,7 +723,7 @@ def main(args: list[str] | None = None) -> None:
                 node.trigger_activate()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok():
+        while rclpy.ok() and stop.signum is None:
             executor.spin_once(timeout_sec=0.1)  # wakes often enough to see a signal
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
