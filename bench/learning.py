@@ -84,6 +84,10 @@ DEFAULT_OUT = ROOT / "runs" / "bench_learning"
 DEFAULT_CACHE = ROOT / ".cache" / "demo"
 SETTINGS = ("in_domain", "cross_task", "spatial")
 HELDOUT_STATES = range(25, 35)  # unseen by every arm: demos 0-9, clips 10-24
+# LIBERO fixes 50 initial states per task; the ones no arm trained on, for closed loop.
+CLOSED_LOOP_STATES = range(25, 50)
+CLOSED_LOOP_RUNS = 4  # training runs per arm in closed loop (x 25 states x 2 tasks = 200)
+CLOSED_LOOP_IMAGE_SIZE = 64  # rendered as the data were
 CROSS_TASK_PRETRAIN = tuple(range(2, 10))
 
 
@@ -384,6 +388,8 @@ class Setting:
     demos: Path
     heldout: Path
     about: str = ""
+    suite: str = "libero_object"
+    tasks: tuple[int, ...] = (0, 1)
 
 
 def _ensure(path: Path, suite: str, tasks, states, image_size: int, workers: int, progress):
@@ -441,7 +447,7 @@ def libero_setting(
         f"; demonstrations init states 0-{demo.demos_per_task - 1}; held-out init states "
         f"{states.start}-{states.stop - 1}"
     )
-    return Setting(name, clips, files["demos"], held, about)
+    return Setting(name, clips, files["demos"], held, about, demo.suite, tuple(demo.tasks))
 
 
 # -- held-out evaluation ----------------------------------------------------------------------
@@ -460,6 +466,13 @@ class Plan:
     lang_cache: Path
     progress: bool = True
     skipped: dict[str, str] = field(default_factory=dict)
+    # Closed loop (confirmatory) at these N; empty: offline only.
+    closed_loop_n: list[int] = field(default_factory=list)
+    closed_loop_runs: int = CLOSED_LOOP_RUNS
+    # Arms besides scratch; None: those whose offline interval at that N lies below zero.
+    closed_loop_arms: list[str] | None = None
+    closed_loop_states: range = CLOSED_LOOP_STATES
+    closed_loop_max_steps: int | None = None  # None: the suite's reference horizon
 
 
 def _done(run_dir: Path) -> bool:
@@ -494,12 +507,19 @@ class Runner:
         return run_dir / "policy"
 
     # -- pretraining ---
-    def pretrained(self, setting: Setting, arm: Arm, p: int) -> Path:
-        """The run dir of the arm's pretraining (shared by the arms that pretrain alike)."""
+    def pretrained_dir(self, setting: Setting, arm: Arm, p: int) -> Path:
         b = self.plan.budget
         root = self.plan.out / setting.name
         if arm.start == "oracle":
-            run_dir = root / f"oracle_bc_s{b.pretrain_steps}_p{p}"
+            return root / f"oracle_bc_s{b.pretrain_steps}_p{p}"
+        name = f"pretrain_{arm.variant}" + (f"_{arm.control}" if arm.control else "")
+        return root / f"{name}_s{b.pretrain_steps}_p{p}"
+
+    def pretrained(self, setting: Setting, arm: Arm, p: int) -> Path:
+        """The run dir of the arm's pretraining (shared by the arms that pretrain alike)."""
+        b = self.plan.budget
+        run_dir = self.pretrained_dir(setting, arm, p)
+        if arm.start == "oracle":
             if run_dir in self._ready:
                 return run_dir
             # The oracle's first stage: behaviour cloning of the clips, pretraining's length.
@@ -516,7 +536,6 @@ class Runner:
             )
             return run_dir
         name = f"pretrain_{arm.variant}" + (f"_{arm.control}" if arm.control else "")
-        run_dir = root / f"{name}_s{b.pretrain_steps}_p{p}"
         if run_dir in self._ready:
             return run_dir
         cfg = b.config(pretrain_seed=p, variant=arm.variant, control=arm.control)
@@ -552,10 +571,15 @@ class Runner:
         return result
 
     # -- fine-tuning ---
-    def finetuned(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int, demos):
+    def finetune_dir(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int) -> Path:
         b = self.plan.budget
         tag = f"{arm.name}_s{b.finetune_steps}" + (f"_p{p}" if p is not None else "") + f"_f{s}"
-        run_dir = self.plan.out / setting.name / f"n{n}" / tag
+        return self.plan.out / setting.name / f"n{n}" / tag
+
+    def finetuned(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int, demos):
+        b = self.plan.budget
+        run_dir = self.finetune_dir(setting, arm, n, p, s)
+        tag = run_dir.name
         init = None
         if arm.start != "scratch":
             init = self.pretrained(setting, arm, p) / "policy"
@@ -578,6 +602,119 @@ class Runner:
                           stride=stride)  # fmt: skip
         atomic_write_text(path, json.dumps({"episodes": names, "stride": stride, "mse": mse}))
         return mse
+
+    # -- closed loop ---
+    def closed_loop_keys(self, arm: Arm) -> list[tuple[int | None, int]]:
+        """(pretraining seed, fine-tuning seed) of the arm's closed-loop runs; run k of every
+        arm meets the same initial states as run k of scratch. Scratch takes fine-tuning
+        seeds 0..R-1; an arm that pretrains cycles through the pretraining seeds first."""
+        count = self.plan.closed_loop_runs
+        if arm.start == "scratch":
+            return [(None, k) for k in range(count)]
+        ps = self.plan.pretrain_seeds
+        return [(ps[k % len(ps)], k // len(ps)) for k in range(count)]
+
+    def exported(self, run_dir: Path) -> Path:
+        """The run's policy exported for the runtime core (with its text encoder)."""
+        from lawm.export import export_policy
+
+        out = run_dir / "export"
+        if (out / "policy.json").is_file():
+            return out
+        self.bar.set_description(f"export {run_dir.name}")
+        export_policy(run_dir / "policy", out)
+        return out
+
+    def rollouts(self, setting: Setting, run_dir: Path) -> dict[tuple[int, int], bool]:
+        """Closed-loop success of the run from each unseen initial state of each task (in
+        LIBERO, through the robot's runtime core, at the suite's reference horizon)."""
+        from lawm_sim.eval_sim import evaluate as evaluate_sim
+
+        states = list(self.plan.closed_loop_states)
+        path = run_dir / "closed_loop.json"
+        cached = _read_json(path)
+        want = {
+            "suite": setting.suite,
+            "tasks": list(setting.tasks),
+            "init_states": states,
+            "max_steps": self.plan.closed_loop_max_steps,
+        }
+        if not (cached and all(cached.get(k) == v for k, v in want.items())):
+            export = self.exported(run_dir)
+            self.bar.set_description(f"closed loop {run_dir.name}")
+            report = evaluate_sim(
+                export, setting.suite, list(setting.tasks), len(states), init_states=states,
+                max_steps=self.plan.closed_loop_max_steps,
+                render_size=CLOSED_LOOP_IMAGE_SIZE, progress=False,
+            )  # fmt: skip
+            cached = {
+                **want,
+                "seconds": report["seconds"],
+                "episodes": [
+                    [t["task_id"], e["init_state"], bool(e["success"]), e["steps"]]
+                    for t in report["tasks"]
+                    for e in t["episodes"]
+                ],
+            }
+            atomic_write_text(path, json.dumps(cached))
+        return {(t, i): ok for t, i, ok, _ in cached["episodes"]}
+
+    def closed_loop_arms(self, cell: dict) -> list[str]:
+        pl = self.plan
+        if pl.closed_loop_arms is not None:
+            return ["scratch"] + [a for a in pl.closed_loop_arms if a != "scratch"]
+        chosen = [
+            a
+            for a, row in cell["arms"].items()
+            if a != "scratch" and row.get("minus_scratch_ci") and row["minus_scratch_ci"][1] < 0
+        ]
+        return ["scratch"] + chosen
+
+    def closed_loop(self, setting: Setting, n: int, demos: list, cell: dict) -> dict[str, Any]:
+        """Success of each chosen arm over R runs x the unseen initial states, with Wilson
+        intervals, and each arm against scratch paired by (initial state, run)."""
+        from lawm.stats import paired_successes, wilson_ci
+
+        names = self.closed_loop_arms(cell)
+        out: dict[str, Any] = {
+            "n": n,
+            "runs": self.plan.closed_loop_runs,
+            "init_states": [self.plan.closed_loop_states[0], self.plan.closed_loop_states[-1]],
+            "tasks": list(setting.tasks),
+            "arms": {},
+        }
+        outcome: dict[str, dict] = {}
+        for name in names:
+            arm = self.arms[name]
+            keys = self.closed_loop_keys(arm)
+            dirs = [self.finetune_dir(setting, arm, n, p, s) for p, s in keys]
+            pretrain = {p for p, _ in keys} if arm.start != "scratch" else set()
+            self.bar.total += (
+                len(keys)
+                + sum(d not in self._ready for d in dirs)
+                + sum(self.pretrained_dir(setting, arm, p) not in self._ready for p in pretrain)
+            )
+            self.bar.refresh()
+            episodes: dict[tuple, bool] = {}
+            runs = []
+            for k, (p, s) in enumerate(keys):
+                run_dir = self.finetuned(setting, arm, n, p, s, demos)
+                for state, ok in self.rollouts(setting, run_dir).items():
+                    episodes[(state, k)] = ok
+                runs.append(run_dir.name)
+                self.bar.update(1)
+            wins = sum(episodes.values())
+            outcome[name] = episodes
+            out["arms"][name] = {
+                "training_runs": runs,
+                "episodes": len(episodes),
+                "successes": wins,
+                "success_rate": wins / len(episodes),
+                "success_ci": wilson_ci(wins, len(episodes)),
+            }
+        for name in names[1:]:
+            out["arms"][name]["vs_scratch"] = paired_successes(outcome[name], outcome["scratch"])
+        return out
 
     def count_jobs(self) -> int:
         pl = self.plan
@@ -638,6 +775,8 @@ class Runner:
                 "demos": len(demos),
                 "arms": summarise_cell(runs),
             }
+            if n in pl.closed_loop_n:
+                cells[str(n)]["closed_loop"] = self.closed_loop(setting, n, demos, cells[str(n)])
         out["cells"] = cells
         out["probe_summary"] = probe_summary(probes, pl.arms, self.arms)
         return out
@@ -716,6 +855,9 @@ def table(results: dict[str, Any]) -> str:
                     f"{_fmt(row.get('minus_scratch'))} | {_ci(row.get('minus_scratch_ci'))} | "
                     f"{_ci(row.get('minus_scratch_ci_runs'))} | {said} |"
                 )
+            cl = cell.get("closed_loop")
+            if cl:
+                lines += closed_loop_table(cl)
         ps = s.get("probe_summary") or {}
         if ps:
             lines += [
@@ -760,6 +902,53 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def closed_loop_table(cl: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Closed loop, N = {cl['n']}: success over {cl['runs']} training runs per arm x init "
+        f"states {cl['init_states'][0]}-{cl['init_states'][1]} of each task (unseen by every "
+        "arm); Wilson 95 % intervals; against scratch paired by (init state, run): difference "
+        "with a 95 % bootstrap interval over init states, exact McNemar p",
+        "",
+        "| arm | successes | rate | 95 % interval | minus scratch | 95 % interval | "
+        "only this / only scratch | McNemar p |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, row in cl["arms"].items():
+        vs = row.get("vs_scratch")
+        extra = (
+            f"{vs['difference']:+.3f} | {_ci(vs['difference_ci'], 3)} | "
+            f"{vs['only_a']} / {vs['only_b']} | {vs['mcnemar_p']:.3g}"
+            if vs
+            else "| | |"
+        )
+        lines.append(
+            f"| {arm} | {row['successes']}/{row['episodes']} | {row['success_rate']:.3f} | "
+            f"{_ci(row['success_ci'], 3)} | {extra} |"
+        )
+    return lines
+
+
+def closed_loop_target(sname: str, n: str, cl: dict[str, Any], arm: str) -> dict[str, str]:
+    """At least 10 points above scratch with Wilson intervals that do not overlap."""
+    row, ref = cl["arms"].get(arm), cl["arms"]["scratch"]
+    what = (
+        f"{sname} N={n}: closed-loop success of {arm} at least 10 points above scratch, "
+        "intervals apart"
+    )
+    if row is None:
+        return {"what": what + " (arm not run in closed loop: its offline interval did not "
+                "lie below zero)", "status": "not measured"}  # fmt: skip
+    gap = row["success_rate"] - ref["success_rate"]
+    ok = gap >= 0.10 and row["success_ci"][0] > ref["success_ci"][1]
+    return {
+        "what": f"{what} ({row['successes']}/{row['episodes']} vs "
+        f"{ref['successes']}/{ref['episodes']}: {gap:+.3f}, {_ci(row['success_ci'], 3)} vs "
+        f"{_ci(ref['success_ci'], 3)}, McNemar p {row['vs_scratch']['mcnemar_p']:.3g})",
+        "status": "met" if ok else "not met",
+    }
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     """The issue's offline targets for the default method, each met / not met / not measured."""
     arm = results["default_arm"]
@@ -778,6 +967,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 f"{_fmt(r['proprio'], 3)})",
                 "status": "met" if ok else "not met",
             })  # fmt: skip
+        for n, cell in s["cells"].items():
+            if cell.get("closed_loop"):
+                out.append(closed_loop_target(sname, n, cell["closed_loop"], arm))
         if sname == "spatial":
             continue
         for n, cell in s["cells"].items():
@@ -824,6 +1016,14 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         if other not in (arm, "scratch"):
             line[f"{other}_heldout_mse"] = orow["heldout_mse"]
             line[f"{other}_minus_scratch_ci"] = orow.get("minus_scratch_ci")
+    for cname, c in s["cells"].items():
+        cl = c.get("closed_loop")
+        for prefix, name in (("lawm", arm), ("scratch", "scratch")):
+            row = (cl or {}).get("arms", {}).get(name)
+            if row:
+                line[f"{prefix}_closed_loop_n{cname}_success"] = row["success_rate"]
+                line[f"{prefix}_closed_loop_n{cname}_success_ci"] = row["success_ci"]
+                line[f"{prefix}_closed_loop_n{cname}_episodes"] = row["episodes"]
     ps = (s.get("probe_summary") or {}).get(arm)
     figures = {
         "lawm_probe_r2": "latent",
@@ -948,6 +1148,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fresh", action="store_true", help="delete the output folder first (data stays cached)"
     )
+    p.add_argument(
+        "--closed-loop",
+        type=_ints,
+        metavar="N[,N]",
+        help="also roll out in LIBERO at these N (of --n): scratch and the arms whose offline "
+        f"interval lies below zero (or --closed-loop-arms), {CLOSED_LOOP_RUNS} training runs "
+        f"each x init states {CLOSED_LOOP_STATES.start}-{CLOSED_LOOP_STATES.stop - 1} per task",
+    )
+    p.add_argument(
+        "--closed-loop-runs",
+        type=int,
+        default=CLOSED_LOOP_RUNS,
+        help=f"training runs per arm in closed loop (default {CLOSED_LOOP_RUNS})",
+    )
+    p.add_argument(
+        "--closed-loop-arms",
+        type=_names(tuple(arms())),
+        help="arms to roll out besides scratch (default: chosen by the offline interval)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p  # fmt: skip
 
@@ -980,7 +1199,16 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         lang_cache=DEFAULT_OUT / "lang_cache.safetensors",
         progress=progress,
+        closed_loop_n=args.closed_loop or [],
+        closed_loop_runs=args.closed_loop_runs,
+        closed_loop_arms=args.closed_loop_arms,
     )
+    bad = [n for n in plan.closed_loop_n if n not in plan.ns]
+    if bad or plan.closed_loop_runs < 1:
+        build_parser().error(
+            f"--closed-loop {bad} is not among --n {plan.ns}" if bad
+            else "--closed-loop-runs must be at least 1"
+        )  # fmt: skip
     run_bench(plan, mode, data_seconds=data_seconds)
     return 0
 

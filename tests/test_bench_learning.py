@@ -166,3 +166,72 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
     again = bench.run_bench(plan, "test", print_out=lambda _: None)
     assert again["train_seconds"] == {}
     assert again["settings"]["in_domain"]["cells"] == results["settings"]["in_domain"]["cells"]
+
+
+def test_closed_loop_rolls_out_every_run_from_the_same_states(tmp_path):
+    """Closed loop at toy size, in real LIBERO: R runs per arm, each from the same unseen
+    initial states, paired with scratch; Wilson intervals; the target reported; a rerun
+    reuses every rollout."""
+    files = {
+        name: write_synthetic_hdf5(
+            tmp_path / f"{name}.hdf5", episodes=4, length=16, image_size=32, seed=seed
+        )
+        for seed, name in enumerate(("clips", "demos", "heldout"))
+    }
+    setting = bench.Setting(
+        "in_domain", files["clips"], files["demos"], files["heldout"], "toy",
+        suite="libero_object", tasks=(1,),
+    )  # fmt: skip
+    plan = bench.Plan(
+        settings=[setting],
+        arms=["scratch", "lawm_kinematic"],
+        ns=[1],
+        seeds=[0],
+        pretrain_seeds=[0, 1],
+        budget=bench.Budget(
+            preset="debug", pretrain_steps=2, finetune_steps=2, probe_windows=16, eval_stride=4
+        ),
+        out=tmp_path / "out",
+        lang_cache=tmp_path / "lang.safetensors",
+        progress=False,
+        closed_loop_n=[1],
+        closed_loop_runs=3,
+        closed_loop_arms=["lawm_kinematic"],
+        closed_loop_states=range(25, 27),
+        closed_loop_max_steps=3,
+    )
+    printed: list[str] = []
+    results = bench.run_bench(plan, "test", print_out=printed.append)
+    cl = results["settings"]["in_domain"]["cells"]["1"]["closed_loop"]
+    assert list(cl["arms"]) == ["scratch", "lawm_kinematic"]
+    # Scratch: fine-tuning seeds 0, 1, 2 (two trained for closed loop only); the method
+    # cycles through its pretraining seeds first.
+    assert cl["arms"]["scratch"]["training_runs"] == [f"scratch_s2_f{s}" for s in range(3)]
+    assert cl["arms"]["lawm_kinematic"]["training_runs"] == [
+        "lawm_kinematic_s2_p0_f0", "lawm_kinematic_s2_p1_f0", "lawm_kinematic_s2_p0_f1",
+    ]  # fmt: skip
+    for row in cl["arms"].values():
+        assert row["episodes"] == 3 * 2  # runs x states x 1 task
+        # Three steps cannot solve a LIBERO task.
+        assert row["successes"] == 0 and row["success_ci"][0] == 0.0
+        assert 0.3 < row["success_ci"][1] < 0.5
+    vs = cl["arms"]["lawm_kinematic"]["vs_scratch"]
+    assert vs["pairs"] == 6 and vs["states"] == 2 and vs["mcnemar_p"] == 1.0
+    run = plan.out / "in_domain" / "n1" / "scratch_s2_f2"
+    report = json.loads((run / "closed_loop.json").read_text())
+    assert [e[:2] for e in report["episodes"]] == [[1, 25], [1, 26]]
+    assert all(e[3] == 3 for e in report["episodes"])  # ran the horizon
+    assert (run / "export" / "policy.onnx").is_file()
+    target = [t for t in results["targets"] if "closed-loop" in t["what"]]
+    assert len(target) == 1 and target[0]["status"] == "not met"
+    md = (plan.out / "results.md").read_text()
+    assert "Closed loop, N = 1" in md and "| scratch | 0/6 |" in md
+    line = json.loads(printed[-1])
+    assert line["lawm_closed_loop_n1_episodes"] == 6
+    assert line["scratch_closed_loop_n1_success"] == 0.0
+
+    stamp = (run / "closed_loop.json").stat().st_mtime_ns
+    again = bench.run_bench(plan, "test", print_out=lambda _: None)
+    assert again["train_seconds"] == {}
+    assert (run / "closed_loop.json").stat().st_mtime_ns == stamp
+    assert again["settings"]["in_domain"]["cells"]["1"]["closed_loop"] == cl
