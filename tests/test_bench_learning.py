@@ -102,7 +102,7 @@ def test_arms_name_what_they_need():
     assert bench.default_arm_name() == "lawm_kinematic"  # the training package's default
     assert table["lawm_kinematic"].head == "probe" and table["lawm_paper"].head == "reuse"
     quick = bench.quick_arms()
-    assert quick == ["scratch", "lawm_kinematic", "oracle"]
+    assert quick == ["scratch", "lawm_kinematic"]
     assert bench.unavailable(table["scratch"]) is None
     assert bench.unavailable(table["lawm_paper"]) is None
     why = bench.unavailable(table["control_shuffled"])
