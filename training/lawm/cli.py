@@ -27,11 +27,13 @@ from lawm.data import (
     FORMATS,
     DataError,
     Hdf5Options,
+    LerobotOptions,
     RosbagOptions,
     Ssv2Options,
     detect_format,
     open_sources,
 )
+from lawm.data.lerobot import DEFAULT_TOLERANCE_S
 from lawm.eval_latents import latent_action_cca
 from lawm.export import ExportError, export_policy
 from lawm.head_fit import HEAD_INITS
@@ -53,8 +55,9 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         type=existing_path,
         action="append",
         required=required,
-        help="dataset file or folder (repeatable): LIBERO/robomimic HDF5, video "
-        "folder, Something-Something v2 folder, BridgeData v2 raw, rosbag2",
+        help="dataset file or folder (repeatable): LIBERO/robomimic HDF5, LeRobotDataset "
+        "(v3.0, v2.1) root, video folder, Something-Something v2 folder, BridgeData v2 raw, "
+        "rosbag2",
     )
     p.add_argument(
         "--format",
@@ -119,6 +122,37 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         default=[],
         help="HDF5 only: with the LIBERO release root, only this suite folder (repeatable), "
         "e.g. libero_object",
+    )
+    p.add_argument(
+        "--lerobot-camera",
+        action="append",
+        default=[],
+        metavar="CAMERA=KEY",
+        help="LeRobotDataset only: which video/image feature is a camera (repeatable), e.g. "
+        "agentview=observation.images.image eye_in_hand=observation.images.wrist_image "
+        "(default: those names, or image2 for the wrist)",
+    )
+    p.add_argument(
+        "--lerobot-state-key",
+        help="LeRobotDataset only: the robot-state feature (default observation.state)",
+    )
+    p.add_argument(
+        "--lerobot-state-layout",
+        metavar="NAME,...",
+        help="LeRobotDataset only: a proprio name or - (unused) per state value, e.g. "
+        "ee_x,ee_y,ee_z,-,-,-,gripper_left,gripper_right (the default for 8 values: "
+        "LIBERO's eef position, axis-angle, fingers)",
+    )
+    p.add_argument(
+        "--lerobot-action-key",
+        help="LeRobotDataset only: the 7-value action feature (default action or actions)",
+    )
+    p.add_argument(
+        "--video-tolerance",
+        type=float,
+        metavar="SECONDS",
+        help="LeRobotDataset only: how far a decoded video frame may lie from the time its "
+        "data row asks for (default 1e-4, lerobot's)",
     )
     p.add_argument(
         "--include-failed",
@@ -275,9 +309,33 @@ _ROSBAG_FLAGS = (
 _FORMAT_FLAGS = (
     ("instruction", "--instruction", ("rosbag", "hdf5")),
     ("split", "--split", ("hdf5", "ssv2")),
-    ("image_convention", "--image-convention", ("hdf5",)),
+    ("image_convention", "--image-convention", ("hdf5", "lerobot")),
     ("suite", "--suite", ("hdf5",)),
+    ("lerobot_camera", "--lerobot-camera", ("lerobot",)),
+    ("lerobot_state_key", "--lerobot-state-key", ("lerobot",)),
+    ("lerobot_state_layout", "--lerobot-state-layout", ("lerobot",)),
+    ("lerobot_action_key", "--lerobot-action-key", ("lerobot",)),
+    ("video_tolerance", "--video-tolerance", ("lerobot",)),
 )
+
+
+def lerobot_options(args: argparse.Namespace, command: str) -> LerobotOptions:
+    cameras = {}
+    for item in getattr(args, "lerobot_camera", None) or []:
+        if "=" not in item:
+            raise UsageError(f"{command}: --lerobot-camera expects CAMERA=KEY, got {item!r}")
+        cam, key = (v.strip() for v in item.split("=", 1))
+        cameras[cam] = key
+    layout = getattr(args, "lerobot_state_layout", None)
+    tolerance = getattr(args, "video_tolerance", None)
+    return LerobotOptions(
+        cameras=cameras or None,
+        state_key=getattr(args, "lerobot_state_key", None) or None,
+        state_layout=tuple(v.strip() for v in layout.split(",")) if layout else None,
+        action_key=getattr(args, "lerobot_action_key", None) or None,
+        tolerance_s=DEFAULT_TOLERANCE_S if tolerance is None else tolerance,
+        image_convention=getattr(args, "image_convention", None),
+    )
 
 
 def open_data(
@@ -340,6 +398,8 @@ def open_data(
                 f"{command}: {flag} applies to {'/'.join(applies)} data, and none of "
                 f"{[str(p) for p in args.data]} is ({', '.join(formats)})"
             )
+    if "lerobot" in formats:
+        options["lerobot"] = lerobot_options(args, command)
     sources = []
     for path, fmt in zip(args.data, formats):
         sources += open_sources(path, fmt, labelled=labelled, options=options.get(fmt))

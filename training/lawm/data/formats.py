@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lawm.data import bridgedata, hdf5, rosbag, video
+from lawm.data import bridgedata, hdf5, lerobot, rosbag, video
 from lawm.data.base import (
     HDF5_SUFFIXES,
     ROSBAG_SUFFIXES,
@@ -93,6 +93,12 @@ def _is_bridgedata(path: Path) -> bool:
     return path.is_dir() and bool(bridgedata.find_trajectories(path, first_only=True))
 
 
+def _open_lerobot(
+    path: Path, labelled: bool, options: lerobot.LerobotOptions | None
+) -> list[EpisodeSource]:
+    return lerobot.open_lerobot(path, labelled=labelled, options=options)
+
+
 def _open_hdf5(
     path: Path, labelled: bool, options: hdf5.Hdf5Options | None
 ) -> list[EpisodeSource]:
@@ -122,6 +128,13 @@ def _open_rosbag(
 # Detection tries the formats in this order and takes the first that matches: SSv2 folders
 # are also video folders, and a folder of loose files wins over bags or trajectories below it.
 REGISTRY: tuple[Format, ...] = (
+    Format(
+        "lerobot",
+        "a LeRobotDataset root (meta/info.json; codebase v3.0, v2.1 or v2.0)",
+        lerobot.is_lerobot,
+        _open_lerobot,
+        lerobot.LerobotOptions,
+    ),
     Format(
         "hdf5",
         "a LIBERO/robomimic .hdf5/.h5 file, a folder of them, or a folder of such folders "
