@@ -23,6 +23,7 @@ from lawm.config import (
     LawmConfig,
     preset,
 )
+from lawm.convert import TARGETS, ConvertError, check_out, convert
 from lawm.data import (
     FORMATS,
     DataError,
@@ -559,6 +560,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    check_out(args.out, args.force)
+    sources = open_data(args, labelled=not args.unlabelled, control_rate_hz=args.control_rate_hz)
+    try:
+        summary = convert(
+            sources, args.out, args.to, fps=args.control_rate_hz, codec=args.codec,
+            storage=args.storage, progress=not args.quiet,
+        )  # fmt: skip
+    except ConvertError as err:
+        raise UsageError(f"convert: {err}") from None
+    print(
+        f"{summary['episodes']} episodes, {summary['frames']} steps at "
+        f"{summary['control_rate_hz']:g} Hz -> {summary['out']} ({args.to}) in "
+        f"{summary['seconds']:.1f} s"
+    )
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_smoke(Path(args.out), preset_name=args.preset, progress=not args.quiet)
@@ -734,6 +754,30 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gru", choices=["dense", "blockdiag"])
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser(
+        "convert",
+        help="a dataset (any format above) -> LeRobotDataset v3.0 or rosbag2",
+        description="Reads the episodes through the training loaders (every data flag "
+        "applies) and writes them as one LeRobotDataset v3.0 folder (AV1 video) or a folder of "
+        "rosbag2 bags with the LIBERO bridge's topics (replayable through the policy node).",
+    )
+    _add_data_args(p)
+    p.add_argument("--to", required=True, choices=list(TARGETS), help="output format")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--control-rate-hz",
+        type=positive_float,
+        help="step rate (rosbag2 input is resampled at it; default: the data's own rate)",
+    )
+    p.add_argument("--codec", default="av1", choices=["av1", "h264"], help="LeRobot video codec")
+    p.add_argument(
+        "--storage", default="sqlite3", choices=["sqlite3", "mcap"], help="rosbag2 storage"
+    )
+    p.add_argument("--unlabelled", action="store_true", help="images and instructions only")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("smoke", help="tiny data -> pretrain -> finetune -> export, in minutes")
     p.add_argument("--out", type=Path, required=True, help="run directory")

@@ -87,7 +87,8 @@ class LerobotOptions:
         None: the keys of ``CAMERA_KEYS`` the dataset has.
     state_key: the robot-state feature; None: ``observation.state`` or ``state`` if present.
     state_layout: one proprio name (``lawm_core.contract``) or ``"-"`` (not used) per value
-        of the state; None: the default layout for a 5-value state, LIBERO's (eef position,
+        of the state; None: the feature's ``names`` when they are such names (our writer
+        records them), else the default layout for a 5-value state, LIBERO's (eef position,
         axis-angle, two fingers) for an 8-value one, otherwise no proprio (with a warning).
     action_key: the 7-value action feature; None: ``action`` or ``actions``.
     tolerance_s: how far a decoded video frame may lie from the time the data row asks for.
@@ -478,6 +479,8 @@ def _resolve(meta: _Meta, options: LerobotOptions, labelled: bool):
                     f"{meta.root}: --lerobot-state-layout names {len(layout)} values, the state "
                     f"{state!r} has {width}"
                 )
+        elif (named := _named_layout(feats[state], width)) is not None:
+            layout = named
         elif width == len(contract.PROPRIO_LAYOUT):
             layout = contract.PROPRIO_LAYOUT
         elif width == len(LIBERO_STATE_LAYOUT):
@@ -496,6 +499,20 @@ def _resolve(meta: _Meta, options: LerobotOptions, labelled: bool):
                 stacklevel=3,
             )
     return cameras, action, state, layout
+
+
+def _named_layout(spec: dict, width: int | None) -> tuple[str, ...] | None:
+    """The state's ``names`` when each is a proprio name or "-" (as our writer records them)."""
+    names = spec.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if not isinstance(names, list) or len(names) != width:
+        return None
+    if all(n == SKIP or contract.proprio_name_problem(n) is None for n in names):
+        used = [n for n in names if n != SKIP]
+        if used and len(set(used)) == len(used):
+            return tuple(names)
+    return None
 
 
 def _width(spec: dict) -> int | None:

@@ -230,6 +230,26 @@ def write_rosbag(folder: Path, ep: Episode) -> Path:
     """The episode as a rosbag2 (sqlite3) folder ``<folder>/<stem>`` with the bridge topics:
     both cameras (sensor_msgs/Image rgb8), proprio and actions (std_msgs/Float32MultiArray),
     the instruction (std_msgs/String). Stamps are the simulator time (20 Hz)."""
+    stamps = np.round(np.asarray(ep.sim_time) * 1e9).astype(np.int64)
+    proprio = np.concatenate([ep.obs["ee_pos"], ep.obs["gripper_states"]], axis=1)
+    return write_bag(Path(folder) / ep.stem, ep.images, ep.instruction, stamps, ep.actions,
+                     proprio)  # fmt: skip
+
+
+def write_bag(
+    final: Path,
+    images: dict[str, np.ndarray],
+    instruction: str,
+    stamps_ns: np.ndarray,
+    actions: np.ndarray | None = None,
+    proprio: np.ndarray | None = None,
+    storage: str = "sqlite3",
+) -> Path:
+    """One episode as a rosbag2 folder ``final`` (written beside it, then renamed) with the
+    LIBERO bridge's topics (``ROSBAG_TOPICS``): each camera's frames (sensor_msgs/Image rgb8),
+    proprio and actions (std_msgs/Float32MultiArray) when given, the instruction
+    (std_msgs/String) once at the start. Row t is stamped ``stamps_ns[t]`` (header and log
+    time). ``storage``: "sqlite3" or "mcap"."""
     ts = typestore()
     T = ts.types
     image_t, array_t, string_t = (
@@ -238,22 +258,22 @@ def write_rosbag(folder: Path, ep: Episode) -> Path:
         "std_msgs/msg/String",
     )
     layout = T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
-    stamps = np.round(np.asarray(ep.sim_time) * 1e9).astype(np.int64)
+    stamps = np.asarray(stamps_ns, np.int64)
     if len(stamps) and stamps[0] <= 0:  # a zero header stamp reads as "unset"
         stamps = stamps - stamps[0] + 1_000_000_000
-    final = Path(folder) / ep.stem
-    with (
-        atomic_dir(final) as bag,
-        Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as w,
-    ):
+    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
+    with atomic_dir(final) as bag, Writer(bag, version=9, storage_plugin=plugin) as w:
         conns = {
-            cam: w.add_connection(ROSBAG_TOPICS[cam], image_t, typestore=ts) for cam in ep.images
+            cam: w.add_connection(ROSBAG_TOPICS[cam], image_t, typestore=ts) for cam in images
         }
-        proprio = w.add_connection(ROSBAG_TOPICS["proprio"], array_t, typestore=ts)
-        action = w.add_connection(ROSBAG_TOPICS["action"], array_t, typestore=ts)
+        arrays = []
+        for key, values in (("proprio", proprio), ("action", actions)):
+            if values is not None:
+                conn = w.add_connection(ROSBAG_TOPICS[key], array_t, typestore=ts)
+                arrays.append((conn, np.ascontiguousarray(values, np.float32)))
         text = w.add_connection(ROSBAG_TOPICS["instruction"], string_t, typestore=ts)
         t0 = int(stamps[0]) if len(stamps) else 1_000_000_000
-        w.write(text, t0, ts.serialize_cdr(T[string_t](data=ep.instruction), string_t))
+        w.write(text, t0, ts.serialize_cdr(T[string_t](data=instruction), string_t))
         for t, stamp in enumerate(stamps):
             stamp = int(stamp)
             sec, nsec = divmod(stamp, 1_000_000_000)
@@ -262,7 +282,7 @@ def write_rosbag(folder: Path, ep: Episode) -> Path:
                 frame_id="",
             )
             for cam, conn in conns.items():
-                img = np.ascontiguousarray(ep.images[cam][t])
+                img = np.ascontiguousarray(images[cam][t])
                 h, wd = img.shape[:2]
                 msg = T[image_t](
                     header=header,
@@ -274,8 +294,7 @@ def write_rosbag(folder: Path, ep: Episode) -> Path:
                     data=img.reshape(-1),
                 )
                 w.write(conn, stamp, ts.serialize_cdr(msg, image_t))
-            state = np.concatenate([ep.obs["ee_pos"][t], ep.obs["gripper_states"][t]])
-            for conn, values in ((proprio, state), (action, ep.actions[t])):
-                msg = T[array_t](layout=layout, data=np.asarray(values, dtype=np.float32))
+            for conn, values in arrays:
+                msg = T[array_t](layout=layout, data=values[t])
                 w.write(conn, stamp, ts.serialize_cdr(msg, array_t))
     return final
