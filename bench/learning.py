@@ -474,6 +474,7 @@ class Plan:
     closed_loop_arms: list[str] | None = None
     closed_loop_states: range = CLOSED_LOOP_STATES
     closed_loop_max_steps: int | None = None  # None: the suite's reference horizon
+    closed_loop_workers: int = 2  # simulator processes (one task each)
 
 
 def _done(run_dir: Path) -> bool:
@@ -643,17 +644,35 @@ class Runner:
         if not (cached and all(cached.get(k) == v for k, v in want.items())):
             export = self.exported(run_dir)
             self.bar.set_description(f"closed loop {run_dir.name}")
-            report = evaluate_sim(
-                export, setting.suite, list(setting.tasks), len(states), init_states=states,
-                max_steps=self.plan.closed_loop_max_steps,
-                render_size=CLOSED_LOOP_IMAGE_SIZE, progress=False,
-            )  # fmt: skip
+            kw = {
+                "init_states": states,
+                "max_steps": self.plan.closed_loop_max_steps,
+                "render_size": CLOSED_LOOP_IMAGE_SIZE,
+                "progress": False,
+            }
+            t0 = time.perf_counter()
+            workers = min(self.plan.closed_loop_workers, len(setting.tasks))
+            if workers > 1:  # one simulator per task, in parallel (rendering is single-threaded)
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    futures = [
+                        pool.submit(evaluate_sim, export, setting.suite, [t], len(states), **kw)
+                        for t in setting.tasks
+                    ]
+                    tasks = [t for f in futures for t in f.result()["tasks"]]
+            else:
+                tasks = evaluate_sim(
+                    export, setting.suite, list(setting.tasks), len(states), **kw
+                )["tasks"]
             cached = {
                 **want,
-                "seconds": report["seconds"],
+                "seconds": round(time.perf_counter() - t0, 1),
                 "episodes": [
                     [t["task_id"], e["init_state"], bool(e["success"]), e["steps"]]
-                    for t in report["tasks"]
+                    for t in tasks
                     for e in t["episodes"]
                 ],
             }
@@ -1164,6 +1183,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training runs per arm in closed loop (default {CLOSED_LOOP_RUNS})",
     )
     p.add_argument(
+        "--closed-loop-workers",
+        type=int,
+        default=2,
+        help="simulator processes for closed loop, one task each (default 2)",
+    )
+    p.add_argument(
         "--closed-loop-arms",
         type=_names(tuple(arms())),
         help="arms to roll out besides scratch (default: chosen by the offline interval)",
@@ -1203,6 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
         closed_loop_n=args.closed_loop or [],
         closed_loop_runs=args.closed_loop_runs,
         closed_loop_arms=args.closed_loop_arms,
+        closed_loop_workers=max(1, args.closed_loop_workers),
     )
     bad = [n for n in plan.closed_loop_n if n not in plan.ns]
     if bad or plan.closed_loop_runs < 1:
