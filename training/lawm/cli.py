@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lawm.board import BoardError
 from lawm.checkpoint import CheckpointError, load_policy_config
 from lawm.config import (
     PRESETS,
@@ -179,6 +180,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--log-every", type=positive_int, help="steps between metrics.jsonl lines")
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log to wandb (needs the wandb package; offline unless WANDB_MODE says "
+        "otherwise); TensorBoard curves are always written to <out>/tensorboard/",
+    )
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
         "--no-resume",
@@ -443,6 +450,7 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         lang_cache=args.lang_cache,
         progress=not args.quiet,
         gripper=gripper,
+        wandb=args.wandb,
     )
     last = summary["history"][-1] if summary["history"] else {}
     print(
@@ -795,7 +803,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DataError, CheckpointError, ExportError) as err:
+    except (UsageError, ConfigError, DataError, CheckpointError, ExportError, BoardError) as err:
         # Every error names the command that ran.
         text = str(err)
         if not text.startswith(f"{args.command}"):

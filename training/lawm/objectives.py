@@ -154,6 +154,34 @@ class PretrainObjective(nn.Module):
         metrics["z_std"] = z.detach().std(dim=0).mean().item()
         return loss, metrics
 
+    @torch.no_grad()
+    def open_loop(self, batch: dict, n: int = 4) -> tuple[Tensor, Tensor]:
+        """For the first ``n`` windows of ``batch``: frames t..t+K of the world model's first
+        camera, and the world model's open-loop prediction of them from frame t and the
+        policy's chunk; uint8 (n, K+1, H, W, 3) each (what the training curves show)."""
+        was = self.training
+        self.eval()
+        try:
+            sub = _head(batch, n)
+            z = self.latent_actions(sub)
+            wc = self.cfg.world_model
+            frames = {c: _resize_frames(sub[keys.IMAGES][c], wc.image_size) for c in wc.cameras}
+            proprio = sub[keys.PROPRIO] if wc.use_proprio else None
+            if self.cfg.wm_observe_current:
+                actions = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
+            else:
+                frames = {c: v[:, 1:] for c, v in frames.items()}
+                actions = z
+                proprio = proprio[:, 1:] if proprio is not None else None
+            lang = sub[keys.LANG] if wc.variant == "motion" else None
+            pred = self.world_model.predict(frames, actions, 1, proprio=proprio, lang=lang)
+            cam = wc.cameras[0]
+            target = frames[cam].permute(0, 1, 3, 4, 2)
+            guess = (pred[cam].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+            return target.cpu(), guess.cpu()
+        finally:
+            self.train(was)
+
     def _wm_camera_mask(self, batch: dict) -> Tensor | None:
         """The batch's camera_mask (B, policy cameras) for the world model's cameras: a sample
         whose episode lacks a camera is not reconstructed (nor encoded) in it."""
@@ -162,6 +190,15 @@ class PretrainObjective(nn.Module):
             return None
         order = self.cfg.policy.cameras
         return mask[:, [order.index(c) for c in self.cfg.world_model.cameras]]
+
+
+def _head(value, n: int):
+    """The first ``n`` samples of a batch (tensors, and dicts of them, sliced on dim 0)."""
+    if torch.is_tensor(value):
+        return value[:n]
+    if isinstance(value, dict):
+        return {k: _head(v, n) for k, v in value.items()}
+    return value
 
 
 def _resize_frames(frames: Tensor, size: int) -> Tensor:

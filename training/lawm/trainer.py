@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lawm import keys
+from lawm.board import Board, prediction_strip
 from lawm.checkpoint import (
     CheckpointError,
     atomic_save_tensors,
@@ -464,12 +465,15 @@ def train(
     reinit_head: bool = False,
     gripper: Mapping[str, Any] | None = None,
     head: str | None = None,
+    wandb: bool = False,
 ) -> dict[str, Any]:
     """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
 
-    Writes run_dir/checkpoints/step_N/, run_dir/metrics.jsonl and, at the end, run_dir/policy/
-    (the policy alone: what fine-tuning starts from and export reads). ``stop_at`` ends the
-    run early at that step (with a checkpoint), as an interruption would; rerunning resumes.
+    Writes run_dir/checkpoints/step_N/, run_dir/metrics.jsonl, TensorBoard curves in
+    run_dir/tensorboard/ (``lawm.board``; ``wandb``: also to wandb) and, at the end,
+    run_dir/policy/ (the policy alone: what fine-tuning starts from and export reads).
+    ``stop_at`` ends the run early at that step (with a checkpoint), as an interruption
+    would; rerunning resumes.
 
     The data decides the model's proprio size (its proprio layout, ``data_proprio_layout``;
     the default layout without robot state), and its episodes must step at the model's
@@ -511,7 +515,7 @@ def train(
         check_gripper_values(grip, run.stats)
     loader = _loader(run)
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(run, progress)
+    log = _Log(run, progress, wandb=wandb)
     history: list[dict[str, float]] = []
     run.objective.train()
     step = run.start
@@ -522,6 +526,7 @@ def train(
         if run.d.main:
             log.record(agg, step)
             if step % run.opt.checkpoint_every == 0 or step in (run.total, run.stop):
+                log.predictions(to_device(step_batch, run.dev), step)
                 save_checkpoint(
                     run.run_dir, step, run.objective, run.optimizer, run.checkpoint_state()
                 )
@@ -755,11 +760,15 @@ class _Log:
     """Rank 0's metrics.jsonl (a line every ``log_every`` steps and at the last step, with the
     samples/s since the previous line) and progress bar; started afresh unless resuming."""
 
-    def __init__(self, run: _Run, progress: bool):
+    def __init__(self, run: _Run, progress: bool, wandb: bool = False):
         self.run = run
         self.path = run.run_dir / "metrics.jsonl"
         if run.d.main and run.start == 0:
             self.path.write_text("")
+        self.board = None
+        if run.d.main:
+            self.board = Board(run.run_dir, run.stage, run.start, wandb=wandb,
+                               config=run.cfg.to_dict())  # fmt: skip
         self.bar = None
         if progress and run.d.main:
             self.bar = tqdm(
@@ -777,14 +786,26 @@ class _Log:
             self.t_last, self.samples = now, 0
             with open(self.path, "a") as f:
                 f.write(json.dumps(agg) + "\n")
+            if self.board is not None:
+                self.board.scalars(agg, step)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{agg['loss']:.4f}", sps=f"{agg['samples_per_s']:.1f}")
         if self.bar is not None:
             self.bar.update(1)
 
+    def predictions(self, step_batch: dict, step: int) -> None:
+        """Pretraining: the world model's open-loop prediction of a few windows of this batch
+        beside their frames, as an image on the board."""
+        if self.board is None or self.run.stage != "pretrain":
+            return
+        target, guess = self.run.objective.open_loop(step_batch)
+        self.board.image("world_model", prediction_strip(target.numpy(), guess.numpy()), step)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def data_action_space(sources: list) -> str | None:
