@@ -34,7 +34,7 @@ SUITE_CHOICES = ("libero_object", "libero_spatial", "libero_goal", "libero_10", 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="scripted LIBERO demonstrations -> LIBERO/robomimic HDF5 (+ mp4, rosbag2)",
+        help="scripted LIBERO demonstrations -> LIBERO/robomimic HDF5 (+ mp4, rosbag2, LeRobot)",
         description="Run the scripted experts in the LIBERO simulator from the benchmark's "
         "fixed init states and write the episodes in the official LIBERO HDF5 layout (upright "
         "images). Failed episodes are kept and flagged success=False.",
@@ -66,6 +66,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="also write each successful episode as a rosbag2 (sqlite3) with the bridge topics",
     )
     p.add_argument(
+        "--lerobot",
+        type=Path,
+        metavar="DIR",
+        help="also write the successful episodes as one LeRobotDataset v3.0 (AV1 video) in DIR",
+    )
+    p.add_argument(
         "--max-steps",
         type=positive_int,
         help="cap episodes at this many steps (default: the suite's limit, 300 or 520)",
@@ -90,6 +96,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             workers=args.workers,
             mp4_dir=args.mp4_dir,
             rosbag_dir=args.rosbag,
+            lerobot_dir=args.lerobot,
             progress=not args.quiet,
             max_steps=args.max_steps,
         )

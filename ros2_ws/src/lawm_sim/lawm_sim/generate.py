@@ -215,10 +215,13 @@ def generate(
     progress: bool = True,
     max_steps: int | None = None,
     on_episode: Callable[[Episode], None] | None = None,
+    lerobot_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the expert on every (task, init state) and write ``out``; returns a summary.
 
     ``max_steps`` caps episodes below the suite's limit (``libero_env.MAX_STEPS``).
+    ``lerobot_dir``: also write the successful episodes as one LeRobotDataset v3.0 there
+    (``lawm_sim.lerobot_writer``), committed with the HDF5 file.
 
     Raises GenerateError for unknown suites/tasks/init states, unsupported tasks, or output
     options that need rendering.
@@ -226,23 +229,41 @@ def generate(
     _check_selection(suite, tasks, init_states)
     out = Path(out)
     _check_options(out, render, image_size, workers, max_steps, mp4_dir, rosbag_dir)
+    if lerobot_dir is not None and not render:
+        raise GenerateError("--lerobot needs images; drop --no-render")
     if render:
         libero_env.select_gl()  # decided once here; spawned workers inherit MUJOCO_GL
     jobs = [(suite, t, i, image_size, render, max_steps) for t in tasks for i in init_states]
     writer = Hdf5Writer(out, suite, tasks, _env_args(suite, render, image_size))
     tally = _Tally({t: [0, 0] for t in tasks})
+    lerobot = None
+    if lerobot_dir is not None:
+        from lawm_sim.lerobot_writer import LerobotWriter
+
+        lerobot = LerobotWriter(lerobot_dir, fps=libero_env.CONTROL_FREQ,
+                                cameras=contract.CAMERAS, robot_type="panda")  # fmt: skip
     try:
         bar = _progress(len(jobs), progress)
         for ep in run_episodes(jobs, workers):
             _keep(ep, writer, tally, mp4_dir, rosbag_dir)
+            if lerobot is not None and ep.success:
+                proprio = np.concatenate([ep.obs["ee_pos"], ep.obs["gripper_states"]], axis=1)
+                lerobot.add(ep.images, ep.instruction, ep.actions, proprio)
+                tally.lerobot += 1
             if on_episode is not None:
                 on_episode(ep)
             bar.update(1)
             bar.set_postfix(success=f"{tally.successful}/{tally.done}")
         bar.close()
         path = writer.commit()
+        if lerobot is not None and tally.lerobot:
+            lerobot.commit()
+        elif lerobot is not None:
+            lerobot.abort()
     except BaseException:
         writer.abort()
+        if lerobot is not None:
+            lerobot.abort()
         raise
     return {
         "out": str(path),
@@ -254,6 +275,7 @@ def generate(
         "frames": writer.total,
         "mp4": tally.mp4,
         "rosbags": tally.rosbags,
+        "lerobot_episodes": tally.lerobot,
         "errors": tally.errors,
     }
 
@@ -336,6 +358,7 @@ class _Tally:
     per_task: dict[int, list[int]]  # task -> [successful, run]
     mp4: int = 0
     rosbags: int = 0
+    lerobot: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
