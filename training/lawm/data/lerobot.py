@@ -610,7 +610,8 @@ class LerobotEpisode(EpisodeSource):
         try:
             stream = container.streams.video[0]
             base = stream.time_base or Fraction(1, 1)
-            target = max(0.0, float(times[0]) - 0.5)  # a little before: keyframes
+            # Seek lands on the keyframe at or before the first wanted time.
+            target = max(0.0, float(times[0]) - self._tol)
             container.seek(int(target / base), stream=stream, backward=True, any_frame=False)
             frames: list[np.ndarray] = []
             want = 0
