@@ -6,10 +6,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test colcon-test demo smoke bench lint clean
+.PHONY: setup setup-viewer test colcon-test demo smoke bench lint clean
 
 setup:
 	@bash scripts/setup.sh
+
+# Optional: the Rerun SDK for `train.py view --out X.rrd` and `eval-sim --record-format rrd`
+# (a 170 MB wheel: it bundles the viewer). MCAP files for Foxglove need nothing more.
+setup-viewer: setup
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements/viewer.txt \
+	  -c requirements/lock.txt
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

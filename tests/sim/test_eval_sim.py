@@ -72,3 +72,28 @@ def test_eval_sim_cli_writes_json(exported_debug_model, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["tasks"][0]["episodes"][0]["steps"] == 5
+
+
+def test_eval_sim_records_each_episode_for_foxglove(exported_debug_model, tmp_path):
+    import json as _json
+
+    from mcap.reader import make_reader
+
+    r = _eval_sim(
+        exported_debug_model,
+        *("--suite", "libero_object", "--tasks", 2, "--episodes-per-task", 2),
+        *("--init-states", "5,6", "--max-steps", 4, "--render-size", 64, "--quiet"),
+        *("--record", tmp_path / "rec"),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    files = sorted(p.name for p in (tmp_path / "rec").iterdir())
+    assert files == ["libero_object_task2_init5_fail.mcap", "libero_object_task2_init6_fail.mcap"]
+    topics: dict[str, list] = {}
+    with open(tmp_path / "rec" / files[1], "rb") as f:
+        for _, channel, msg in make_reader(f).iter_messages():
+            topics.setdefault(channel.topic, []).append(_json.loads(msg.data))
+    assert len(topics["/camera/agentview"]) == 4 and len(topics["/action"]) == 4
+    # The commands the simulator received: clipped to [-1, 1].
+    assert all(-1.0 <= v <= 1.0 for m in topics["/action"] for v in m.values())
+    assert topics["/outcome"] == [{"success": False, "steps": 4, "init_state": 6}]
+    assert "basket" in topics["/instruction"][0]["text"]

@@ -587,6 +587,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from lawm_sim.episode_view import ViewError, write_episode_view
+
+    if args.out.suffix not in (".mcap", ".rrd"):
+        raise UsageError(f"view: --out must end in .mcap or .rrd, got {str(args.out)!r}")
+    sources = open_data(args, labelled=not args.no_actions, control_rate_hz=args.control_rate_hz)
+    if not 0 <= args.episode < len(sources):
+        raise UsageError(f"view: --episode {args.episode}: the data has {len(sources)} episodes")
+    src = sources[args.episode]
+    rate = args.control_rate_hz or src.control_rate_hz or 20.0
+    ep = src.read(0, src.length)
+    try:
+        write_episode_view(
+            args.out, ep["images"], src.instruction, rate, actions=ep["actions"],
+            proprio=ep["proprio"], proprio_names=src.proprio_layout if src.has_proprio else None,
+            name=src.name,
+        )  # fmt: skip
+    except ViewError as err:
+        raise UsageError(f"view: {err}") from None
+    print(f"{src.name}: {src.length} steps at {rate:g} Hz, cameras {list(src.cameras)} -> "
+          f"{args.out}")  # fmt: skip
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_smoke(Path(args.out), preset_name=args.preset, progress=not args.quiet)
@@ -786,6 +810,24 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "view",
+        help="one dataset episode as an MCAP file (Foxglove) or a Rerun recording (.rrd)",
+        description="Writes the cameras, actions, proprio and instruction of one episode of "
+        "any dataset the loaders read on one timeline: FILE.mcap opens in Foxglove, FILE.rrd "
+        "in the Rerun viewer (needs rerun-sdk: make setup-viewer).",
+    )
+    _add_data_args(p)
+    p.add_argument("--episode", type=int, default=0, help="which episode (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="FILE.mcap or FILE.rrd")
+    p.add_argument(
+        "--control-rate-hz",
+        type=positive_float,
+        help="the timeline's step rate (default: the data's own; rosbag2 is resampled at it)",
+    )
+    p.add_argument("--no-actions", action="store_true", help="video only (e.g. bags without)")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("smoke", help="tiny data -> pretrain -> finetune -> export, in minutes")
     p.add_argument("--out", type=Path, required=True, help="run directory")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lawm_core import contract
 from lawm_core.cliargs import UsageError
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.files import atomic_write_text
@@ -23,6 +24,7 @@ from lawm_core.model import PolicyModel
 from lawm_core.runner import PolicyRunner
 from lawm_core.text_encoder import TextEncoderRuntime
 from lawm_sim import libero_env
+from lawm_sim.episode_view import ViewError, write_episode_view
 from lawm_sim.generate import parse_ids
 from lawm_sim.libero_env import LiberoEnv
 from lawm_sim.recording import write_video
@@ -36,12 +38,15 @@ def run_episode(
     lang: np.ndarray,
     max_steps: int,
     record: bool = False,
+    trace: dict[str, list] | None = None,
 ) -> tuple[bool, int, list[np.ndarray]]:
     """One closed-loop episode from the env's chosen init state; ``lang`` (lang_dim,) is the
     instruction's embedding.
 
     Returns (success, steps, frames) where frames are the first model camera's (H, W, 3) uint8
-    images when ``record``. InputError if the policy refuses an observation.
+    images when ``record``. ``trace`` (a dict) collects, per step, every model camera's frame
+    (``trace[camera]``), the proprio the policy saw (``"proprio"``) and the action commanded
+    (``"actions"``). InputError if the policy refuses an observation.
     """
     cameras = runner.model.cameras
     obs = env.reset()
@@ -54,7 +59,13 @@ def run_episode(
         result = runner.step(obs["images"], proprio, lang, step / SIM_RATE_HZ)
         if not result.acted:
             raise InputError(f"the policy did not act at step {step}: {result.reason}")
-        obs, success, _ = env.step(np.clip(result.raw, -1.0, 1.0))
+        command = np.clip(result.raw, -1.0, 1.0)
+        if trace is not None:
+            for cam in cameras:
+                trace.setdefault(cam, []).append(obs["images"][cam])
+            trace.setdefault("proprio", []).append(proprio)
+            trace.setdefault("actions", []).append(command.astype(np.float32))
+        obs, success, _ = env.step(command)
         if success:
             if record:
                 frames.append(obs["images"][cameras[0]])
@@ -72,6 +83,8 @@ def evaluate(
     max_steps: int | None = None,
     videos: Path | None = None,
     n_videos: int = 2,
+    record: Path | None = None,
+    record_format: str = "mcap",
     providers: str = "cpu",
     render_size: int = 128,
     progress: bool = True,
@@ -104,9 +117,10 @@ def evaluate(
             for ep in range(episodes_per_task):
                 state = states[ep % len(states)]
                 env.set_init_state(state)
-                record = videos is not None and ep < n_videos
+                want_video = videos is not None and ep < n_videos
+                trace: dict[str, list] | None = {} if record is not None else None
                 t0 = time.perf_counter()
-                success, steps, frames = run_episode(env, runner, lang, horizon, record)
+                success, steps, frames = run_episode(env, runner, lang, horizon, want_video, trace)
                 results.append(
                     {
                         "init_state": state,
@@ -115,7 +129,20 @@ def evaluate(
                         "seconds": round(time.perf_counter() - t0, 2),
                     }
                 )
-                if record and frames:
+                if trace:
+                    tag = "success" if success else "fail"
+                    write_episode_view(
+                        Path(record) / f"{suite}_task{task_id}_init{state}_{tag}.{record_format}",
+                        {c: np.stack(trace[c]) for c in model.cameras},
+                        env.instruction,
+                        SIM_RATE_HZ,
+                        actions=np.stack(trace["actions"]),
+                        proprio=np.stack(trace["proprio"]),
+                        proprio_names=contract.PROPRIO_LAYOUT,
+                        outcome={"success": bool(success), "steps": steps, "init_state": state},
+                        name=f"{suite}_task{task_id}_init{state}",
+                    )
+                if want_video and frames:
                     videos.mkdir(parents=True, exist_ok=True)
                     tag = "success" if success else "fail"
                     write_video(
@@ -164,6 +191,14 @@ def add_parser(sub) -> None:
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--videos", type=Path, help="write a few rollout videos here")
     p.add_argument("--n-videos", type=int, default=2, help="videos per task (default 2)")
+    p.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="write every episode (cameras, commanded actions, proprio, instruction, success) "
+        "as <suite>_task<T>_init<I>_<success|fail>.mcap (Foxglove) or .rrd (Rerun)",
+    )
+    p.add_argument("--record-format", choices=["mcap", "rrd"], default="mcap", help="for --record")
     p.add_argument("--render-size", type=int, default=128, help="render size (default 128)")
     p.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -185,6 +220,14 @@ def _cmd(args) -> int:
             raise ValueError(f"--max-steps must be positive, got {args.max_steps}")
         if not (args.model / "policy.json").is_file():
             raise ValueError(f"--model {str(args.model)!r} has no policy.json")
+        if args.record is not None and args.record_format == "rrd":
+            try:
+                import rerun  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "--record-format rrd needs the rerun-sdk package (make setup-viewer); "
+                    "--record-format mcap needs nothing more"
+                ) from None
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
@@ -197,11 +240,13 @@ def _cmd(args) -> int:
             max_steps=args.max_steps,
             videos=args.videos,
             n_videos=args.n_videos,
+            record=args.record,
+            record_format=args.record_format,
             providers=args.providers,
             render_size=args.render_size,
             progress=not args.quiet,
         )
-    except ModelLoadError as err:
+    except (ModelLoadError, ViewError) as err:
         raise UsageError(str(err)) from None
     for t in report["tasks"]:
         print(f"task {t['task_id']}: success {t['success_rate']:.2f}  {t['instruction']}")
