@@ -175,10 +175,10 @@ def test_invalid_actions_hold_still_and_valid_ones_step(ros_node, start_node):
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_bridge_and_policy_close_the_loop(ros_node, start_node, exported_debug_model):
+def test_bridge_and_policy_close_the_loop(ros_node, start_node, exported_debug_model, tmp_path):
     seen = Observer(ros_node)
     max_steps = 20
-    bridge = _start_bridge(start_node, max_steps=max_steps)
+    bridge = _start_bridge(start_node, max_steps=max_steps, record_dir=str(tmp_path / "rec"))
     # The policy comes up while the bridge already waits for actions: the bridge's action
     # timeout moves the clock on so the policy, which ticks on sim time, can start acting.
     wait_until(
@@ -228,6 +228,19 @@ def test_bridge_and_policy_close_the_loop(ros_node, start_node, exported_debug_m
     log = bridge.tail(80)
     assert "no action for" in log and "steps/s" in log and "Traceback" not in log
     assert "Traceback" not in policy.tail(80)
+
+    # The episode recorded for Foxglove: one row per step, the actions the simulator applied.
+    from mcap.reader import make_reader
+
+    (path,) = (tmp_path / "rec").iterdir()
+    assert path.name == f"libero_object_task0_init0_ep0_{result['reason']}.mcap"
+    topics: dict[str, list] = {}
+    with open(path, "rb") as f:
+        for _, channel, msg in make_reader(f).iter_messages():
+            topics.setdefault(channel.topic, []).append(json.loads(msg.data))
+    assert len(topics["/action"]) == result["steps"] == len(topics["/camera/eye_in_hand"])
+    assert topics["/outcome"][0]["steps"] == result["steps"]
+    assert "alphabet soup" in topics["/instruction"][0]["text"]
 
 
 # ------------------------------------------------------------------------------ in-process

@@ -82,6 +82,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,7 +176,23 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "/lawm_policy/reset",
         "std_srvs/Trigger called at each episode start if available ('': none).",
     ),
+    "record_dir": (
+        "",
+        "Write each episode (cameras, applied actions, proprio, instruction, outcome) into this "
+        "folder as <suite>_task<T>_init<I>_ep<N>_<reason>.<record_format> ('': no recording).",
+    ),
+    "record_format": (
+        "mcap",
+        "Episode files: 'mcap' (Foxglove) or 'rrd' (Rerun, needs rerun-sdk).",
+    ),
 }
+
+
+RECORD_FORMATS = ("mcap", "rrd")
+
+
+def _has_rerun() -> bool:
+    return importlib.util.find_spec("rerun") is not None
 
 
 class BridgeConfigError(ValueError):
@@ -209,6 +226,8 @@ class BridgeParams:
     instruction_topic: str
     result_topic: str
     reset_service: str
+    record_dir: str
+    record_format: str
 
     def check(self) -> None:
         """Everything that needs no simulator metadata."""
@@ -238,6 +257,14 @@ class BridgeParams:
                 raise BridgeConfigError(f"parameter {name} must not be empty")
         if not self.result_topic:
             raise BridgeConfigError("parameter result_topic must not be empty")
+        if self.record_format not in RECORD_FORMATS:
+            raise BridgeConfigError(
+                f"record_format must be one of {', '.join(RECORD_FORMATS)}, got "
+                f"{self.record_format!r}"
+            )
+        if self.record_dir and self.record_format == "rrd" and not _has_rerun():
+            raise BridgeConfigError("record_format 'rrd' needs the rerun-sdk package (make "
+                                    "setup-viewer); 'mcap' needs nothing more")  # fmt: skip
 
 
 def _libero_env():
@@ -395,6 +422,7 @@ class LiberoBridge(Node):
         self.ticks = 0
         self.episode = 0  # index of the running episode
         self.results: list[dict[str, Any]] = []
+        self._trace: list[tuple[dict[str, Any], np.ndarray]] = []  # record_dir: (obs, action)
         self.init_index = p.init_state
         self.steps = 0
         self.invalid_actions = 0
@@ -540,6 +568,9 @@ class LiberoBridge(Node):
     # -- episodes ------------------------------------------------------------------------------
     def _step(self, action: np.ndarray) -> None:
         """One simulator step with ``action`` (7,)."""
+        if self.params.record_dir and self._obs is not None:
+            # Row t of the recording: the observation the step starts from, the action given.
+            self._trace.append((self._obs, np.asarray(action, np.float32).copy()))
         if self._pub_applied is not None:
             self._pub_applied.publish(Float32MultiArray(data=[float(v) for v in action]))
         try:
@@ -579,6 +610,7 @@ class LiberoBridge(Node):
         }
         self.results.append(result)
         self._pub_result.publish(String(data=json.dumps(result)))
+        self._write_recording(result)
         now = time.monotonic()
         wall = now - self._episode_wall
         acting = now - self._first_step_wall
@@ -602,6 +634,35 @@ class LiberoBridge(Node):
                 + ("; exiting" if p.exit_when_done else "; idle until stopped")
             )
 
+    def _write_recording(self, result: dict[str, Any]) -> None:
+        trace, self._trace = self._trace, []
+        p = self.params
+        if not p.record_dir or not trace:
+            return
+        from lawm_sim.episode_view import write_episode_view
+
+        name = (
+            f"{p.suite}_task{p.task_id}_init{result['init_state']}_ep{result['episode']}_"
+            f"{result['reason']}"
+        )
+        path = Path(p.record_dir) / f"{name}.{p.record_format}"
+        try:
+            write_episode_view(
+                path,
+                {c: np.stack([o["images"][c] for o, _ in trace]) for c in self._pub_images},
+                self.instruction,
+                1e9 / PERIOD_NS,
+                actions=np.stack([a for _, a in trace]),
+                proprio=np.stack(
+                    [np.concatenate([o["ee_pos"], o["gripper_states"]]) for o, _ in trace]
+                ).astype(np.float32),
+                proprio_names=contract.PROPRIO_LAYOUT,
+                outcome=result,
+                name=name,
+            )
+        except Exception as err:  # a full disk must not stop the evaluation
+            self.get_logger().error(f"could not write {path}: {type(err).__name__}: {err}")
+
     def _end_episode(self, success: bool, reason: str) -> None:
         self._record(success, reason)
         if not self.done:
@@ -613,6 +674,7 @@ class LiberoBridge(Node):
         failures = 0
         while not self.done:
             self.steps = self.invalid_actions = self.action_timeouts = 0
+            self._trace = []
             self._latest = self._pending = None
             self._gripper = 0.0
             self._episode_wall = time.monotonic()
