@@ -38,6 +38,8 @@ ARGUMENTS = {
         "runs on wall time).",
     ),
     "log_level": ("info", "Log level of both nodes: debug, info, warn, error or fatal."),
+    "record_dir": ("", "Write each episode here as an episode file ('' = no recording)."),
+    "record_format": ("mcap", "Episode files: mcap (Foxglove) or rrd (Rerun, needs rerun-sdk)."),
 }
 
 # The topics and service joining the two nodes, by relative name so that `namespace` moves them
@@ -72,6 +74,10 @@ def generate_launch_description() -> LaunchDescription:
                 "suite": ParameterValue(LaunchConfiguration("suite"), value_type=str),
                 "task_id": ParameterValue(LaunchConfiguration("task_id"), value_type=int),
                 "episodes": ParameterValue(LaunchConfiguration("episodes"), value_type=int),
+                "record_dir": ParameterValue(LaunchConfiguration("record_dir"), value_type=str),
+                "record_format": ParameterValue(
+                    LaunchConfiguration("record_format"), value_type=str
+                ),
             },
         ],
         ros_arguments=log_level,
