@@ -8,6 +8,7 @@
 - ``world_model_open_loop.jpg``: the pretrained world model's open-loop prediction of held-out
   LIBERO windows from frame t and the policy's latent chunk (what the TensorBoard image shows
   during pretraining), each window's real frames above it;
+- ``episode.png`` (``--episode FILE.mcap``): a recorded episode's cameras above its actions;
 - ``probe.png``: the diagnostics of every pretraining run's ``probe.json`` under the runs folder:
   held-out probe R^2 of the true action chunk from the latent chunk, the trunk, the same
   network untrained and proprio alone; world-model loss with the policy's chunk against
@@ -107,6 +108,47 @@ def probe_figure(runs: Path, out: Path) -> Path:
     return path
 
 
+def episode_figure(mcap: Path, out: Path, every: int = 15) -> Path:
+    """An episode file as ``episode.png``: the cameras every ``every`` steps above the actions
+    over time (what Foxglove or Rerun show on their timeline)."""
+    import base64
+
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mcap.reader import make_reader
+
+    topics: dict[str, list[dict]] = {}
+    with open(mcap, "rb") as f:
+        for _, channel, msg in make_reader(f).iter_messages():
+            topics.setdefault(channel.topic, []).append(json.loads(msg.data))
+    cams = sorted(t for t in topics if t.startswith("/camera/"))
+
+    def frame(m: dict) -> np.ndarray:
+        png = np.frombuffer(base64.b64decode(m["data"]), np.uint8)
+        return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    rows = [np.concatenate([frame(m) for m in topics[c][::every]], axis=1) for c in cams]
+    actions = topics.get("/action", [])
+    fig, (a, b) = plt.subplots(2, 1, figsize=(10, 5.2), height_ratios=[len(cams), 1.4])
+    a.imshow(np.concatenate(rows, axis=0))
+    a.set_axis_off()
+    outcome = topics.get("/outcome", [{}])[0]
+    text = topics.get("/instruction", [{"text": ""}])[0]["text"]
+    a.set_title(f"{text!r}: {outcome}", fontsize=8)
+    for name in ("dx", "dy", "dz", "gripper"):
+        b.plot([m[name] for m in actions], label=name)
+    b.set_xlabel("step (20 Hz)")
+    b.set_ylabel("commanded action")
+    b.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    path = out / "episode.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="a pretraining run")
@@ -114,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=ROOT / "runs/bench_learning",
                    help="where the probe.json files are")  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "docs/img")
+    p.add_argument("--episode", type=Path, help="an episode .mcap (eval-sim --record) to draw")
     args = p.parse_args(argv)
     print(open_loop_figure(args.run, args.heldout, args.out))
     print(probe_figure(args.runs, args.out))
+    if args.episode:
+        print(episode_figure(args.episode, args.out))
     return 0
 
 
