@@ -31,9 +31,10 @@ def test_unknown_format_lists_the_valid_ones(tmp_path):
     with pytest.raises(DataError, match="unknown data format") as err:
         open_sources(notes)
     msg = str(err.value)
-    assert "notes.txt" in msg and all(f in msg for f in ("hdf5", "ssv2", "bridgedata", "rosbag"))
+    assert "notes.txt" in msg
+    assert all(f in msg for f in ("hdf5", "ssv2", "bridgedata", "rosbag", "lerobot"))
     with pytest.raises(
-        DataError, match="valid formats: auto, hdf5, ssv2, video, rosbag, bridgedata$"
+        DataError, match="valid formats: auto, lerobot, hdf5, ssv2, video, rosbag, bridgedata$"
     ):
         open_sources(notes, format="parquet")
     (tmp_path / "empty").mkdir()
@@ -64,6 +65,10 @@ def _sample(name: str, root: Path) -> Path:
     if name == "bridgedata":
         bridgedata_traj(root / "raw" / "traj0", 3, "wipe the table", 0)
         return root / "raw"
+    if name == "lerobot":
+        from lerobot_files import make_episodes, write_v3
+
+        return write_v3(root / "lerobot", make_episodes(1, lengths=(4,)), image_dtype="image").root
     raise AssertionError(f"no sample data for the registered format {name!r}")
 
 
