@@ -703,30 +703,33 @@ class Runner:
             "tasks": list(setting.tasks),
             "arms": {},
         }
-        outcome: dict[str, dict] = {}
+        outcome: dict[str, dict] = {name: {} for name in names}
+        runs: dict[str, list[str]] = {name: [] for name in names}
+        keys = {name: self.closed_loop_keys(self.arms[name]) for name in names}
         for name in names:
             arm = self.arms[name]
-            keys = self.closed_loop_keys(arm)
-            dirs = [self.finetune_dir(setting, arm, n, p, s) for p, s in keys]
-            pretrain = {p for p, _ in keys} if arm.start != "scratch" else set()
+            dirs = [self.finetune_dir(setting, arm, n, p, s) for p, s in keys[name]]
+            pretrain = {p for p, _ in keys[name]} if arm.start != "scratch" else set()
             self.bar.total += (
-                len(keys)
+                len(dirs)
                 + sum(d not in self._ready for d in dirs)
                 + sum(self.pretrained_dir(setting, arm, p) not in self._ready for p in pretrain)
             )
-            self.bar.refresh()
-            episodes: dict[tuple, bool] = {}
-            runs = []
-            for k, (p, s) in enumerate(keys):
-                run_dir = self.finetuned(setting, arm, n, p, s, demos)
+        self.bar.refresh()
+        # Run k of every arm before run k + 1 of any: an interrupted run leaves pairs.
+        for k in range(self.plan.closed_loop_runs):
+            for name in names:
+                p, s = keys[name][k]
+                run_dir = self.finetuned(setting, self.arms[name], n, p, s, demos)
                 for state, ok in self.rollouts(setting, run_dir).items():
-                    episodes[(state, k)] = ok
-                runs.append(run_dir.name)
+                    outcome[name][(state, k)] = ok
+                runs[name].append(run_dir.name)
                 self.bar.update(1)
+        for name in names:
+            episodes = outcome[name]
             wins = sum(episodes.values())
-            outcome[name] = episodes
             out["arms"][name] = {
-                "training_runs": runs,
+                "training_runs": runs[name],
                 "episodes": len(episodes),
                 "successes": wins,
                 "success_rate": wins / len(episodes),
