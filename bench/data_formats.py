@@ -3,8 +3,9 @@
 
     python bench/data_formats.py [--quick] [--episodes 8] [--length 120] [--size 128]
 
-The same synthetic episodes (two 128 px cameras, 7-D actions, 5-D proprio) are written as
-LIBERO-layout HDF5 (gzip 4), as rosbag2 (sqlite3, raw rgb8 images: what a robot records) and
+The same episodes (synthetic: two 128 px cameras, 7-D actions, 5-D proprio; or ``--data`` a
+LIBERO-layout HDF5 file such as the demo's rendered LIBERO episodes) are kept as LIBERO-layout
+HDF5 (gzip 4), written as rosbag2 (sqlite3, raw rgb8 images: what a robot records) and
 converted to LeRobotDataset v3.0 (AV1) from both. Figures:
 
 - ``*_mb``: size on disk of each;
@@ -57,7 +58,9 @@ def _read_rate(sources, n: int, seed: int = 0) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run(episodes: int, length: int, size: int, samples: int, reps: int) -> dict:
+def run(
+    episodes: int, length: int, size: int, samples: int, reps: int, data: Path | None = None
+) -> dict:
     from train_throughput import measure
 
     from lawm.convert import convert
@@ -66,8 +69,11 @@ def run(episodes: int, length: int, size: int, samples: int, reps: int) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="lawm_bench_data_"))
     try:
-        h5 = write_synthetic_hdf5(tmp / "d.hdf5", episodes=episodes, length=length,
-                                  image_size=size)  # fmt: skip
+        if data is None:
+            h5 = write_synthetic_hdf5(tmp / "d.hdf5", episodes=episodes, length=length,
+                                      image_size=size)  # fmt: skip
+        else:
+            h5 = data
         src = open_sources(h5)
         frames = sum(s.length for s in src)
         convert(src, tmp / "bags", "rosbag", progress=False)
@@ -84,9 +90,10 @@ def run(episodes: int, length: int, size: int, samples: int, reps: int) -> dict:
         train = measure(["small"], reps, stages=(("pretrain", 8),))
         train_sps = train["train_small_pretrain_samples_per_s"]
         return {
-            "episodes": episodes,
+            "data": str(data) if data else "synthetic",
+            "episodes": len(src),
             "frames": frames,
-            "image_size": size,
+            "image_size": int(src[0].read(0, 1)["images"][src[0].cameras[0]].shape[1]),
             "hdf5_mb": round(_size_mb(h5), 2),
             "rosbag_mb": round(_size_mb(tmp / "bags"), 2),
             "lerobot_mb": round(_size_mb(tmp / "lr"), 2),
@@ -111,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=120)
     p.add_argument("--size", type=int, default=128, help="camera image size (px)")
     p.add_argument("--samples", type=int, default=400, help="windows read per format")
+    p.add_argument("--data", type=Path, help="a LIBERO-layout HDF5 file instead of synthetic")
     args = p.parse_args(argv)
     if args.quick:
         args.episodes, args.length, args.samples = 4, 60, 100
-    result = run(args.episodes, args.length, args.size, args.samples, 2 if args.quick else 4)
+    result = run(args.episodes, args.length, args.size, args.samples, 2 if args.quick else 4,
+                 args.data)  # fmt: skip
     for k, v in result.items():
         print(f"{k:40s} {v}")
     print(json.dumps(result))
