@@ -38,11 +38,11 @@ def open_loop_figure(run: Path, heldout: Path, out: Path, windows: int = 2) -> P
     from lawm.checkpoint import load_policy
     from lawm.data import WindowDataset, collate, open_sources
     from lawm.objectives import PretrainObjective
-    from lawm.probe import _load_world_model
+    from lawm.probe import load_world_model
     from lawm.trainer import LangTable
 
     policy, cfg, _ = load_policy(run / "policy")
-    wm = _load_world_model(run / "world_model.safetensors", cfg)
+    wm = load_world_model(run / "world_model.safetensors", cfg)
     obj = PretrainObjective(cfg, policy=policy, world_model=wm)
     sources = open_sources(heldout, labelled=False)
     pc = cfg.policy
@@ -66,6 +66,15 @@ def open_loop_figure(run: Path, heldout: Path, out: Path, windows: int = 2) -> P
     return path
 
 
+def _grouped_bars(ax, probes: list, field: str, keys: list[tuple[str, str]]) -> None:
+    """One bar per run in each group ``keys`` ((figure key, label)) of ``probe[field]``."""
+    width = 0.8 / len(probes)
+    for i, (name, p) in enumerate(probes):
+        vals = [p[field][k] for k, _ in keys]
+        ax.bar(np.arange(len(keys)) + i * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(probes) - 1) / 2, [t for _, t in keys])
+
+
 def probe_figure(runs: Path, out: Path) -> Path:
     import matplotlib
 
@@ -82,23 +91,14 @@ def probe_figure(runs: Path, out: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
     r2_keys = [("latent", "latent chunk"), ("trunk", "trunk"),
                ("untrained_latent", "untrained chunk"), ("proprio", "proprio")]  # fmt: skip
-    width = 0.8 / len(probes)
-    for i, (name, p) in enumerate(probes):
-        vals = [p["probe_r2"][k] for k, _ in r2_keys]
-        a.bar(np.arange(len(r2_keys)) + i * width, vals, width, label=name)
-    a.set_xticks(np.arange(len(r2_keys)) + width * (len(probes) - 1) / 2,
-                 [t for _, t in r2_keys])  # fmt: skip
+    _grouped_bars(a, probes, "probe_r2", r2_keys)
     a.set_ylabel("held-out probe R^2 of the action chunk")
     a.set_ylim(0, 1)
     a.legend(fontsize=7)
     wm_keys = [("policy", "own chunk"), ("same_episode_other_time", "other time"),
                ("other_episode", "other episode"), ("other_task", "other task"),
                ("zeros", "zeros")]  # fmt: skip
-    for i, (name, p) in enumerate(probes):
-        vals = [p["wm_loss"][k] for k, _ in wm_keys]
-        b.bar(np.arange(len(wm_keys)) + i * width, vals, width, label=name)
-    b.set_xticks(np.arange(len(wm_keys)) + width * (len(probes) - 1) / 2,
-                 [t for _, t in wm_keys])  # fmt: skip
+    _grouped_bars(b, probes, "wm_loss", wm_keys)
     b.set_ylabel("world-model loss on held-out windows")
     fig.suptitle("kinematic world model, LIBERO (per setting / pretraining seed)")
     fig.tight_layout()

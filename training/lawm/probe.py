@@ -122,7 +122,7 @@ def _open_loop(cfg, wm: WorldModel, batch: dict, z: torch.Tensor) -> tuple[float
     return err, copy, count
 
 
-def _load_world_model(path: Path, cfg) -> WorldModel:
+def load_world_model(path: Path, cfg) -> WorldModel:
     wm = WorldModel(cfg.world_model)
     try:
         load_state_strict(wm, load_tensors(path), str(path))
@@ -163,7 +163,7 @@ def run_probe(
     require_labelled(sources, "probe", "the true actions the probes predict")
     policy, cfg, _ = load_policy(policy_dir)
     policy.eval()
-    wm = _load_world_model(Path(world_model), cfg) if world_model is not None else None
+    wm = load_world_model(Path(world_model), cfg) if world_model is not None else None
     pc = cfg.policy
     lengths = [s.length for s in sources]
     episode, start = select_windows(lengths, max_windows, seed)

@@ -41,11 +41,11 @@ import cv2
 import numpy as np
 
 from lawm.data.base import DataError, EpisodeSource, HandleCache, natural_key
+from lawm.data.hdf5 import IMAGE_CONVENTIONS
 from lawm_core import contract
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
 DEFAULT_TOLERANCE_S = 1e-4  # lerobot's own default for frame timestamps
-IMAGE_CONVENTIONS = ("opencv", "opengl")  # upright (the Hub's copies), upside down
 
 # Feature keys recognised without a key map, in order of preference.
 CAMERA_KEYS: dict[str, tuple[str, ...]] = {
@@ -461,13 +461,12 @@ def _resolve(meta: _Meta, options: LerobotOptions, labelled: bool):
             f"{meta.root}: no action feature ('action' or 'actions'); name it with "
             f"--lerobot-action-key (its features: {_keys_text(meta)})"
         )
-    if action is not None and _width(feats[action]) != contract.ACTION_DIM:
-        if labelled:
-            raise DataError(
-                f"{meta.root}: action feature {action!r} has shape {feats[action].get('shape')}; "
-                f"the policy's action is {contract.ACTION_DIM} values (dx, dy, dz, droll, "
-                "dpitch, dyaw, gripper)"
-            )
+    if labelled and _width(feats[action]) != contract.ACTION_DIM:
+        raise DataError(
+            f"{meta.root}: action feature {action!r} has shape {feats[action].get('shape')}; "
+            f"the policy's action is {contract.ACTION_DIM} values (dx, dy, dz, droll, "
+            "dpitch, dyaw, gripper)"
+        )
     state = pick(options.state_key, STATE_KEYS, "state", "--lerobot-state-key")
     layout: tuple[str, ...] | None = None
     if state is not None:

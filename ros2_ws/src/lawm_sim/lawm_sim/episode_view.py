@@ -25,10 +25,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lawm_core import contract
 from lawm_core.files import atomic_path
 
 VIEW_SUFFIXES = (".mcap", ".rrd")
-ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+ACTION_NAMES = contract.ACTION_LAYOUT
 START_NS = 1_000_000_000
 
 _IMAGE_SCHEMA = {

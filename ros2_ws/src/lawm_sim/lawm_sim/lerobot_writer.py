@@ -43,7 +43,6 @@ CAMERA_FEATURES = {
 }
 STATE_FEATURE = "observation.state"
 ACTION_FEATURE = "action"
-ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
@@ -135,9 +134,9 @@ class _Stats:
                 "count": [int(self.n)]}  # fmt: skip
 
 
-def _image_stats(frames: np.ndarray) -> _Stats:
+def _stats_of(values: np.ndarray) -> _Stats:
     st = _Stats()
-    st.add(frames.reshape(-1, 3) / 255.0)
+    st.add(values)
     return st
 
 
@@ -263,6 +262,7 @@ class LerobotWriter:
                     "one camera has one size in a LeRobotDataset"
                 )
         cols: dict[str, Any] = {}
+        episode_stats: dict[str, _Stats] = {}  # this episode's, per numeric feature
         for name, values, dim, want in (
             (STATE_FEATURE, proprio, len(self.layout or ()), self.layout is not None),
             (ACTION_FEATURE, actions, contract.ACTION_DIM, self.actions),
@@ -276,7 +276,8 @@ class LerobotWriter:
                     f"{None if arr is None else arr.shape}"
                 )
             cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), dim)
-            self._stats.setdefault(name, _Stats()).add(arr)
+            episode_stats[name] = _stats_of(arr)
+            self._stats.setdefault(name, _Stats()).merge(episode_stats[name])
         task = " ".join(instruction.split())
         task_index = self._tasks.setdefault(task, len(self._tasks))
         frame = np.arange(n)
@@ -321,18 +322,15 @@ class LerobotWriter:
                 f"videos/{key}/from_timestamp": start,
                 f"videos/{key}/to_timestamp": stop,
             }
-            st = _image_stats(images[cam])
+            st = _stats_of(images[cam].reshape(-1, 3) / 255.0)  # per channel, in [0, 1]
             self._stats.setdefault(key, _Stats()).merge(st)
             row |= _stats_columns(key, st, (3, 1, 1))
             if video.size_mb() >= self.video_file_mb:
                 video.close()
                 del self._videos[cam]
                 self._video_file[cam] += 1
-        for name in (STATE_FEATURE, ACTION_FEATURE):
-            if name in cols:
-                st = _Stats()
-                st.add(np.asarray(cols[name].flatten()).reshape(n, -1))
-                row |= _stats_columns(name, st, None)
+        for name, st in episode_stats.items():
+            row |= _stats_columns(name, st, None)
         row |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
         self._episodes.append(row)
         self._frames += n
@@ -452,8 +450,10 @@ class LerobotWriter:
             }  # fmt: skip
         if self.actions:
             feats[ACTION_FEATURE] = {
-                "dtype": "float32", "shape": [contract.ACTION_DIM], "names": list(ACTION_NAMES)
-            }  # fmt: skip
+                "dtype": "float32",
+                "shape": [contract.ACTION_DIM],
+                "names": list(contract.ACTION_LAYOUT),
+            }
         feats["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
         for name in ("frame_index", "episode_index", "index", "task_index"):
             feats[name] = {"dtype": "int64", "shape": [1], "names": None}
