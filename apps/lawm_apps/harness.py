@@ -175,6 +175,36 @@ def wait_until(
     raise WaitError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
 
 
+def call_service(
+    node,
+    client,
+    request,
+    timeout: float,
+    what: str,
+    procs: Sequence[NodeProcess] = (),
+    resend_s: float = 2.0,
+):
+    """Call an idempotent service and return its reply, re-sending the request every
+    ``resend_s`` seconds without one.
+
+    A service's reply can be dropped while discovery is still matching its reply topic (Fast DDS
+    logs "failed to send response (timeout)" on the server), although ``wait_for_service`` has
+    already returned; a second request then gets through. Only for requests that may safely
+    arrive twice (queries, parameter sets, resets).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        fut = client.call_async(request)
+        step = min(resend_s, deadline - time.monotonic())
+        try:
+            wait_until(node, fut.done, max(step, 0.0), what, procs)
+            return fut.result()
+        except WaitError:
+            client.remove_pending_request(fut)
+            if time.monotonic() + 1e-3 >= deadline or not all(p.alive() for p in procs):
+                raise
+
+
 def wait_for_subscribers(node, publisher, count: int = 1, timeout: float = 30.0, procs=()):
     wait_until(
         node,

@@ -17,7 +17,12 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Float64, String
 from std_srvs.srv import Trigger
 
-from lawm_apps.harness import wait_for_publishers, wait_for_subscribers, wait_until
+from lawm_apps.harness import (
+    call_service,
+    wait_for_publishers,
+    wait_for_subscribers,
+    wait_until,
+)
 from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
 pytestmark = pytest.mark.ros
@@ -218,9 +223,7 @@ def test_rate_watchdog_reset_and_deactivate(ros_node, start_node, model_dir):
 
     client = ros_node.create_client(Trigger, "/lawm_policy/reset")
     assert client.wait_for_service(timeout_sec=10)
-    fut = client.call_async(Trigger.Request())
-    wait_until(ros_node, fut.done, 10, "reset", [proc])
-    assert fut.result().success
+    assert call_service(ros_node, client, Trigger.Request(), 10, "reset", [proc]).success
 
     change = ros_node.create_client(ChangeState, "/lawm_policy/change_state")
     assert change.wait_for_service(timeout_sec=10)
@@ -339,9 +342,8 @@ def test_bad_model_refuses_to_activate_and_says_why(
         "the refusal",
         [proc],
     )
-    fut = client.call_async(GetState.Request())
-    wait_until(ros_node, fut.done, 10, "state", [proc])
-    assert fut.result().current_state.label == "unconfigured"
+    reply = call_service(ros_node, client, GetState.Request(), 10, "state", [proc])
+    assert reply.current_state.label == "unconfigured"
     assert needle in proc.log_path.read_text().split("cannot configure", 1)[1]
     assert proc.alive()
 

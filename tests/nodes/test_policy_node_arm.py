@@ -20,7 +20,12 @@ from std_srvs.srv import SetBool
 from test_policy_node import CAM_TOPICS, INSTRUCTION, _start
 from trajectory_msgs.msg import JointTrajectory
 
-from lawm_apps.harness import wait_for_publishers, wait_for_subscribers, wait_until
+from lawm_apps.harness import (
+    call_service,
+    wait_for_publishers,
+    wait_for_subscribers,
+    wait_until,
+)
 from lawm_core.aggregation import TemporalAggregator
 from lawm_core.model import PolicyModel
 from lawm_core.preprocess import fit_image, image_from_compressed
@@ -134,9 +139,8 @@ def _set(node, proc, **values):
     assert client.wait_for_service(timeout_sec=30), proc.tail()
     req = SetParameters.Request()
     req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
-    fut = client.call_async(req)
-    wait_until(node, fut.done, 15, "set_parameters", [proc])
-    return [(r.successful, r.reason) for r in fut.result().results]
+    reply = call_service(node, client, req, 15, "set_parameters", [proc])
+    return [(r.successful, r.reason) for r in reply.results]
 
 
 def _twist(t):

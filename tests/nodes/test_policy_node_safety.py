@@ -23,7 +23,12 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 from test_policy_node import CAM_TOPICS, INSTRUCTION, Rig, _image, _start
 
-from lawm_apps.harness import wait_for_publishers, wait_for_subscribers, wait_until
+from lawm_apps.harness import (
+    call_service,
+    wait_for_publishers,
+    wait_for_subscribers,
+    wait_until,
+)
 from lawm_policy.policy_node import FAULT_ENV
 from lawm_policy.qos import COMMAND, LATCHED
 
@@ -33,9 +38,11 @@ pytestmark = pytest.mark.ros
 def _call(node, proc, srv_type, name, request):
     client = node.create_client(srv_type, name)
     assert client.wait_for_service(timeout_sec=30), proc.tail()
-    fut = client.call_async(request)
-    wait_until(node, fut.done, 15, name, [proc])
-    return fut.result()
+    if srv_type is ChangeState:  # not idempotent: one request
+        fut = client.call_async(request)
+        wait_until(node, fut.done, 15, name, [proc])
+        return fut.result()
+    return call_service(node, client, request, 15, name, [proc])
 
 
 def _set(node, proc, **values):
