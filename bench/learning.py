@@ -341,6 +341,7 @@ class Budget:
     finetune_steps: int = 1000
     probe_windows: int = 512
     eval_stride: int = 1  # every eval_stride-th held-out window
+    proprio_dropout: float = 0.0  # fine-tuning augmentation of every arm (AugmentConfig)
 
     def config(
         self,
@@ -370,6 +371,13 @@ class Budget:
         if control is not None:
             changes[CONTROL_FIELD] = control
         return cfg.replace(**changes)
+
+    def finetune_config(self, **kw: Any) -> LawmConfig:
+        cfg = self.config(**kw)
+        if self.proprio_dropout:
+            augment = dataclasses.replace(cfg.augment, proprio_dropout=self.proprio_dropout)
+            cfg = cfg.replace(augment=augment)
+        return cfg
 
 
 FULL = Budget()
@@ -576,6 +584,8 @@ class Runner:
     def finetune_dir(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int) -> Path:
         b = self.plan.budget
         tag = f"{arm.name}_s{b.finetune_steps}" + (f"_p{p}" if p is not None else "") + f"_f{s}"
+        if b.proprio_dropout:
+            tag += f"_pd{round(b.proprio_dropout * 100)}"
         return self.plan.out / setting.name / f"n{n}" / tag
 
     def finetuned(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int, demos):
@@ -585,7 +595,7 @@ class Runner:
         init = None
         if arm.start != "scratch":
             init = self.pretrained(setting, arm, p) / "policy"
-        cfg = b.config(finetune_seed=s, variant=arm.variant, control=arm.control)
+        cfg = b.finetune_config(finetune_seed=s, variant=arm.variant, control=arm.control)
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
             head=arm.head,
@@ -1165,6 +1175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", type=_names(tuple(arms())), help="default: all")
     p.add_argument("--pretrain-steps", type=int, help="pretraining (and oracle BC) steps")
     p.add_argument("--finetune-steps", type=int, help="fine-tuning steps")
+    p.add_argument(
+        "--proprio-dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="fine-tune every arm hiding the proprio input from a fraction P of the samples",
+    )
     p.add_argument("--spatial-tasks", type=_ints, default=[0, 1], help="LIBERO-Spatial tasks")
     p.add_argument("--out", type=Path, help="default runs/bench_learning/{quick,full}")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="generated data")
@@ -1204,11 +1221,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "quick" if args.quick else "full"
     budget = QUICK if args.quick else FULL
-    if args.pretrain_steps or args.finetune_steps:
+    if args.pretrain_steps or args.finetune_steps or args.proprio_dropout:
         budget = dataclasses.replace(
             budget,
             pretrain_steps=args.pretrain_steps or budget.pretrain_steps,
             finetune_steps=args.finetune_steps or budget.finetune_steps,
+            proprio_dropout=args.proprio_dropout,
         )
     names = args.settings or (["in_domain"] if args.quick else list(SETTINGS))
     progress = not args.quiet

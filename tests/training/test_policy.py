@@ -10,7 +10,7 @@ import torch
 
 from lawm import keys
 from lawm.checkpoint import CheckpointError, load_policy, save_policy
-from lawm.config import ConfigError, LawmConfig, OptimConfig, PolicyConfig, preset
+from lawm.config import AugmentConfig, ConfigError, LawmConfig, OptimConfig, PolicyConfig, preset
 from lawm.metrics import canonical_correlations
 from lawm.models.policy import Policy
 from lawm.objectives import FinetuneObjective, augment_images
@@ -170,6 +170,44 @@ def test_finetune_objective_masks_padded_steps():
         batch[keys.ACTION_MASK][:, -1] = False
         loss, metrics = obj(batch)
     assert loss.item() < 1e-8 and metrics["action_mse"] < 1e-10
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5, 0.99999])
+def test_proprio_dropout_hides_the_arm_state_from_that_share_of_training_samples(dropout):
+    # The proprio MLP only gets a gradient through samples that show it; evaluation always
+    # shows it.
+    cfg = preset("debug")
+    cfg = cfg.replace(augment=AugmentConfig(0.0, 0, proprio_dropout=dropout))
+    pc = cfg.policy
+    obj = FinetuneObjective(cfg)
+    images, proprio, lang = _inputs(pc, b=1)
+    n = 400
+    batch = {
+        keys.IMAGES: {c: v[:, None].expand(n, 1, *v.shape[1:]) for c, v in images.items()},
+        keys.PROPRIO: proprio[:, None].expand(n, 1, -1),
+        keys.LANG: lang.expand(n, -1),
+        keys.ACTIONS: torch.zeros(n, pc.chunk_size, 7),
+        keys.ACTION_MASK: torch.ones(n, pc.chunk_size, dtype=torch.bool),
+    }
+    torch.manual_seed(0)
+    shown = []
+    for _ in range(3):
+        obj.zero_grad()
+        loss, _ = obj.train()(batch)
+        loss.backward()
+        shown.append(obj.policy.proprio_mlp[0].weight.grad.abs().sum().item())
+    if dropout > 0.99:
+        assert max(shown) == 0.0  # every sample hid it
+    else:
+        assert min(shown) > 0.0
+    if dropout == 0.5:  # about half the batch: the loss differs from evaluation's
+        with torch.no_grad():
+            eval_loss, _ = obj.eval()(batch)
+            torch.manual_seed(1)
+            train_loss, _ = obj.train()(batch)
+        assert abs(train_loss.item() - eval_loss.item()) > 1e-6
+    with pytest.raises(ConfigError, match="proprio_dropout"):
+        AugmentConfig(proprio_dropout=1.0)
 
 
 def test_cca_recovers_a_linear_recoding():

@@ -289,6 +289,10 @@ def build_config(args: argparse.Namespace, stage: str) -> LawmConfig:
         cfg = cfg.replace(world_model=dataclasses.replace(cfg.world_model, **wm_changes))
     if getattr(args, "no_augment", False):
         cfg = cfg.replace(augment=AugmentConfig(color_jitter=0.0, random_shift=0))
+    if getattr(args, "proprio_dropout", None) is not None:
+        cfg = cfg.replace(
+            augment=dataclasses.replace(cfg.augment, proprio_dropout=args.proprio_dropout)
+        )
     if getattr(args, "reference_wm_frames", False):
         cfg = cfg.replace(wm_observe_current=False)
     if getattr(args, "pretrain_chunk", None):
@@ -720,6 +724,13 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         "--no-augment",
         action="store_true",
         help="no colour jitter or random shift (default: the preset's)",
+    )
+    p.add_argument(
+        "--proprio-dropout",
+        type=float,
+        metavar="P",
+        help="fine-tuning: hide the proprio input from a fraction P of the samples, so the "
+        "images must carry the scene (default 0)",
     )
     _add_gripper_args(p)
     p.set_defaults(func=lambda a: cmd_train(a, "finetune"))

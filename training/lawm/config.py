@@ -238,8 +238,15 @@ class AugmentConfig:
 
     color_jitter: float = 0.3
     random_shift: int = 4
+    # Probability of hiding the proprio token from a fine-tuning sample (as for video without
+    # robot state), so that the images, not the arm's own pose, have to carry where things are.
+    proprio_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        _check(
+            0 <= self.proprio_dropout < 1,
+            f"proprio_dropout must be in [0, 1), got {self.proprio_dropout!r}",
+        )
         _check(
             0 <= self.color_jitter <= 1,
             f"color_jitter must be in [0, 1], got {self.color_jitter!r}",

@@ -75,6 +75,13 @@ class FinetuneObjective(nn.Module):
             inputs["images"] = {
                 c: augment_images(v, self.cfg.augment) for c, v in inputs["images"].items()
             }
+            drop = self.cfg.augment.proprio_dropout
+            if drop > 0 and self.cfg.policy.use_proprio:
+                shown = inputs["has_proprio"]
+                if shown is None:
+                    shown = torch.ones(len(inputs["proprio"]), dtype=torch.bool)
+                keep = torch.rand(len(shown)) >= drop
+                inputs["has_proprio"] = shown & keep.to(shown.device)
         pred = self.policy(**inputs)  # (B, K, A)
         target = self.policy.normalize_actions(batch[keys.ACTIONS].to(pred.dtype))
         mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]  # (B, K, 1)
