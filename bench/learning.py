@@ -75,7 +75,14 @@ from tqdm import tqdm
 
 from lawm.config import LawmConfig, WorldModelConfig, preset
 from lawm.data import open_sources
-from lawm.heldout import CI_LEVEL, N_BOOT, bootstrap_mean_ci, first_per_task, heldout_mse
+from lawm.heldout import (
+    CI_LEVEL,
+    N_BOOT,
+    bootstrap_mean_ci,
+    first_per_task,
+    heldout_mse,
+    input_reliance,
+)
 from lawm.trainer import train
 from lawm_core.files import atomic_write_text
 
@@ -381,6 +388,7 @@ class Budget:
 
 
 FULL = Budget()
+RELIANCE_STRIDE = 4  # the input-reliance ratios need fewer windows than the MSE itself
 # Fine-tuning as long as the full run's: at 400 steps scratch is far from its plateau (held-out
 # MSE 0.0234 vs 0.0122-0.0129 at 1000 on the in-domain data), which flatters pretraining.
 QUICK = Budget(pretrain_steps=1500, finetune_steps=1000, probe_windows=256, eval_stride=2)
@@ -615,6 +623,20 @@ class Runner:
         atomic_write_text(path, json.dumps({"episodes": names, "stride": stride, "mse": mse}))
         return mse
 
+    def reliance(self, run_dir: Path, heldout: list) -> dict[str, float]:
+        """``input_reliance`` of a fine-tuned run on every RELIANCE_STRIDE-th held-out window
+        (cached beside its held-out MSE)."""
+        path = run_dir / "reliance.json"
+        names = [s.name for s in heldout]
+        cached = _read_json(path)
+        if cached and cached.get("episodes") == names:
+            return cached["reliance"]
+        self.bar.set_description(f"input reliance {run_dir.name}")
+        found = input_reliance(run_dir / "policy", heldout, lang_cache=self.plan.lang_cache,
+                               stride=RELIANCE_STRIDE)  # fmt: skip
+        atomic_write_text(path, json.dumps({"episodes": names, "reliance": found}))
+        return found
+
     # -- closed loop ---
     def closed_loop_keys(self, arm: Arm) -> list[tuple[int | None, int]]:
         """(pretraining seed, fine-tuning seed) of the arm's closed-loop runs; run k of every
@@ -797,17 +819,22 @@ class Runner:
         for n in pl.ns:
             demos = first_per_task(pool, n)
             runs: dict[str, dict[Any, list[float]]] = {}
+            relies: dict[str, list[dict[str, float]]] = {}
             for name in pl.arms:
                 arm = self.arms[name]
-                runs[name] = {}
+                runs[name], relies[name] = {}, []
                 for s in pl.seeds:
                     for p in [None] if arm.start == "scratch" else pl.pretrain_seeds:
                         run_dir = self.finetuned(setting, arm, n, p, s, demos)
                         runs[name][s if p is None else (p, s)] = self.evaluate(run_dir, heldout)
-            cells[str(n)] = {
-                "demos": len(demos),
-                "arms": summarise_cell(runs),
-            }
+                        relies[name].append(self.reliance(run_dir, heldout))
+            summary = summarise_cell(runs)
+            for name, found in relies.items():
+                if found and name in summary:
+                    summary[name]["reliance"] = {
+                        k: _mean([f[k] for f in found]) for k in ("images", "proprio")
+                    }
+            cells[str(n)] = {"demos": len(demos), "arms": summary}
             if n in pl.closed_loop_n:
                 cells[str(n)]["closed_loop"] = self.closed_loop(setting, n, demos, cells[str(n)])
         out["cells"] = cells
@@ -888,6 +915,20 @@ def table(results: dict[str, Any]) -> str:
                     f"{_fmt(row.get('minus_scratch'))} | {_ci(row.get('minus_scratch_ci'))} | "
                     f"{_ci(row.get('minus_scratch_ci_runs'))} | {said} |"
                 )
+            relied = {a: r["reliance"] for a, r in cell["arms"].items() if r.get("reliance")}
+            if relied:
+                lines += [
+                    "",
+                    "Input reliance: held-out MSE with each window's images, or proprio, taken "
+                    "from another held-out window, as a multiple of the MSE with its own (mean "
+                    "over runs; 1 = ignored)",
+                    "",
+                    "| arm | images | proprio |",
+                    "|---|---:|---:|",
+                ]
+                lines += [
+                    f"| {a} | {r['images']:.2f} | {r['proprio']:.2f} |" for a, r in relied.items()
+                ]
             cl = cell.get("closed_loop")
             if cl:
                 lines += closed_loop_table(cl)

@@ -145,6 +145,8 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
         lo, hi = row["heldout_mse_ci"]
         assert lo <= row["heldout_mse"] <= hi, name
         assert row["episodes"] == 8
+        assert set(row["reliance"]) == {"images", "proprio"}
+        assert all(np.isfinite(v) and v > 0 for v in row["reliance"].values()), name
         if name != "scratch":
             assert row["verdict"] in ("lower", "higher", "no difference")
     # The LAWM arms fine-tuned from the pretrained policy; scratch from nothing.
@@ -160,7 +162,8 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
     assert len(line["lawm_heldout_mse_ci"]) == 2 and len(line["scratch_heldout_mse_ci"]) == 2
     assert line["untrained_probe_r2"] is None or np.isfinite(line["untrained_probe_r2"])
     assert line["proprio_probe_r2"] is None or np.isfinite(line["proprio_probe_r2"])
-    assert (plan.out / "results.md").read_text().startswith("Held-out action MSE")
+    report = (plan.out / "results.md").read_text()
+    assert report.startswith("Held-out action MSE") and "Input reliance" in report
 
     # Rerun: every run and figure is reused, nothing trains again.
     again = bench.run_bench(plan, "test", print_out=lambda _: None)

@@ -6,6 +6,10 @@
   with its own statistics, against the recorded chunk), so policies trained on different data,
   hence with different normalisers, are compared in the same units.
 - ``bootstrap_mean_ci``: percentile bootstrap interval of a mean over episodes.
+- ``input_reliance``: how much that error grows when the images, or the proprio, of each
+  window are replaced by another held-out window's: a policy that leans on the arm's own state
+  more than on what it sees can fit the demonstrations and still miss the object in closed
+  loop, where the state leaves the demonstrations' path.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from lawm.trainer import LangTable
 
 CI_LEVEL = 0.95
 N_BOOT = 4000
+SWAPS = (None, "images", "proprio")
 
 
 def bootstrap_mean_ci(
@@ -64,10 +69,17 @@ def heldout_mse(
     lang_cache: Path | None = None,
     stride: int = 1,
     batch_size: int = 64,
+    swap: str | None = None,
+    seed: int = 0,
 ) -> list[float]:
     """Per-episode action MSE in raw action units of the policy's chunk (denormalised with its
     own statistics) against the recorded chunk, over the valid steps of every
-    ``stride``-th window of each held-out episode. One value per source, in order."""
+    ``stride``-th window of each held-out episode. One value per source, in order.
+
+    swap: None, or "images" / "proprio": that input of every window is taken from another
+    evaluated window, drawn by a permutation seeded by ``seed``."""
+    if swap not in SWAPS:
+        raise ValueError(f"swap must be one of {SWAPS}, got {swap!r}")
     policy, cfg, _ = load_policy(policy_dir)
     policy.eval()
     pc = cfg.policy
@@ -78,13 +90,19 @@ def heldout_mse(
     lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
     index = np.arange(0, len(dataset), stride)
     episode = np.array([dataset.locate(int(i))[0] for i in index])
+    donor = index[np.random.default_rng(seed).permutation(len(index))]
     sse = np.zeros(len(sources))
     count = np.zeros(len(sources))
     for start in range(0, len(index), batch_size):
         rows = index[start : start + batch_size]
         batch = collate([dataset[int(i)] for i in rows])
         batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
-        pred = policy.unnormalize_actions(policy(**policy_inputs(batch)))
+        inputs = policy_inputs(batch)
+        if swap is not None:
+            other = collate([dataset[int(i)] for i in donor[start : start + batch_size]])
+            other[keys.LANG] = batch[keys.LANG]
+            inputs[swap] = policy_inputs(other)[swap]
+        pred = policy.unnormalize_actions(policy(**inputs))
         mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]
         sq = ((pred - batch[keys.ACTIONS].to(pred.dtype)) ** 2 * mask).sum(dim=(1, 2))
         n = mask.sum(dim=(1, 2)) * pred.shape[-1]
@@ -93,3 +111,22 @@ def heldout_mse(
     if (count == 0).any():
         raise ValueError(f"{int((count == 0).sum())} held-out episode(s) have no window")
     return (sse / count).tolist()
+
+
+def input_reliance(
+    policy_dir: Path,
+    sources: list,
+    *,
+    lang_cache: Path | None = None,
+    stride: int = 1,
+    clean: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """Held-out action MSE with each window's images, or its proprio, taken from another
+    held-out window, as a multiple of the MSE with its own (``clean``: that per-episode MSE if
+    already computed). {"images": ratio, "proprio": ratio}; 1 means the policy ignores it."""
+    kw = {"lang_cache": lang_cache, "stride": stride}
+    base = float(np.mean(clean if clean is not None else heldout_mse(policy_dir, sources, **kw)))
+    return {
+        what: float(np.mean(heldout_mse(policy_dir, sources, swap=what, **kw))) / base
+        for what in ("images", "proprio")
+    }
