@@ -332,3 +332,98 @@ def test_a_sidecar_that_claims_a_proprio_input_the_graph_lacks_is_refused(
     _edit_sidecar(d, claim_proprio)
     with pytest.raises(ModelLoadError, match=r"graph inputs \['image_agentview', 'lang'\]"):
         PolicyModel(d, providers="cpu")
+
+
+# -- a model folder is untrusted input ---------------------------------------------------------
+def _rewrite_graph(model_dir: Path, edit) -> None:
+    """Edit policy.onnx with the onnx package and record its new sha256 in the sidecar, as a
+    hostile folder would (the sha256 only proves the files belong together)."""
+    import onnx
+
+    path = model_dir / "policy.onnx"
+    proto = onnx.load(str(path))
+    edit(proto, onnx)
+    onnx.save(proto, str(path))
+    _edit_sidecar(model_dir, lambda s: s.update(onnx_sha256=files.sha256_file(path)))
+
+
+def _extra_input(proto, onnx):
+    proto.graph.input.append(
+        onnx.helper.make_tensor_value_info("debug_override", onnx.TensorProto.FLOAT, [1])
+    )
+
+
+def _float_image(proto, onnx):
+    for i in proto.graph.input:
+        if i.name == "image_agentview":
+            i.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
+def _custom_op(proto, onnx):
+    out = proto.graph.output[0].name
+    proto.graph.node.append(onnx.helper.make_node("Exfiltrate", [out], ["x"], domain="evil.ops"))
+    proto.opset_import.append(onnx.helper.make_opsetid("evil.ops", 1))
+
+
+def _external_weight(proto, onnx):
+    t = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="../../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("onnx_symlink", r"policy\.onnx: is a symbolic link \(to /"),
+        ("sidecar_symlink", r"policy\.json: is a symbolic link"),
+        ("onnx_folder", r"policy\.onnx: not a regular file"),
+        ("huge_image", r"image_size is 1000000, more than this runtime accepts \(1024\)"),
+        ("huge_chunk", r"chunk_size is 100000, more than this runtime accepts"),
+        ("many_cameras", r"cameras lists 9, more than this runtime accepts"),
+        ("string_size", r"image_size must be a positive integer, got '32'"),
+        ("extra_input", r"graph inputs .*debug_override.* differ from"),
+        ("float_image", r"graph input image_agentview is float32 .* says uint8"),
+        ("custom_op", r"domain\(s\) \['evil\.ops'\], which need a custom-operator library"),
+        ("external_weight", r"keeps 1 weight\(s\) in external files"),
+        ("not_onnx", r"policy\.onnx: not an ONNX model"),
+        ("oversized", r"policy\.onnx: \d+ bytes, more than the \d+ this runtime reads"),
+    ],
+)
+def test_a_hostile_model_folder_is_refused_in_one_line(export_dir, tmp_path, damage, says):
+    d = _copy(export_dir, tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    if damage in ("onnx_symlink", "sidecar_symlink"):
+        name = "policy.onnx" if damage == "onnx_symlink" else "policy.json"
+        (d / name).rename(outside / name)  # the same bytes, the sha256 still right
+        (d / name).symlink_to(outside / name)
+    elif damage == "onnx_folder":
+        (d / "policy.onnx").unlink()
+        (d / "policy.onnx").mkdir()
+    elif damage == "huge_image":
+        _edit_sidecar(d, lambda s: s.update(image_size=10**6))
+    elif damage == "huge_chunk":
+        _edit_sidecar(d, lambda s: s.update(chunk_size=10**5))
+    elif damage == "many_cameras":
+        _edit_sidecar(d, lambda s: s.update(cameras=[f"cam{i}" for i in range(9)]))
+    elif damage == "string_size":
+        _edit_sidecar(d, lambda s: s.update(image_size="32"))
+    elif damage == "not_onnx":
+        path = d / "policy.onnx"
+        path.write_bytes(b"\xff" * 64)
+        _edit_sidecar(d, lambda s: s.update(onnx_sha256=files.sha256_file(path)))
+    elif damage == "oversized":
+        with open(d / "policy.onnx", "r+b") as f:  # sparse: nothing is written or read
+            f.truncate(2 * 1024**3 + 1)
+    else:
+        edit = {
+            "extra_input": _extra_input,
+            "float_image": _float_image,
+            "custom_op": _custom_op,
+            "external_weight": _external_weight,
+        }[damage]
+        _rewrite_graph(d, edit)
+    with pytest.raises(ModelLoadError, match=says) as info:
+        PolicyModel(d, providers="cpu")
+    assert "\n" not in str(info.value)

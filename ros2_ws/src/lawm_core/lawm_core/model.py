@@ -34,6 +34,7 @@ import numpy as np
 from lawm_core import contract
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.files import verify_file
+from lawm_core.model_files import check_onnx_graph, folder_file
 from lawm_core.sidecar import PolicySidecar, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -152,14 +153,14 @@ class PolicyModel:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelLoadError(f"{self.model_dir}: model directory missing")
-        sidecar_path = self.model_dir / contract.SIDECAR_FILE
+        sidecar_path = folder_file(self.model_dir, contract.SIDECAR_FILE)
         self.spec = spec = PolicySidecar.read(sidecar_path)
 
         # Fixed file name: the sidecar is not trusted to point outside the folder.
-        self.onnx_path = self.model_dir / contract.ONNX_FILE
-        if not self.onnx_path.is_file():
-            raise ModelLoadError(f"{self.onnx_path}: file missing (named by {sidecar_path})")
+        self.onnx_path = folder_file(self.model_dir, contract.ONNX_FILE)
         verify_file(self.onnx_path, spec.onnx_sha256)
+        # The graph is checked against the sidecar before onnxruntime reads it.
+        check_onnx_graph(self.onnx_path, spec.inputs, spec.outputs, sidecar_path)
 
         self.cameras: tuple[str, ...] = spec.cameras
         self.image_size = spec.image_size

@@ -38,6 +38,20 @@ BATCH = "batch"  # symbolic batch dimension of every tensor
 SEQUENCE = "sequence"  # symbolic token dimension of the text encoder's inputs
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Upper bounds of the sizes a sidecar may declare: a model folder is untrusted input, and each
+# size becomes an allocation (a 10^9-pixel image buffer) before the graph could object.
+LIMITS: dict[str, int] = {
+    "image_size": 1024,
+    "chunk_size": 256,
+    "action_dim": 64,
+    "proprio_dim": 256,
+    "lang_dim": 4096,
+    "embedding_dim": 4096,
+    "max_length": 8192,
+    "opset": 100,
+}
+MAX_CAMERAS = 8
+MAX_CONTROL_RATE_HZ = 1000.0
 
 
 @dataclass(frozen=True)
@@ -94,13 +108,19 @@ class _Fields:
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             self.fail(key, f"must be a positive integer, got {value!r}")
-        return value
+        return self._bounded(key, value)
 
     def count(self, key: str) -> int:
         """An integer >= 0."""
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.fail(key, f"must be an integer >= 0, got {value!r}")
+        return self._bounded(key, value)
+
+    def _bounded(self, key: str, value: int) -> int:
+        most = LIMITS.get(key)
+        if most is not None and value > most:
+            self.fail(key, f"is {value}, more than this runtime accepts ({most})")
         return value
 
     def number(self, key: str, *, positive: bool = False) -> float:
@@ -780,12 +800,12 @@ class PolicySidecar(_JsonFile):
             format_version=FORMAT_VERSION,
             onnx_sha256=f.sha256("onnx_sha256"),
             opset=f.positive_int("opset"),
-            cameras=f.names("cameras"),
+            cameras=_cameras(f),
             image_size=f.positive_int("image_size"),
             chunk_size=f.positive_int("chunk_size"),
             action_dim=action_dim,
             action_space=action_space,
-            control_rate_hz=f.number("control_rate_hz", positive=True),
+            control_rate_hz=_control_rate(f),
             proprio_dim=proprio_dim,
             proprio_layout=_proprio_layout(f, proprio_dim),
             lang_dim=lang_dim,
@@ -801,3 +821,17 @@ class PolicySidecar(_JsonFile):
         f.tensors("inputs", out.inputs, sizes)
         f.tensors("outputs", out.outputs, "chunk_size and action_dim")
         return out
+
+
+def _cameras(f: _Fields) -> tuple[str, ...]:
+    cameras = f.names("cameras")
+    if len(cameras) > MAX_CAMERAS:
+        f.fail("cameras", f"lists {len(cameras)}, more than this runtime accepts ({MAX_CAMERAS})")
+    return cameras
+
+
+def _control_rate(f: _Fields) -> float:
+    rate = f.number("control_rate_hz", positive=True)
+    if rate > MAX_CONTROL_RATE_HZ:
+        f.fail("control_rate_hz", f"is {rate}, more than this runtime accepts")
+    return rate

@@ -22,6 +22,7 @@ import numpy as np
 
 from lawm_core.errors import ModelLoadError
 from lawm_core.files import verify_file
+from lawm_core.model_files import check_onnx_graph, folder_file
 from lawm_core.sidecar import TextEncoderSidecar
 
 
@@ -57,12 +58,15 @@ class TextEncoderRuntime:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
-        self.spec = spec = TextEncoderSidecar.read(self.model_dir)
+        self.spec = spec = TextEncoderSidecar.read(
+            folder_file(self.model_dir, TextEncoderSidecar.FILE_NAME)
+        )
         # Fixed file names: the sidecar is not trusted to point outside the folder.
-        onnx_path = self.model_dir / spec.ONNX_FILE
-        tokenizer_path = self.model_dir / spec.TOKENIZER_FILE
+        onnx_path = folder_file(self.model_dir, spec.ONNX_FILE)
+        tokenizer_path = folder_file(self.model_dir, spec.TOKENIZER_FILE)
         verify_file(onnx_path, spec.onnx_sha256)
         verify_file(tokenizer_path, spec.tokenizer_sha256)
+        check_onnx_graph(onnx_path, spec.inputs, spec.outputs, self.model_dir / spec.FILE_NAME)
 
         self.dim = spec.embedding_dim
         self.max_length = spec.max_length
