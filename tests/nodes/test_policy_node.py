@@ -307,7 +307,7 @@ def rclpy_time(seconds):
 
 
 @pytest.mark.parametrize(
-    "damage", ["flip", "missing_onnx", "bad_json", "camera_count", "frame_wait"]
+    "damage", ["flip", "missing_onnx", "bad_json", "symlink", "camera_count", "frame_wait"]
 )
 def test_bad_model_refuses_to_activate_and_says_why(
     ros_node, start_node, model_dir, tmp_path, damage
@@ -326,6 +326,10 @@ def test_bad_model_refuses_to_activate_and_says_why(
     elif damage == "bad_json":
         (bad / "policy.json").write_text("{not json")
         needle = "policy.json"
+    elif damage == "symlink":  # the right bytes, kept outside the folder
+        (bad / "policy.onnx").rename(tmp_path / "elsewhere.onnx")
+        (bad / "policy.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+        needle = "symbolic link"
     elif damage == "frame_wait":
         params["frame_wait_s"] = 0.06  # longer than the 20 Hz control period
         needle = "frame_wait_s"
