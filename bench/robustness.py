@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Reliability, measured (a benchmark, not a test). Usage:
+
+    python bench/robustness.py [--quick] [--parts fuzz,kill,disk] [--messages N] [--rate HZ]
+
+Parts:
+- fuzz: two policy node processes (an exported debug policy with its text encoder): one fed raw
+  and compressed cameras and a flat proprio array, one compressed and raw cameras, a PoseStamped
+  end-effector pose and JointState fingers, as a real arm's drivers would. Valid inputs stream at
+  30 Hz throughout (so the policy acts and every limit is exercised) while hostile messages
+  (``fuzz_messages``: every image encoding with wrong sizes, steps and truncated data, garbage
+  and oversized jpeg/png, non-finite and wrongly sized robot state, broken JointState and poses,
+  instructions up to 1 MB, stamps zero / future / past / jumping backwards) go to every topic
+  the nodes subscribe to at up to ``--rate`` messages per second. Every command is checked:
+  finite, within the node's per-axis and norm speed limits; node crashes counted; missed control
+  ticks during the storm from /diagnostics; the command rate afterwards, with valid inputs only,
+  against the nominal 20 Hz.
+- kill: fine-tuning (debug preset, a checkpoint every 2 steps) is SIGKILLed at random moments
+  and resumed until it finishes; its final weights are compared with an uninterrupted run's, bit
+  for bit, and after every kill every checkpoint left in place must load.
+- disk: a checkpoint write, an export and a dataset write each run out of space on a small
+  tmpfs: each must fail with a clear one-line error and leave the previous files intact and
+  loadable.
+
+The last line printed is one JSON object with at least messages_sent, node_crashes,
+nonfinite_commands, commands_outside_limits, kills, resume_mismatches and corrupt_files_left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+INSTRUCTION = "push the block to the top left corner and lift it"
+FINGERS = ["fr3_finger_joint1", "fr3_finger_joint2"]
+BASE_FRAME = "base_link"
+LIMITS = {  # the node's defaults (policy_params), which the fuzz run leaves in place
+    "max_linear_axis": 0.25,
+    "max_angular_axis": 0.8,
+    "max_linear_speed": 0.3,
+    "max_angular_speed": 1.0,
+}
+TOLERANCE = 1e-6
+NOMINAL_HZ = 20.0
+QUICK_MESSAGES = 3000
+FULL_MESSAGES = 12000
+
+
+def say(text: str) -> None:
+    print(f"[robustness] {text}", file=sys.stderr, flush=True)
+
+
+# -- the model ------------------------------------------------------------------------------
+def export_debug_model(out: Path) -> Path:
+    """An exported debug-preset policy (untrained weights, actions in +-2) with its text
+    encoder: the same kind of folder the robot loads."""
+    import torch
+
+    from lawm.checkpoint import save_policy
+    from lawm.config import preset
+    from lawm.export import export_policy
+    from lawm.models.policy import Policy
+
+    if (out / "export" / "policy.json").is_file():
+        return out / "export"
+    cfg = preset("debug")
+    torch.manual_seed(0)
+    policy = Policy(cfg.policy)
+    policy.set_stats({"action_min": np.full(7, -2.0), "action_max": np.full(7, 2.0)})
+    save_policy(out / "policy", policy, cfg, {"stage": "robustness"})
+    export_policy(out / "policy", out / "export", action_space="osc_pose_delta")
+    return out / "export"
+
+
+# -- fuzz -----------------------------------------------------------------------------------
+def twist_violation(lin: np.ndarray, ang: np.ndarray) -> str | None:
+    """Why a commanded twist breaks the limits (None if it does not)."""
+    if not (np.isfinite(lin).all() and np.isfinite(ang).all()):
+        return "non-finite"
+    if np.abs(lin).max() > LIMITS["max_linear_axis"] + TOLERANCE:
+        return f"linear axis {np.abs(lin).max():.4f}"
+    if np.abs(ang).max() > LIMITS["max_angular_axis"] + TOLERANCE:
+        return f"angular axis {np.abs(ang).max():.4f}"
+    if np.linalg.norm(lin) > LIMITS["max_linear_speed"] + TOLERANCE:
+        return f"linear speed {np.linalg.norm(lin):.4f}"
+    if np.linalg.norm(ang) > LIMITS["max_angular_speed"] + TOLERANCE:
+        return f"angular speed {np.linalg.norm(ang):.4f}"
+    return None
+
+
+class Outputs:
+    """Every command of one node, checked as it arrives."""
+
+    def __init__(self, node, name: str) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped, TwistStamped
+        from std_msgs.msg import Float32MultiArray, Float64
+
+        from lawm_policy.qos import COMMAND, LATCHED
+
+        self.name = name
+        self.twists = 0
+        self.nonfinite = 0
+        self.outside = 0
+        self.examples: list[str] = []
+        self.twist_times: list[float] = []
+        self.missed_ticks: int | None = None
+        self.subs = [
+            node.create_subscription(TwistStamped, f"/{name}/cmd_twist", self._twist, COMMAND),
+            node.create_subscription(
+                Float32MultiArray, f"/{name}/action", self._action, COMMAND
+            ),
+            node.create_subscription(PoseStamped, f"/{name}/cmd_pose", self._pose, COMMAND),
+            node.create_subscription(Float64, f"/{name}/cmd_gripper", self._gripper, LATCHED),
+            node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 50),
+        ]
+
+    def _bad(self, what: str, nonfinite: bool) -> None:
+        if nonfinite:
+            self.nonfinite += 1
+        else:
+            self.outside += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{self.name}: {what}")
+
+    def _twist(self, msg) -> None:
+        self.twists += 1
+        self.twist_times.append(time.monotonic())
+        lin = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z])
+        ang = np.array([msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z])
+        why = twist_violation(lin, ang)
+        if why is not None:
+            self._bad(f"cmd_twist {why}", why == "non-finite")
+
+    def _action(self, msg) -> None:
+        a = np.asarray(msg.data, np.float64)
+        if not np.isfinite(a).all():
+            self._bad("action non-finite", True)
+        elif a.size != 7 or np.abs(a).max() > 2.0 + TOLERANCE:  # the model's action range
+            self._bad(f"action {a.tolist()}", False)
+
+    def _pose(self, msg) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        if not np.isfinite([p.x, p.y, p.z, q.x, q.y, q.z, q.w]).all():
+            self._bad("cmd_pose non-finite", True)
+
+    def _gripper(self, msg) -> None:
+        if not math.isfinite(msg.data):
+            self._bad("cmd_gripper non-finite", True)
+        elif msg.data not in (-1.0, 1.0):
+            self._bad(f"cmd_gripper {msg.data}", False)
+
+    def _diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith(f"{self.name}:"):
+                for kv in status.values:
+                    if kv.key == "missed_ticks":
+                        self.missed_ticks = int(kv.value)
+
+    def rate_since(self, t0: float) -> float:
+        times = [t for t in self.twist_times if t >= t0]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
+def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: Path) -> dict:
+    """Storm both nodes' topics with ``messages`` hostile messages at up to ``rate_hz``."""
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage, Image, JointState
+    from std_msgs.msg import Float32MultiArray, String
+
+    import fuzz_messages as fm
+    from lawm_apps.harness import NodeProcess, wait_for_subscribers, wait_until
+    from lawm_core.model import PolicyModel
+    from lawm_policy.qos import LATCHED, SENSOR_LATEST
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    proprio_dim = PolicyModel(model, providers="cpu").proprio_dim
+    common = {
+        "model_dir": str(model),
+        "instruction": INSTRUCTION,
+        "threads": 1,
+        "stale_timeout_s": 0.5,
+        "control_rate_hz": NOMINAL_HZ,
+    }
+    specs = {
+        "fuzz_flat": {
+            "camera_topics": ["/fz/flat/cam0", "/fz/flat/cam1/compressed"],
+            "proprio_topic": "/fz/flat/proprio",
+        },
+        "fuzz_arm": {
+            "camera_topics": ["/fz/arm/cam0/compressed", "/fz/arm/cam1"],
+            "pose_topic": "/fz/arm/pose",
+            "joint_states_topic": "/fz/arm/joints",
+            "gripper_joints": FINGERS,
+            "gripper_joint_scale": [1.0, -1.0],
+            "pose_target": True,
+        },
+    }
+    procs = {
+        name: NodeProcess(
+            "lawm_policy",
+            "policy_node",
+            log_dir=log_dir,
+            params={**common, **extra},
+            remaps={"__node": name},
+        ).start()
+        for name, extra in specs.items()
+    }
+    rclpy.init()
+    node = rclpy.create_node("lawm_robustness")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    rng = np.random.default_rng(seed)
+
+    def now() -> float:
+        return node.get_clock().now().nanoseconds / 1e9
+
+    stamps = fm.Stamps(now, rng)
+    outputs = {name: Outputs(node, name) for name in specs}
+    pub = {}
+    for name, extra in specs.items():
+        for topic in extra["camera_topics"]:
+            kind = CompressedImage if topic.endswith("/compressed") else Image
+            pub[topic] = node.create_publisher(kind, topic, SENSOR_LATEST)
+        pub[f"/{name}/instruction"] = node.create_publisher(
+            String, f"/{name}/instruction", LATCHED
+        )
+    pub["/fz/flat/proprio"] = node.create_publisher(
+        Float32MultiArray, "/fz/flat/proprio", SENSOR_LATEST
+    )
+    pub["/fz/arm/pose"] = node.create_publisher(PoseStamped, "/fz/arm/pose", SENSOR_LATEST)
+    pub["/fz/arm/joints"] = node.create_publisher(JointState, "/fz/arm/joints", SENSOR_LATEST)
+
+    # Hostile streams, one per topic, sent round-robin.
+    streams = []
+    for topic, p in pub.items():
+        if topic.endswith("/compressed"):
+            gen = fm.compressed_images(rng, stamps)
+        elif "/cam" in topic:
+            gen = fm.raw_images(rng, stamps)
+        elif topic.endswith("/instruction"):
+            gen = fm.instructions(rng)
+        elif topic.endswith("/proprio"):
+            gen = fm.flat_proprio(rng, proprio_dim)
+        elif topic.endswith("/pose"):
+            gen = fm.poses(rng, stamps, BASE_FRAME)
+        else:
+            gen = fm.joint_states(rng, stamps, ["fr3_joint1", *FINGERS])
+        streams.append((topic, p, gen))
+
+    good_rng = np.random.default_rng(seed + 1)
+    good_frames = [good_rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(8)]
+    import cv2
+
+    good_jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in good_frames]
+    tick = [0]
+
+    def publish_valid() -> None:
+        i = tick[0]
+        tick[0] += 1
+        stamp = node.get_clock().now().to_msg()
+        for topic, p in pub.items():
+            if topic.endswith("/compressed"):
+                msg = CompressedImage(format="jpeg", data=good_jpegs[i % len(good_jpegs)])
+            elif "/cam" in topic:
+                f = good_frames[i % len(good_frames)]
+                msg = Image(height=48, width=48, encoding="rgb8", step=144, data=f.tobytes())
+            elif topic.endswith("/proprio"):
+                msg = Float32MultiArray(data=[0.1, 0.0, 0.3, 0.02, -0.02][:proprio_dim])
+            elif topic.endswith("/pose"):
+                msg = PoseStamped()
+                msg.header.frame_id = BASE_FRAME
+                msg.pose.position.x, msg.pose.position.z = 0.45, 0.3
+                msg.pose.orientation.x = 1.0
+            elif topic.endswith("/joints"):
+                msg = JointState(name=["fr3_joint1", *FINGERS], position=[0.3, 0.03, 0.03])
+            else:
+                continue
+            if hasattr(msg, "header"):
+                msg.header.stamp = stamp
+                if not msg.header.frame_id:
+                    msg.header.frame_id = "cam"
+            p.publish(msg)
+
+    def alive() -> list[str]:
+        return [n for n, p in procs.items() if not p.alive()]
+
+    def run(seconds: float, hostile: int = 0) -> int:
+        """Valid inputs at 30 Hz for ``seconds`` (and, with ``hostile``, that many hostile
+        messages spread over it at up to rate_hz); returns the hostile messages sent."""
+        sent = 0
+        t0 = time.monotonic()
+        end = t0 + seconds
+        next_valid = t0
+        next_bad = t0
+        while time.monotonic() < end or sent < hostile:
+            t = time.monotonic()
+            if t >= next_valid:
+                publish_valid()
+                next_valid += 1.0 / 30.0
+            if sent < hostile and t >= next_bad:
+                topic, p, gen = streams[sent % len(streams)]
+                p.publish(next(gen))
+                sent += 1
+                next_bad += 1.0 / rate_hz
+            wait = min(next_valid, next_bad if sent < hostile else next_valid) - time.monotonic()
+            ex.spin_once(timeout_sec=max(0.0, min(0.001, wait)))
+        return sent
+
+    result: dict = {}
+    try:
+        for topic, p, _ in streams:
+            if "instruction" not in topic:
+                wait_for_subscribers(node, p, timeout=60, procs=list(procs.values()))
+        for name, out in outputs.items():
+            wait_until(
+                node,
+                lambda o=out: o.twists > 5 and o.missed_ticks is not None,
+                60,
+                f"{name} commanding",
+                list(procs.values()),
+            )
+            run(0.05)
+        run(2.0)  # both acting on valid inputs
+        before = {n: o.missed_ticks or 0 for n, o in outputs.items()}
+        say(f"storm: {messages} hostile messages at up to {rate_hz:.0f}/s")
+        t0 = time.monotonic()
+        sent = run(0.0, hostile=messages)
+        storm_s = time.monotonic() - t0
+        for o in outputs.values():  # valid instructions again (the storm's last may be junk)
+            pass
+        for name in specs:
+            pub[f"/{name}/instruction"].publish(String(data=INSTRUCTION))
+        run(2.5)  # the next /diagnostics carries the storm's missed ticks
+        missed = {
+            n: (o.missed_ticks or 0) - before[n] if o.missed_ticks is not None else None
+            for n, o in outputs.items()
+        }
+        t_after = time.monotonic()
+        run(5.0)
+        rates = {n: o.rate_since(t_after + 0.5) for n, o in outputs.items()}
+        dead = alive()
+        result = {
+            "messages_sent": sent,
+            "storm_seconds": round(storm_s, 2),
+            "messages_per_s": round(sent / storm_s, 1) if storm_s > 0 else None,
+            "node_crashes": len(dead),
+            "nonfinite_commands": sum(o.nonfinite for o in outputs.values()),
+            "commands_outside_limits": sum(o.outside for o in outputs.values()),
+            "commands_checked": sum(o.twists for o in outputs.values()),
+            "missed_ticks_during_storm": sum(v for v in missed.values() if v is not None),
+            "command_rate_after_hz": {n: round(r, 1) for n, r in rates.items()},
+            "command_rate_after_ratio": round(min(rates.values()) / NOMINAL_HZ, 3),
+            "violations": [e for o in outputs.values() for e in o.examples],
+        }
+        if dead:
+            result["crash_logs"] = {n: procs[n].tail() for n in dead}
+    finally:
+        for p in procs.values():
+            p.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    return result
+
+
+# -- main -----------------------------------------------------------------------------------
+PARTS = ("fuzz",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages; shorter")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"of {list(PARTS)}")
+    ap.add_argument("--messages", type=int, help="hostile messages (default: quick 3000, full "
+                    f"{FULL_MESSAGES})")  # fmt: skip
+    ap.add_argument("--rate", type=float, default=1000.0, help="hostile messages per second")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "robustness")
+    args = ap.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    line: dict = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "quick": args.quick,
+        "seed": args.seed,
+    }
+    with tempfile.TemporaryDirectory(prefix="lawm-robust-") as tmp:
+        tmp = Path(tmp)
+        if "fuzz" in parts:
+            say("exporting a debug policy")
+            model = export_debug_model(args.out / "model")
+            n = args.messages or (QUICK_MESSAGES if args.quick else FULL_MESSAGES)
+            line.update(bench_fuzz(model, n, args.rate, args.seed, tmp / "logs"))
+    line["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(line)
+    (args.out / "results.json").write_text(text + "\n")
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
