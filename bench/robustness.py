@@ -119,9 +119,7 @@ class Outputs:
         self.missed_ticks: int | None = None
         self.subs = [
             node.create_subscription(TwistStamped, f"/{name}/cmd_twist", self._twist, COMMAND),
-            node.create_subscription(
-                Float32MultiArray, f"/{name}/action", self._action, COMMAND
-            ),
+            node.create_subscription(Float32MultiArray, f"/{name}/action", self._action, COMMAND),
             node.create_subscription(PoseStamped, f"/{name}/cmd_pose", self._pose, COMMAND),
             node.create_subscription(Float64, f"/{name}/cmd_gripper", self._gripper, LATCHED),
             node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 50),
@@ -178,13 +176,13 @@ class Outputs:
 
 def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: Path) -> dict:
     """Storm both nodes' topics with ``messages`` hostile messages at up to ``rate_hz``."""
+    import fuzz_messages as fm
     import rclpy
     from geometry_msgs.msg import PoseStamped
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import CompressedImage, Image, JointState
     from std_msgs.msg import Float32MultiArray, String
 
-    import fuzz_messages as fm
     from lawm_apps.harness import NodeProcess, wait_for_subscribers, wait_until
     from lawm_core.model import PolicyModel
     from lawm_policy.qos import LATCHED, SENSOR_LATEST
@@ -344,9 +342,7 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
         t0 = time.monotonic()
         sent = run(0.0, hostile=messages)
         storm_s = time.monotonic() - t0
-        for o in outputs.values():  # valid instructions again (the storm's last may be junk)
-            pass
-        for name in specs:
+        for name in specs:  # valid instructions again (the storm's last may be junk)
             pub[f"/{name}/instruction"].publish(String(data=INSTRUCTION))
         run(2.5)  # the next /diagnostics carries the storm's missed ticks
         missed = {

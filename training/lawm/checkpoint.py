@@ -14,10 +14,13 @@ never leaves a half checkpoint that ``latest`` points at.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lawm.config import ConfigError, LawmConfig
@@ -29,10 +32,23 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
 
 
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
+    """safetensors' ``save_file``; its I/O failures (a full disk) raised as the OSError they
+    are, naming ``path``, instead of the library's own error type."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        found = re.search(r"os error (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=metadata)
+        _save_file(clean, tmp, metadata=metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -110,14 +126,14 @@ def save_checkpoint(
     final = ckpt_root / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
         tmp.mkdir()
-        save_file(
+        _save_file(
             {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-            str(tmp / "model.safetensors"),
+            tmp / "model.safetensors",
         )
         opt_tensors, groups = optimizer_to_tensors(optimizer)
-        save_file(
+        _save_file(
             {k: v.contiguous().cpu() for k, v in opt_tensors.items()},
-            str(tmp / "optimizer.safetensors"),
+            tmp / "optimizer.safetensors",
         )
         full = dict(state, step=step, param_groups=groups)
         (tmp / "state.json").write_text(json.dumps(full, indent=2, sort_keys=True))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -847,6 +849,9 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_smoke)
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; bad input exits 2 with one line."""
     args = parser.parse_args(argv)
@@ -863,6 +868,17 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
             text = f"{args.command}: {text}"
         print(f"error: {text}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in OUT_OF_SPACE:
+            raise
+        # Every writer writes beside its target and renames: what was there is still there.
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"error: {args.command}: {os.strerror(err.errno)}{where}; the files written before "
+            "are intact (free some space and run the command again)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130

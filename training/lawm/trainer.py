@@ -53,6 +53,7 @@ from lawm.head_fit import HEAD_INITS, fit_head
 from lawm.language import TextEmbedder
 from lawm.objectives import FinetuneObjective, PretrainObjective
 from lawm_core import contract
+from lawm_core.files import atomic_write_text
 
 STAGES = ("pretrain", "finetune")
 # An episode whose steps are this far (relative) from the model's control rate is refused.
@@ -764,7 +765,9 @@ class _Log:
         self.run = run
         self.path = run.run_dir / "metrics.jsonl"
         if run.d.main and run.start == 0:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
+        elif run.d.main:
+            self._keep_until(run.start)
         self.board = None
         if run.d.main:
             self.board = Board(run.run_dir, run.stage, run.start, wandb=wandb,
@@ -775,6 +778,21 @@ class _Log:
                 total=run.total, initial=run.start, desc=run.stage, unit="step", dynamic_ncols=True
             )
         self.t_last, self.samples = time.perf_counter(), 0
+
+    def _keep_until(self, step: int) -> None:
+        """Resuming from ``step``: drop the lines a killed run wrote after its last checkpoint
+        (they are written again) and a last line cut short by the kill."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def record(self, agg: dict[str, float], step: int) -> None:
         """Count step ``step`` (1-based); on a logging step add samples_per_s to ``agg`` and

@@ -37,9 +37,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, path) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """The same OSError naming the file being replaced rather than its hidden temporary (what
+    a user needs to know when the disk is full); errors without an errno pass unchanged."""
+    if err.errno is None:
+        return err
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno), str(target))
 
 
 DIR_MODE = 0o755
@@ -64,6 +75,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             os.replace(path, staging / "old")
         os.replace(new, path)
+    except OSError as err:
+        raise _naming(err, path) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
