@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -376,8 +377,275 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
     return result
 
 
+# -- kill -----------------------------------------------------------------------------------
+TRAIN = [sys.executable, str(ROOT / "training" / "train.py")]
+KILL_STEPS = 24  # fine-tuning steps of the killed run (debug preset), a checkpoint every 2
+
+
+def training_data(work: Path) -> Path:
+    from lawm.data.synthetic import write_synthetic_hdf5
+
+    path = work / "demos.hdf5"
+    if not path.is_file():
+        write_synthetic_hdf5(path, episodes=8, length=20, image_size=32, seed=1)
+    return path
+
+
+def finetune_cmd(data: Path, out: Path, lang: Path, steps: int = KILL_STEPS) -> list[str]:
+    return TRAIN + [
+        "finetune", "--data", str(data), "--preset", "debug", "--steps", str(steps),
+        "--checkpoint-every", "2", "--log-every", "1", "--seed", "0", "--workers", "0",
+        "--lang-cache", str(lang), "--quiet", "--out", str(out),
+    ]  # fmt: skip
+
+
+def corrupt_files(run_dir: Path) -> list[str]:
+    """Files of a training run that are in place but do not load: every checkpoint (weights,
+    optimizer, state), the ``latest`` pointer, the finished policy, every line of
+    metrics.jsonl."""
+    from lawm.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        load_policy,
+        load_tensors,
+        read_checkpoint_state,
+    )
+
+    bad = []
+    ckpts = run_dir / "checkpoints"
+    for step in sorted(ckpts.glob("step_*")) if ckpts.is_dir() else []:
+        try:
+            load_tensors(step / "model.safetensors")
+            load_tensors(step / "optimizer.safetensors")
+            read_checkpoint_state(step)
+        except (CheckpointError, OSError, ValueError) as err:
+            bad.append(f"{step}: {err}")
+    try:
+        latest_checkpoint(run_dir)
+    except CheckpointError as err:
+        bad.append(str(err))
+    if (run_dir / "policy" / "config.json").is_file():
+        try:
+            load_policy(run_dir / "policy")
+        except (CheckpointError, OSError, ValueError) as err:
+            bad.append(f"{run_dir / 'policy'}: {err}")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        steps = []
+        for i, line in enumerate(metrics.read_text().splitlines()):
+            try:
+                steps.append(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                bad.append(f"{metrics}: line {i + 1} is not a complete record")
+        if steps != sorted(set(steps)):
+            bad.append(f"{metrics}: steps repeat or go backwards")
+    return bad
+
+
+def bench_kill(work: Path, kills: int, seed: int) -> dict:
+    """SIGKILL fine-tuning ``kills`` times (half at random moments, half while a checkpoint is
+    being written), resume each time, and compare the result with an uninterrupted run."""
+    import signal
+    import subprocess
+
+    from lawm.checkpoint import load_tensors
+
+    rng = np.random.default_rng(seed)
+    data, lang = training_data(work), work / "lang.safetensors"
+    ref_dir, run_dir = work / "reference", work / "killed"
+    t0 = time.monotonic()
+    subprocess.run(finetune_cmd(data, ref_dir, lang), check=True, capture_output=True)
+    t_ref = time.monotonic() - t0
+    done, corrupt, attempts, during_write = 0, [], 0, 0
+    while done < kills and attempts < 4 * kills:
+        attempts += 1
+        proc = subprocess.Popen(
+            finetune_cmd(data, run_dir, lang), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        at_write = done % 2 == 1
+        deadline = time.monotonic() + (t_ref * 1.5 if at_write else rng.uniform(0.3, 1.0) * t_ref)
+        hit = False
+        while proc.poll() is None and time.monotonic() < deadline:
+            if at_write and any(
+                p.name.startswith(".") for p in (run_dir / "checkpoints").glob(".*")
+            ):
+                hit = True
+                break
+            time.sleep(0.0005 if at_write else 0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            done += 1
+            during_write += hit
+            corrupt += corrupt_files(run_dir)
+        else:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            if proc.returncode != 0:
+                raise RuntimeError(f"the resumed run failed: {err[-2000:]}")
+            break  # it finished before the kill: start again from scratch next time
+    final = subprocess.run(finetune_cmd(data, run_dir, lang), capture_output=True, text=True)
+    if final.returncode != 0:
+        raise RuntimeError(f"the last resume failed: {final.stderr[-2000:]}")
+    corrupt += corrupt_files(run_dir)
+    a = load_tensors(ref_dir / "policy" / "model.safetensors")
+    b = load_tensors(run_dir / "policy" / "model.safetensors")
+    same = set(a) == set(b) and all(bool((a[k] == b[k]).all()) for k in a)
+    ref_loss = [
+        json.loads(x)["loss"] for x in (ref_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    run_loss = [
+        json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    leftovers = [str(p) for p in run_dir.rglob(".*")]
+    return {
+        "kills": done,
+        "kills_during_checkpoint_write": during_write,
+        "resume_mismatches": int(not same) + int(ref_loss != run_loss),
+        "corrupt_files_left": len(corrupt),
+        "corrupt_examples": corrupt[:5],
+        "temporaries_left": len(leftovers),
+        "uninterrupted_run_s": round(t_ref, 1),
+    }
+
+
+# -- disk -----------------------------------------------------------------------------------
+class Tmpfs:
+    """A small tmpfs mounted at ``path`` (needs root, as in the CI container); None-like when
+    it cannot be mounted, with the reason in ``why``."""
+
+    def __init__(self, path: Path, size_kb: int) -> None:
+        import subprocess
+
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        self.mounted = r.returncode == 0
+        self.why = r.stderr.strip() or f"mount exited {r.returncode}"
+
+    def close(self) -> None:
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+def _fill(folder: Path, leave_kb: int) -> None:
+    """Fill the filesystem of ``folder`` until about ``leave_kb`` are free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    n = max(free - leave_kb * 1024, 0)
+    with open(folder / "filler", "wb") as f:
+        f.write(b"\0" * n)
+
+
+def bench_disk(work: Path) -> dict:
+    """Checkpoint, export and dataset writes that run out of space on a tmpfs: each must fail
+    with a one-line error, the previous files intact and loadable, and no temporary left."""
+    import shutil
+    import subprocess
+
+    from lawm.data import open_sources
+    from lawm_core.model import PolicyModel
+
+    data, lang = training_data(work), work / "lang.safetensors"
+    ref = work / "disk_reference"
+    if not (ref / "policy" / "config.json").is_file():
+        subprocess.run(finetune_cmd(data, ref, lang, steps=8), check=True, capture_output=True)
+    ckpt_kb = sum(p.stat().st_size for p in (ref / "checkpoints" / "step_000002").iterdir())
+    ckpt_kb = ckpt_kb // 1024 + 1
+    cases: dict[str, dict] = {}
+    fs = Tmpfs(work / "tmpfs", size_kb=64 * 1024)
+    if not fs.mounted:
+        return {"disk_full_cases": 0, "disk_skipped": f"cannot mount a tmpfs: {fs.why}"}
+    try:
+        # 1. A checkpoint write: the first checkpoint fits, the space runs out during a later one.
+        # The run as a kill at step 5 would leave it; resuming it, checkpoint 6 has no room.
+        out = fs.path / "run"
+        shutil.copytree(ref / "checkpoints", out / "checkpoints")
+        for late in ("step_000006", "step_000008"):
+            shutil.rmtree(out / "checkpoints" / late)
+        (out / "checkpoints" / "latest").write_text("step_000004\n")
+        shutil.copy(ref / "metrics.jsonl", out / "metrics.jsonl")
+        _fill(fs.path, leave_kb=ckpt_kb // 2)
+        r = subprocess.run(finetune_cmd(data, out, lang, steps=8), capture_output=True, text=True)
+        cases["checkpoint"] = _disk_case(r, [out], lambda: corrupt_files(out))
+        (fs.path / "filler").unlink()
+        # 2. An export: one fits; with the space gone, exporting again fails and the first stays.
+        export = fs.path / "export"
+        cmd = TRAIN + ["export", "--policy", str(ref / "policy"), "--out", str(export),
+                       "--action-space", "osc_pose_delta", "--no-text-encoder"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+        _fill(fs.path, leave_kb=8)
+
+        def export_loads() -> list[str]:
+            try:
+                PolicyModel(export, providers="cpu")
+                return []
+            except Exception as err:  # noqa: BLE001 - any failure to load is the finding
+                return [f"{export}: {err}"]
+
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        cases["export"] = _disk_case(r, [export], export_loads)
+        (fs.path / "filler").unlink()
+        # 3. A dataset write: a LeRobot copy of the demonstrations is written, then replaced
+        # (--force) with no room for the new one: the first must still open and read.
+        lerobot = fs.path / "lerobot"
+        cmd = TRAIN + ["convert", "--data", str(data), "--to", "lerobot", "--out", str(lerobot),
+                       "--quiet", "--force"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+        _fill(fs.path, leave_kb=16)
+
+        def dataset_reads() -> list[str]:
+            try:
+                sources = open_sources(lerobot, labelled=True)
+                for s in sources:
+                    s.read(0, s.length, cameras=s.cameras, actions=True, proprio=s.has_proprio)
+                return [] if len(sources) == 8 else [f"{lerobot}: {len(sources)} episodes"]
+            except Exception as err:  # noqa: BLE001 - any failure to read is the finding
+                return [f"{lerobot}: {err}"]
+
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        cases["dataset"] = _disk_case(r, [fs.path], dataset_reads)
+    finally:
+        fs.close()
+    return {
+        "disk_full_cases": len(cases),
+        "disk_full_clear_errors": sum(c["clear_error"] for c in cases.values()),
+        "disk_full_previous_intact": sum(c["intact"] for c in cases.values()),
+        "disk_full": cases,
+    }
+
+
+def _disk_case(r, folders: list[Path], check) -> dict:
+    """One out-of-space case: the command failed with a one-line error that says so, what
+    was there before still loads, and no temporary was left behind."""
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    last = err[-1] if err else ""
+    clear = (
+        r.returncode != 0
+        and last.startswith("error:")
+        and "No space left" in last
+        and "Traceback" not in r.stderr
+    )
+    problems = check()
+    leftovers = [str(p) for f in folders for p in f.rglob(".*")]
+    return {
+        "returncode": r.returncode,
+        "error": last[:300],
+        "clear_error": bool(clear),
+        "intact": not problems,
+        "problems": problems[:3],
+        "temporaries_left": leftovers[:3],
+    }
+
+
 # -- main -----------------------------------------------------------------------------------
-PARTS = ("fuzz",)
+PARTS = ("fuzz", "kill", "disk")
+QUICK_KILLS, FULL_KILLS = 2, 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,6 +676,17 @@ def main(argv: list[str] | None = None) -> int:
             model = export_debug_model(args.out / "model")
             n = args.messages or (QUICK_MESSAGES if args.quick else FULL_MESSAGES)
             line.update(bench_fuzz(model, n, args.rate, args.seed, tmp / "logs"))
+        work = args.out / "training"
+        work.mkdir(parents=True, exist_ok=True)
+        if "kill" in parts:
+            kills = QUICK_KILLS if args.quick else FULL_KILLS
+            say(f"killing fine-tuning {kills} times")
+            for d in ("reference", "killed"):
+                shutil.rmtree(work / d, ignore_errors=True)
+            line.update(bench_kill(work, kills, args.seed))
+        if "disk" in parts:
+            say("running out of disk space")
+            line.update(bench_disk(work))
     line["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(line)
     (args.out / "results.json").write_text(text + "\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,10 @@ def save_checkpoint(
     """Write ``run_dir/checkpoints/step_N`` atomically and point ``latest`` at it."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    # A run killed while writing a checkpoint leaves its hidden staging folder; one process
+    # writes a run's checkpoints, so any found now is such a leftover.
+    for stale in ckpt_root.glob(".step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
     final = ckpt_root / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
         tmp.mkdir()

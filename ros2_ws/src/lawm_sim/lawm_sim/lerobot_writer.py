@@ -94,6 +94,15 @@ class _Video:
             self.container.mux(packet)
         self.container.close()
 
+    def abandon(self) -> None:
+        """Stop after a failure (a full disk): the encoder is drained (told the stream ended,
+        its packets dropped) so the native encoder shuts down cleanly, and the file closed."""
+        with contextlib.suppress(Exception):
+            for _ in self.stream.encode():
+                pass
+        with contextlib.suppress(Exception):
+            self.container.close()
+
 
 class _Stats:
     """Running min / max / sum / sum of squares of one feature (per value or per channel)."""
@@ -353,8 +362,13 @@ class LerobotWriter:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):
-            self._close_files()
+        if self._data_writer is not None:
+            with contextlib.suppress(Exception):
+                self._data_writer.close()
+            self._data_writer = None
+        for video in self._videos.values():
+            video.abandon()
+        self._videos = {}
         self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def _close_files(self) -> None:
