@@ -216,7 +216,7 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
         name: NodeProcess(
             "lawm_policy",
             "policy_node",
-            log_dir=log_dir,
+            log_dir=log_dir / name,
             params={**common, **extra},
             remaps={"__node": name},
         ).start()

@@ -236,6 +236,23 @@ def test_runtime_refuses_empty_instruction(exported):
             runtime.embed(bad)
 
 
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("lift " * 300, "1499 characters, more than 1000"),
+        ("open the\x00 drawer", r"control or formatting characters \['U\+0000'\]"),
+        ("open the drawer\u202e", r"\['U\+202E'\]"),  # right-to-left override
+        ("open\u200bthe drawer", r"\['U\+200B'\]"),  # zero-width space
+    ],
+)
+def test_runtime_refuses_what_no_instruction_needs(exported, bad, says):
+    runtime = TextEncoderRuntime(exported[0])
+    with pytest.raises(ValueError, match=says):
+        runtime.embed(bad)
+    # Other scripts are instructions like any other.
+    assert runtime.embed("поставь миску на тарелку 盘子").shape == (runtime.dim,)
+
+
 def test_runtime_imports_neither_torch_nor_rclpy(exported):
     code = (
         "import sys\n"

@@ -15,6 +15,7 @@ training: collapse whitespace, tokenize with truncation to ``max_length``, encod
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
@@ -25,14 +26,28 @@ from lawm_core.files import verify_file
 from lawm_core.model_files import check_onnx_graph, folder_file
 from lawm_core.sidecar import TextEncoderSidecar
 
+MAX_INSTRUCTION_CHARS = 1000  # LIBERO's instructions are under 100; the encoder reads 128
+# tokens at most, so anything longer is not an instruction anyone meant to give.
+
 
 def normalize_text(text: str) -> str:
-    """Collapse whitespace as training does; ValueError("instruction is empty") if blank."""
+    """Collapse whitespace as training does. ValueError for a blank instruction, one longer
+    than MAX_INSTRUCTION_CHARS, or one with control or invisible formatting characters (which
+    no instruction needs and which can make text read differently from what it is)."""
     if not isinstance(text, str):
         raise TypeError(f"instruction must be a str, got {type(text).__name__}")
     cleaned = " ".join(text.split())
     if not cleaned:
         raise ValueError("instruction is empty")
+    if len(cleaned) > MAX_INSTRUCTION_CHARS:
+        raise ValueError(
+            f"instruction has {len(cleaned)} characters, more than {MAX_INSTRUCTION_CHARS}"
+        )
+    hidden = sorted(
+        {f"U+{ord(c):04X}" for c in cleaned if unicodedata.category(c) in ("Cc", "Cf")}
+    )
+    if hidden:
+        raise ValueError(f"instruction has control or formatting characters {hidden[:5]}")
     return cleaned
 
 
