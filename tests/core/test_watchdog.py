@@ -54,3 +54,28 @@ def test_negative_stamps_are_refused_even_when_recent():
     assert not wd.update("cam", -0.1, 0.05)
     assert "negative stamp" in wd.rejections["cam"] and wd.stale(0.05) == ["cam"]
     assert wd.update("cam", 0.0, 0.05)
+
+
+def test_a_frozen_camera_goes_stale_although_its_stamps_advance():
+    wd = StalenessWatchdog(0.3, ["cam"], frozen_timeout_s=1.0)
+    t = 100.0
+    for i in range(10):  # a live camera: new content every frame
+        assert wd.update("cam", t, t, content=i)
+        t += 1 / 30
+    assert wd.stale(t) == []
+    frozen_at = t
+    accepted = []
+    while t < frozen_at + 2.0:  # the driver re-sends its last frame with new stamps
+        accepted.append((t, wd.update("cam", t, t, content=9)))
+        t += 1 / 30
+    last_ok = max(s for s, ok in accepted if ok)
+    assert frozen_at + 0.9 < last_ok <= frozen_at + 1.0 + 1e-9
+    assert "frozen" in wd.rejections["cam"]
+    assert wd.stale(t) == ["cam"]  # stale one timeout after the last accepted frame
+    assert wd.update("cam", t, t, content=10)  # it moves again: fresh at once
+    assert wd.stale(t) == []
+    # Off (the default, for simulators that render identical frames): never frozen.
+    off = StalenessWatchdog(0.3, ["cam"])
+    assert all(off.update("cam", 100 + k, 100 + k, content=1) for k in range(10))
+    with pytest.raises(ValueError, match="frozen_timeout_s"):
+        StalenessWatchdog(0.3, ["cam"], frozen_timeout_s=-1)

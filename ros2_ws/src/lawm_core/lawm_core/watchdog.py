@@ -4,7 +4,11 @@ The node calls ``update(name, stamp, now)`` for every accepted message (stamp = 
 header's time, now = the node's clock, both in seconds) and ``stale(now)`` every control tick;
 a non-empty list means: publish a zero twist and a diagnostic warning. A stamp from the future
 (beyond a small clock-skew tolerance) or from the far past is rejected and does not refresh
-the input, so a sender with a broken clock cannot keep the robot moving.
+the input, so a sender with a broken clock cannot keep the robot moving. With
+``frozen_timeout_s``, a message whose content (a digest the caller passes) has not changed for
+that long is rejected too: a camera driver that keeps re-sending its last frame with new
+stamps (a frozen sensor) goes stale like one that stopped. A real camera's noise changes every
+frame; a simulator's may not, so simulation leaves it off.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class StalenessWatchdog:
         required: the inputs that must all be fresh (cameras, proprio, instruction, ...).
         future_tolerance_s: stamps up to this far ahead of ``now`` are accepted (clock skew).
         max_age_s: stamps older than this are rejected outright (a wrong clock, e.g. zero).
+        frozen_timeout_s: content unchanged for longer than this is rejected (0: off).
 
     Attributes: ``rejections`` (name -> reason for its latest rejected stamp),
     ``rejected_count`` (name -> number of rejected stamps).
@@ -42,10 +47,13 @@ class StalenessWatchdog:
         required: Iterable[str],
         future_tolerance_s: float = 0.5,
         max_age_s: float = 3600.0,
+        frozen_timeout_s: float = 0.0,
     ) -> None:
         self.timeout_s = _seconds("timeout_s", timeout_s, positive=True)
         self.future_tolerance_s = _seconds("future_tolerance_s", future_tolerance_s)
         self.max_age_s = _seconds("max_age_s", max_age_s, positive=True)
+        self.frozen_timeout_s = _seconds("frozen_timeout_s", frozen_timeout_s)
+        self._content: dict[str, tuple[object, float]] = {}  # name -> (digest, since stamp)
         self.required: tuple[str, ...] = tuple(dict.fromkeys(required))
         self._stamps: dict[str, float] = {}
         self.rejections: dict[str, str] = {}
@@ -54,6 +62,7 @@ class StalenessWatchdog:
     def reset(self) -> None:
         """Forget every stamp (e.g. when the node deactivates)."""
         self._stamps.clear()
+        self._content.clear()
         self.rejections.clear()
         self.rejected_count.clear()
 
@@ -62,11 +71,12 @@ class StalenessWatchdog:
         self.rejected_count[name] = self.rejected_count.get(name, 0) + 1
         return False
 
-    def update(self, name: str, stamp_s: float, now_s: float) -> bool:
+    def update(self, name: str, stamp_s: float, now_s: float, content: object = None) -> bool:
         """Record that ``name`` arrived with ``stamp_s``; False (and a reason in
         ``rejections[name]``) if the stamp is non-finite, negative, in the future by more than the
-        tolerance, or older than ``max_age_s``. The latest accepted stamp replaces the stored
-        one, even if older (a restarted simulation's clock goes back)."""
+        tolerance, or older than ``max_age_s``, or if ``content`` (a digest; None: not tracked)
+        has been the same for more than ``frozen_timeout_s``. The latest accepted stamp
+        replaces the stored one, even if older (a restarted simulation's clock goes back)."""
         try:
             stamp, now = float(stamp_s), float(now_s)
         except (TypeError, ValueError):
@@ -86,6 +96,16 @@ class StalenessWatchdog:
             return self._reject(
                 name, f"stamp {stamp:.3f} s is {age:.1f} s old (max {self.max_age_s:g} s)"
             )
+        if content is not None and self.frozen_timeout_s > 0:
+            seen = self._content.get(name)
+            if seen is None or seen[0] != content or stamp < seen[1]:
+                self._content[name] = (content, stamp)
+            elif stamp - seen[1] > self.frozen_timeout_s:
+                return self._reject(
+                    name,
+                    f"frozen: the same content for {stamp - seen[1]:.2f} s "
+                    f"(frozen_timeout_s {self.frozen_timeout_s:g})",
+                )
         self._stamps[name] = stamp
         return True
 

@@ -55,6 +55,7 @@ import os
 import signal
 import time
 import traceback
+import zlib
 from collections import deque
 from pathlib import Path
 
@@ -237,7 +238,9 @@ class PolicyNode(LifecycleNode):
             self, p, model.spec.proprio_layout, self._report_input, self._warn, self._clear
         )
         self.watchdog = StalenessWatchdog(
-            p.stale_timeout_s, [*model.cameras, *self.robot.required]
+            p.stale_timeout_s,
+            [*model.cameras, *self.robot.required],
+            frozen_timeout_s=p.frozen_timeout_s,
         )
         self.latest: dict[str, tuple[np.ndarray, object]] = {}  # camera -> (RGB, stamp)
         self.lang: np.ndarray | None = None
@@ -401,7 +404,9 @@ class PolicyNode(LifecycleNode):
         except InputError as err:
             self._warn(camera, f"bad image on {camera} ({kind!r}): {err}")
             return
-        if self.watchdog.update(camera, self._stamp_s(msg.header.stamp), self._now_s()):
+        digest = zlib.crc32(msg.data) if self.watchdog.frozen_timeout_s else None
+        stamp_s = self._stamp_s(msg.header.stamp)
+        if self.watchdog.update(camera, stamp_s, self._now_s(), content=digest):
             self.latest[camera] = (image, msg.header.stamp)
             self.warnings.pop(camera, None)
             self.frame_wait.arrived(camera, time.monotonic())

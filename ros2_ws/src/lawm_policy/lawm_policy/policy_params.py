@@ -28,6 +28,7 @@ class PolicyParams:
     instruction: str
     control_rate_hz: float
     stale_timeout_s: float
+    frozen_timeout_s: float
     providers: str
     threads: int
     frame_id: str
@@ -98,6 +99,12 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "instruction": ("", "Task instruction until one arrives on ~/instruction."),
     "control_rate_hz": (0.0, "Inference and command rate; 0 takes the model's own rate."),
     "stale_timeout_s": (0.5, "Inputs older than this give a zero twist."),
+    "frozen_timeout_s": (
+        0.0,
+        "A camera whose frames stay byte-identical for this long (a frozen driver re-sending "
+        "its last frame) is treated as stale; 0: off (a simulator may render identical "
+        "frames; a real camera's noise never does).",
+    ),
     "providers": ("auto", "onnxruntime providers: auto, tensorrt, cuda or cpu."),
     "threads": (0, "onnxruntime intra-op threads (0: onnxruntime's default)."),
     "frame_id": ("base_link", "Frame of the published twist."),
