@@ -377,6 +377,210 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
     return result
 
 
+# -- faults ---------------------------------------------------------------------------------
+FAULT_STALE_S, FAULT_FROZEN_S = 0.3, 1.0  # the robot configs' stale/frozen timeouts
+
+
+def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
+    """One policy node (two raw cameras, flat proprio, the robot configs' timeouts) and the
+    faults an arm meets: a camera that stops, one that freezes (re-sends its last frame with
+    new stamps), a camera driver restarted (a new publisher), the instruction publisher going
+    silent, and the model folder changed on disk while the node runs. Each is measured from the
+    fault to the first zero command (stop_s) and from the repair to the first command computed
+    again (resume_s)."""
+    import rclpy
+    from geometry_msgs.msg import TwistStamped
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float32MultiArray, String
+
+    from lawm_apps.harness import (
+        NodeProcess,
+        call_service,
+        wait_for_publishers,
+        wait_for_subscribers,
+        wait_until,
+    )
+    from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    model = work / "fault_model"
+    shutil.rmtree(model, ignore_errors=True)
+    shutil.copytree(model_src, model)
+    name = "fault_node"
+    cams = ["/ft/cam0", "/ft/cam1"]
+    proc = NodeProcess(
+        "lawm_policy",
+        "policy_node",
+        log_dir=log_dir / name,
+        params={
+            "model_dir": str(model),
+            "camera_topics": cams,
+            "proprio_topic": "/ft/proprio",
+            "threads": 1,
+            "control_rate_hz": NOMINAL_HZ,
+            "stale_timeout_s": FAULT_STALE_S,
+            "frozen_timeout_s": FAULT_FROZEN_S,
+        },
+        remaps={"__node": name},
+    ).start()
+    rclpy.init()
+    node = rclpy.create_node("lawm_faults")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    twists: list[tuple[float, bool]] = []  # (arrival, moving)
+
+    def on_twist(msg) -> None:
+        v = [msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z,
+             msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z]  # fmt: skip
+        twists.append((time.monotonic(), any(x != 0.0 for x in v)))
+
+    sub = node.create_subscription(TwistStamped, f"/{name}/cmd_twist", on_twist, COMMAND)
+    pubs = {c: node.create_publisher(Image, c, SENSOR_LATEST) for c in cams}
+    proprio = node.create_publisher(Float32MultiArray, "/ft/proprio", SENSOR_LATEST)
+    instruction = node.create_publisher(String, f"/{name}/instruction", LATCHED)
+    rng = np.random.default_rng(0)
+    state = {"live": set(cams), "frozen": set(), "i": 0}
+    frozen_frame = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8).tobytes()
+
+    def publish() -> None:
+        stamp = node.get_clock().now().to_msg()
+        state["i"] += 1
+        for cam in state["live"]:
+            data = frozen_frame if cam in state["frozen"] else rng.bytes(48 * 48 * 3)
+            msg = Image(height=48, width=48, encoding="rgb8", step=144, data=data)
+            msg.header.stamp = stamp
+            pubs[cam].publish(msg)
+        proprio.publish(Float32MultiArray(data=[0.1, 0.0, 0.3, 0.02, -0.02]))
+
+    def run(seconds: float, until=None) -> float | None:
+        """Stream at 30 Hz; with ``until`` (a test on the twists), return the seconds until
+        it held (None if it never did)."""
+        t0 = time.monotonic()
+        nxt = t0
+        while time.monotonic() - t0 < seconds:
+            if time.monotonic() >= nxt:
+                publish()
+                nxt += 1 / 30
+            ex.spin_once(timeout_sec=0.002)
+            if until is not None and until():
+                return time.monotonic() - t0
+        return None
+
+    def first_after(t0: float, moving: bool) -> bool:
+        return any(t >= t0 and m == moving for t, m in twists)
+
+    def episode(fault, repair, limit_stop: float, limit_resume: float = 3.0) -> dict:
+        run(1.0)  # acting normally
+        t0 = time.monotonic()
+        fault()
+        stop = run(limit_stop + 2.0, until=lambda: first_after(t0, False))
+        moving_after = [m for t, m in twists if stop is not None and t > t0 + stop + 0.1]
+        t1 = time.monotonic()
+        repair()
+        resume = run(limit_resume + 2.0, until=lambda: first_after(t1, True))
+        return {
+            "stop_s": None if stop is None else round(stop, 3),
+            "stop_limit_s": round(limit_stop, 3),
+            "moved_while_faulty": int(any(moving_after)),
+            "resume_s": None if resume is None else round(resume, 3),
+            "ok": stop is not None and stop <= limit_stop and resume is not None
+            and not any(moving_after),
+        }  # fmt: skip
+
+    period = 1 / NOMINAL_HZ
+    out: dict[str, dict] = {}
+    try:
+        for p in pubs.values():
+            wait_for_subscribers(node, p, timeout=60, procs=[proc])
+        wait_for_publishers(node, sub, timeout=60, procs=[proc])
+        instruction.publish(String(data=INSTRUCTION))
+        moving = run(30.0, until=lambda: any(m for _, m in twists))
+        if moving is None:
+            raise RuntimeError(f"the node never moved:\n{proc.tail()}")
+
+        def stop_cam() -> None:
+            state["live"].discard(cams[1])
+
+        def start_cam() -> None:
+            state["live"].add(cams[1])
+
+        # A frame is late after stale_timeout_s; the next tick (one period) sends zero.
+        out["camera_stops"] = episode(stop_cam, start_cam, FAULT_STALE_S + 2 * period)
+        out["camera_freezes"] = episode(
+            lambda: state["frozen"].add(cams[1]),
+            lambda: state["frozen"].discard(cams[1]),
+            FAULT_FROZEN_S + FAULT_STALE_S + 2 * period,
+        )
+
+        def restart_driver() -> None:
+            node.destroy_publisher(pubs[cams[1]])
+            pubs[cams[1]] = node.create_publisher(Image, cams[1], SENSOR_LATEST)
+            state["live"].add(cams[1])
+
+        out["camera_restarts"] = episode(
+            stop_cam, restart_driver, FAULT_STALE_S + 2 * period, limit_resume=5.0
+        )
+        # The instruction publisher goes away: the latched instruction stays the task.
+        node.destroy_publisher(instruction)
+        n0 = len(twists)
+        run(3.0)
+        quiet = [m for _, m in twists[n0:]]
+        out["instruction_silent"] = {
+            "commands": len(quiet),
+            "moving_share": round(sum(quiet) / max(len(quiet), 1), 3),
+            "ok": len(quiet) > 0.5 * 3.0 * NOMINAL_HZ and sum(quiet) > 0.9 * len(quiet),
+        }
+        # The model folder changes under the running node: it keeps its loaded model; a
+        # reconfigure refuses the changed file by its sha256 and the node stays unconfigured.
+        onnx = model / "policy.onnx"
+        data = bytearray(onnx.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        onnx.write_bytes(bytes(data))
+        n0 = len(twists)
+        run(2.0)
+        kept = [m for _, m in twists[n0:]]
+        change = node.create_client(ChangeState, f"/{name}/change_state")
+        get = node.create_client(GetState, f"/{name}/get_state")
+        assert change.wait_for_service(timeout_sec=10) and get.wait_for_service(timeout_sec=10)
+        results = []
+        for tid in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP,
+                    Transition.TRANSITION_CONFIGURE):  # fmt: skip
+            fut = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+            wait_until(node, fut.done, 30, f"transition {tid}", [proc])
+            results.append(fut.result().success)
+        label = call_service(node, get, GetState.Request(), 10, "state", [proc])
+        log = proc.log_path.read_text()
+        n1 = len(twists)
+        run(1.5)
+        out["model_changed_on_disk"] = {
+            "kept_commanding": round(sum(kept) / max(len(kept), 1), 3),
+            "reconfigure_refused": (not results[2]) and "sha256 mismatch" in log,
+            "state_after": label.current_state.label,
+            "moving_after_refusal": int(any(m for _, m in twists[n1:])),
+        }
+        out["model_changed_on_disk"]["ok"] = bool(
+            out["model_changed_on_disk"]["kept_commanding"] > 0.9
+            and out["model_changed_on_disk"]["reconfigure_refused"]
+            and label.current_state.label == "unconfigured"
+            and not out["model_changed_on_disk"]["moving_after_refusal"]
+        )
+        crashed = not proc.alive()
+    finally:
+        proc.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    return {
+        "faults": out,
+        "faults_ok": sum(bool(v.get("ok")) for v in out.values()),
+        "faults_total": len(out),
+        "fault_node_crashes": int(crashed),
+    }
+
+
 # -- kill -----------------------------------------------------------------------------------
 TRAIN = [sys.executable, str(ROOT / "training" / "train.py")]
 KILL_STEPS = 24  # fine-tuning steps of the killed run (debug preset), a checkpoint every 2
@@ -644,7 +848,7 @@ def _disk_case(r, folders: list[Path], check) -> dict:
 
 
 # -- main -----------------------------------------------------------------------------------
-PARTS = ("fuzz", "kill", "disk")
+PARTS = ("fuzz", "faults", "kill", "disk")
 QUICK_KILLS, FULL_KILLS = 2, 20
 
 
@@ -676,6 +880,10 @@ def main(argv: list[str] | None = None) -> int:
             model = export_debug_model(args.out / "model")
             n = args.messages or (QUICK_MESSAGES if args.quick else FULL_MESSAGES)
             line.update(bench_fuzz(model, n, args.rate, args.seed, tmp / "logs"))
+        if "faults" in parts:
+            say("faults: cameras stopping, freezing, restarting; silence; a changed model")
+            model = export_debug_model(args.out / "model")
+            line.update(bench_faults(model, tmp, tmp / "logs"))
         work = args.out / "training"
         work.mkdir(parents=True, exist_ok=True)
         if "kill" in parts:

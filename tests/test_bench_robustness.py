@@ -54,3 +54,21 @@ def test_running_out_of_disk_space_says_so_and_keeps_what_was_there(tmp_path):
         assert case["clear_error"], (name, case["error"])
         assert case["intact"], (name, case["problems"])
         assert not case["temporaries_left"], (name, case["temporaries_left"])
+
+
+@pytest.mark.ros
+def test_faults_stop_the_arm_in_time_and_it_resumes(tmp_path):
+    model = bench.export_debug_model(tmp_path / "model")
+    r = bench.bench_faults(model, tmp_path, tmp_path / "logs")
+    assert r["fault_node_crashes"] == 0
+    faults = r["faults"]
+    for name in ("camera_stops", "camera_freezes", "camera_restarts"):
+        f = faults[name]
+        # The exact times are the benchmark's; here a wide margin for a loaded machine.
+        assert f["stop_s"] is not None and f["stop_s"] <= f["stop_limit_s"] + 0.5, (name, f)
+        assert f["moved_while_faulty"] == 0, (name, f)
+        assert f["resume_s"] is not None, (name, f)
+    assert faults["instruction_silent"]["moving_share"] > 0.9
+    changed = faults["model_changed_on_disk"]
+    assert changed["kept_commanding"] > 0.9 and changed["reconfigure_refused"]
+    assert changed["state_after"] == "unconfigured" and not changed["moving_after_refusal"]
