@@ -581,6 +581,149 @@ def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
     }
 
 
+# -- soak -----------------------------------------------------------------------------------
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def bench_soak(model: Path, minutes: float, window_min: float, log_dir: Path) -> dict:
+    """The policy node with two 30 Hz cameras (640x480 jpeg, as a robot's drivers send them)
+    for ``minutes``: resident memory after the first window vs at the end, e2e latency p99
+    (image stamp to command) in the first window (after a warm-up of up to 10 s) and the last,
+    missed control ticks."""
+    import cv2
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage
+
+    from lawm_apps.harness import NodeProcess, wait_for_publishers, wait_for_subscribers
+    from lawm_policy.qos import COMMAND, SENSOR_LATEST
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    name = "soak_node"
+    topics = ["/sk/cam0/compressed", "/sk/cam1/compressed"]
+    proc = NodeProcess(
+        "lawm_policy",
+        "policy_node",
+        log_dir=log_dir / name,
+        params={
+            "model_dir": str(model),
+            "camera_topics": topics,
+            "instruction": INSTRUCTION,
+            "proprio_topic": "/sk/proprio",
+            "threads": 1,
+            "control_rate_hz": NOMINAL_HZ,
+            "stale_timeout_s": 0.5,
+        },
+        remaps={"__node": name},
+    ).start()
+    rclpy.init()
+    node = rclpy.create_node("lawm_soak")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    from std_msgs.msg import Float32MultiArray
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(16):  # camera-like: smooth gradients and noise, compressed once
+        img = np.linspace(0, 255, 640)[None, :, None] + rng.normal(0, 20, (480, 640, 3))
+        frames.append(cv2.imencode(".jpg", np.clip(img, 0, 255).astype(np.uint8))[1].tobytes())
+    pubs = [node.create_publisher(CompressedImage, t, SENSOR_LATEST) for t in topics]
+    proprio = node.create_publisher(Float32MultiArray, "/sk/proprio", SENSOR_LATEST)
+    sent: set[int] = set()
+    latencies: list[tuple[float, float]] = []  # (when, ms)
+    missed = [0]
+
+    def on_image_time(msg) -> None:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        if stamp in sent:
+            ms = (node.get_clock().now().nanoseconds - stamp) / 1e6
+            latencies.append((time.monotonic(), ms))
+
+    def on_diag(msg) -> None:
+        for status in msg.status:
+            if status.name.startswith(f"{name}:"):
+                for kv in status.values:
+                    if kv.key == "missed_ticks":
+                        missed[0] = int(kv.value)
+
+    image_time = node.create_subscription(
+        TwistStamped, f"/{name}/cmd_twist_image_time", on_image_time, COMMAND
+    )
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    rss: list[tuple[float, float]] = []
+    try:
+        for p in pubs:
+            wait_for_subscribers(node, p, timeout=60, procs=[proc])
+        wait_for_publishers(node, image_time, timeout=60, procs=[proc])
+        t0 = time.monotonic()
+        end = t0 + minutes * 60
+        nxt, next_rss, i = t0, t0, 0
+        missed_start = None
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if now >= nxt:
+                stamp = node.get_clock().now().to_msg()
+                sent.add(stamp.sec * 10**9 + stamp.nanosec)
+                for k, p in enumerate(pubs):
+                    msg = CompressedImage(format="jpeg", data=frames[(i + 5 * k) % len(frames)])
+                    msg.header.stamp = stamp
+                    p.publish(msg)
+                proprio.publish(Float32MultiArray(data=[0.1, 0.0, 0.3, 0.02, -0.02]))
+                i += 1
+                nxt += 1 / 30
+            if now >= next_rss:
+                value = _rss_mb(proc.proc.pid)
+                if value is not None:
+                    rss.append((now - t0, value))
+                next_rss += 5.0
+                if missed_start is None and now - t0 >= window_min * 60:
+                    missed_start = missed[0]
+            ex.spin_once(timeout_sec=max(0.0, min(0.002, nxt - time.monotonic())))
+        alive = proc.alive()
+    finally:
+        proc.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    w = window_min * 60
+    warm = min(10.0, w / 3)  # start-up (first inferences, discovery) is not the soak's figure
+
+    def p99(lo: float, hi: float) -> float | None:
+        xs = [ms for t, ms in latencies if t0 + lo <= t < t0 + hi]
+        return round(float(np.percentile(xs, 99)), 2) if xs else None
+
+    first, last = p99(warm, warm + w), p99(minutes * 60 - w, minutes * 60 + 1)
+    after_warmup = [v for t, v in rss if t >= w]
+    growth = round(rss[-1][1] - after_warmup[0], 1) if after_warmup else None
+    return {
+        "soak_minutes": minutes,
+        "soak_window_minutes": window_min,
+        "soak_commands": len(latencies),
+        "soak_rss_mb_start": round(after_warmup[0], 1) if after_warmup else None,
+        "soak_rss_mb_end": round(rss[-1][1], 1) if rss else None,
+        "soak_rss_growth_mb": growth,
+        "soak_p99_ms_first": first,
+        "soak_p99_ms_last": last,
+        "soak_p99_ratio": round(last / first, 3) if first and last else None,
+        "soak_missed_ticks": missed[0],
+        "soak_missed_ticks_after_first_window": missed[0] - (missed_start or 0),
+        "soak_node_crashes": int(not alive),
+        "soak_target_met": bool(
+            growth is not None and growth < 20 and first and last and last <= 1.2 * first
+            and missed[0] == 0 and alive
+        ),
+    }  # fmt: skip
+
+
 # -- kill -----------------------------------------------------------------------------------
 TRAIN = [sys.executable, str(ROOT / "training" / "train.py")]
 KILL_STEPS = 24  # fine-tuning steps of the killed run (debug preset), a checkpoint every 2
@@ -848,7 +991,7 @@ def _disk_case(r, folders: list[Path], check) -> dict:
 
 
 # -- main -----------------------------------------------------------------------------------
-PARTS = ("fuzz", "faults", "kill", "disk")
+PARTS = ("fuzz", "faults", "kill", "disk", "soak")
 QUICK_KILLS, FULL_KILLS = 2, 20
 
 
@@ -860,6 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{FULL_MESSAGES})")  # fmt: skip
     ap.add_argument("--rate", type=float, default=1000.0, help="hostile messages per second")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--soak-minutes", type=float, help="default: quick 2, full 30")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "robustness")
     args = ap.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
@@ -884,6 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
             say("faults: cameras stopping, freezing, restarting; silence; a changed model")
             model = export_debug_model(args.out / "model")
             line.update(bench_faults(model, tmp, tmp / "logs"))
+        if "soak" in parts:
+            minutes, window = (2.0, 0.5) if args.quick else (30.0, 5.0)
+            minutes = args.soak_minutes or minutes
+            say(f"soak: two 30 Hz cameras for {minutes:g} min")
+            model = export_debug_model(args.out / "model")
+            line.update(bench_soak(model, minutes, min(window, minutes / 4), tmp / "logs"))
         work = args.out / "training"
         work.mkdir(parents=True, exist_ok=True)
         if "kill" in parts:

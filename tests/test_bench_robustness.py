@@ -72,3 +72,13 @@ def test_faults_stop_the_arm_in_time_and_it_resumes(tmp_path):
     changed = faults["model_changed_on_disk"]
     assert changed["kept_commanding"] > 0.9 and changed["reconfigure_refused"]
     assert changed["state_after"] == "unconfigured" and not changed["moving_after_refusal"]
+
+
+@pytest.mark.ros
+def test_a_short_soak_keeps_commanding_without_growing(tmp_path):
+    model = bench.export_debug_model(tmp_path / "model")
+    r = bench.bench_soak(model, minutes=0.4, window_min=0.1, log_dir=tmp_path / "logs")
+    assert r["soak_node_crashes"] == 0
+    assert r["soak_commands"] > 0.5 * 0.4 * 60 * bench.NOMINAL_HZ
+    assert r["soak_rss_growth_mb"] is not None and r["soak_rss_growth_mb"] < 20
+    assert r["soak_p99_ms_first"] is not None and r["soak_p99_ms_last"] is not None
