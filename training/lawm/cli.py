@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -37,6 +38,7 @@ from lawm.data import (
     detect_format,
     open_sources,
 )
+from lawm.data.base import skipping_bad
 from lawm.data.lerobot import DEFAULT_TOLERANCE_S
 from lawm.eval_latents import latent_action_cca
 from lawm.export import ExportError, export_policy
@@ -193,6 +195,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--no-resume",
         action="store_true",
         help="start from scratch even if --out holds a checkpoint",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="go on without files and episodes that cannot be read (truncated or corrupt), "
+        "each named in one warning and counted in the summary (default: stop at the first, "
+        "naming it)",
     )
     p.add_argument(
         "--lang-cache",
@@ -432,12 +441,16 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
     cfg = build_config(args, stage)
     gripper = gripper_flags(args)
     # Pretraining reads images only (labelled=False): the loaders never hand it an action.
-    sources = open_data(
-        args,
-        labelled=(stage == "finetune"),
-        control_rate_hz=cfg.policy.control_rate_hz,
-        gripper_open=contract.GRIPPER_OPEN if gripper is None else gripper["open"],
-    )
+    skipped: list[str] = []
+    with skipping_bad(skipped) if args.skip_bad else contextlib.nullcontext():
+        sources = open_data(
+            args,
+            labelled=(stage == "finetune"),
+            control_rate_hz=cfg.policy.control_rate_hz,
+            gripper_open=contract.GRIPPER_OPEN if gripper is None else gripper["open"],
+        )
+    for line in skipped:
+        print(f"[{stage}] skipping an unreadable file: {line}", file=sys.stderr, flush=True)
     print(
         f"[{stage}] {len(sources)} episodes at {cfg.policy.control_rate_hz:g} Hz, preset "
         f"{cfg.preset}, out {args.out}",
@@ -457,7 +470,9 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         progress=not args.quiet,
         gripper=gripper,
         wandb=args.wandb,
+        skip_bad=args.skip_bad,
     )
+    skipped += summary["skipped"]
     last = summary["history"][-1] if summary["history"] else {}
     print(
         json.dumps(
@@ -466,6 +481,7 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
                 "steps": summary["steps"],
                 "run_dir": str(args.out),
                 "policy": str(Path(args.out) / "policy"),
+                **({"skipped": len(skipped)} if args.skip_bad else {}),
                 **{k: round(v, 6) for k, v in last.items() if isinstance(v, float)},
             }
         )

@@ -48,7 +48,8 @@ from lawm.checkpoint import (
 )
 from lawm.config import LawmConfig, OptimConfig
 from lawm.data import DataError, WindowDataset, collate, compute_stats, to_device
-from lawm.data.base import data_proprio_layout
+from lawm.data.base import data_proprio_layout, first_line
+from lawm.data.dataset import SKIPPED
 from lawm.head_fit import HEAD_INITS, fit_head
 from lawm.language import TextEmbedder
 from lawm.objectives import FinetuneObjective, PretrainObjective
@@ -467,6 +468,7 @@ def train(
     gripper: Mapping[str, Any] | None = None,
     head: str | None = None,
     wandb: bool = False,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Train ``stage`` on ``sources`` into ``run_dir``; returns a summary dict.
 
@@ -487,9 +489,17 @@ def train(
     to the demonstrations on the frozen pretrained features before fine-tuning
     (``lawm.head_fit``); "reuse" the pretrained head as it is (the paper's way); "fresh"
     (what ``reinit_head`` asks for).
+
+    An episode that cannot be read stops the run with a DataError naming it; with
+    ``skip_bad`` the run goes on without it: episodes whose actions or robot state cannot be
+    read are left out before training, one whose frames fail later is set aside when met
+    (another episode's window takes its place); the summary's ``skipped`` lists them.
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    skipped: list[str] = []
+    if skip_bad:
+        sources = readable_sources(sources, skipped)
     head = resolve_head(head, reinit_head, stage, init)
     layout = data_proprio_layout(sources) or contract.PROPRIO_LAYOUT
     cfg = with_proprio_layout(cfg, layout)
@@ -511,6 +521,7 @@ def train(
         stop=total if stop_at is None else min(total, stop_at),
         head=head,
         info=data_info(stage, cfg, sources, layout, grip),
+        skip_bad=skip_bad,
     )
     if grip is not None:
         check_gripper_values(grip, run.stats)
@@ -520,7 +531,13 @@ def train(
     history: list[dict[str, float]] = []
     run.objective.train()
     step = run.start
-    for step_batch in loader:
+    for step_batch in _batches(loader):
+        for why in step_batch.pop(SKIPPED, ()):
+            if why and why not in skipped:
+                skipped.append(why)
+                logging.getLogger(__name__).warning(
+                    "%s: skipping an unreadable episode: %s", stage, why
+                )
         agg = _train_step(run, step_batch, step)
         step += 1
         history.append(agg)
@@ -541,7 +558,45 @@ def train(
         "run_dir": str(run.run_dir),
         "n_windows": len(run.dataset),
         "head_fit": run.head_fit,
+        "skipped": skipped,
     }
+
+
+def readable_sources(sources: list, skipped: list[str]) -> list:
+    """The episodes whose actions and robot state read (images are met during training);
+    one line per other episode appended to ``skipped``."""
+    out = []
+    for src in sources:
+        try:
+            src.read(0, src.length, cameras=(), actions=src.has_actions, proprio=src.has_proprio)
+        except (DataError, OSError) as err:
+            text = first_line(str(err)) or type(err).__name__
+            skipped.append(text if text.startswith(src.name) else f"{src.name}: {text}")
+            log.warning(f"skipping an unreadable episode: {skipped[-1]}")
+        else:
+            out.append(src)
+    if not out:
+        raise DataError(f"no episode can be read; the first: {skipped[0]}")
+    return out
+
+
+def _batches(loader):
+    """The loader's batches; a DataError raised in a worker process comes back as one line
+    (the worker's traceback dropped), as it would without workers."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except DataError as err:
+            lines = [x for x in str(err).splitlines() if x.strip()]
+            text = lines[-1] if lines else str(err)
+            marker = "DataError: "
+            if marker in text:
+                text = text.split(marker, 1)[1]
+            raise DataError(text) from None
+        yield batch
 
 
 def _prepare(
@@ -559,6 +614,7 @@ def _prepare(
     stop: int,
     head: str,
     info: dict[str, Any],
+    skip_bad: bool = False,
 ) -> _Run:
     """Join the process group, build the objective, data and optimiser, and restore the
     checkpoint to resume from (or the ``init`` weights and the data statistics)."""
@@ -578,6 +634,7 @@ def _prepare(
         cfg.policy.chunk_size,
         mode=stage,
         proprio_dim=cfg.policy.proprio_dim,
+        skip_bad=skip_bad,
     )
     lang = LangTable([s.instruction for s in sources], lang_cache, cfg.policy.lang_dim)
     slow = _loaded_trunk if (stage == "finetune" and init is not None) else None

@@ -13,7 +13,8 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,35 @@ ROSBAG_SUFFIXES = (".mcap", ".db3")
 
 class DataError(ValueError):
     """Input data is unusable; the message names the file and the problem."""
+
+
+# Opening data with --skip-bad: a list that collects one line per file or episode that could
+# not be opened (the loaders then go on without it); None: such an error is raised.
+_SKIPPED: ContextVar[list[str] | None] = ContextVar("lawm_skipped_files", default=None)
+
+
+@contextlib.contextmanager
+def skipping_bad(into: list[str]) -> Iterator[list[str]]:
+    """Within this block the loaders skip files and episodes they cannot open, appending one
+    line for each to ``into``, instead of raising."""
+    token = _SKIPPED.set(into)
+    try:
+        yield into
+    finally:
+        _SKIPPED.reset(token)
+
+
+def skip_or_raise(err: Exception, what: str) -> None:
+    """Inside ``skipping_bad``: record ``what: err`` (its first line) and return; otherwise
+    raise it as a DataError naming ``what``."""
+    text = first_line(str(err)) or type(err).__name__
+    line = text if text.startswith(what) else f"{what}: {text}"
+    skipped = _SKIPPED.get()
+    if skipped is None:
+        if isinstance(err, DataError):
+            raise err
+        raise DataError(line) from err
+    skipped.append(line)
 
 
 def natural_key(text: str) -> list[Any]:

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from lawm import keys
-from lawm.data.base import DataError, EpisodeSource, data_proprio_layout
+from lawm.data.base import DataError, EpisodeSource, data_proprio_layout, first_line
 from lawm_core import contract
 
 MODES = ("pretrain", "finetune")
 # Sample keys without a constant in lawm.keys (the models read them with .get()).
+SKIPPED = "skipped"  # str per sample with skip_bad: why its window stood in for another
 CAMERA_MASK = "camera_mask"  # bool (n_cameras,): the episode has this camera
 FRAME_MASK = "frame_mask"  # bool (T,): False for frames repeated past the episode end
 
@@ -69,6 +70,12 @@ class WindowDataset(torch.utils.data.Dataset):
         actions       float32 (K, 7) raw units      finetune, or pretrain with with_actions
         action_mask   bool (K,)                     False past the end (rows repeat the last)
         instruction   str
+        skipped       str                           with skip_bad: "" or why the window asked
+                                                    for was replaced (its episode unreadable)
+
+    A window that cannot be read raises DataError naming the episode and the frames; with
+    ``skip_bad`` its episode is set aside in this process and the next readable episode's
+    first window stands in (the sample's ``skipped`` says which episode and why).
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class WindowDataset(torch.utils.data.Dataset):
         mode: str,
         with_actions: bool | None = None,
         proprio_dim: int | None = None,
+        skip_bad: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -106,6 +114,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.mode = mode
         self.with_actions = bool(with_actions)
         self.frames = chunk_size + 1 if mode == "pretrain" else 1
+        self.skip_bad = bool(skip_bad)
+        self._bad: dict[int, str] = {}  # source index -> why it cannot be read (this process)
 
         if self.with_actions:
             unlabelled = [s.name for s in self.sources if not s.has_actions]
@@ -128,6 +138,7 @@ class WindowDataset(torch.utils.data.Dataset):
             raise DataError(f"episode(s) with none of the cameras {cameras}: {blind[:3]}")
         shift = 1 if mode == "pretrain" else 0
         counts = np.array([max(s.length - shift, 0) for s in self.sources], dtype=np.int64)
+        self._windowless = {i for i, c in enumerate(counts) if c == 0}
         self._ends = np.cumsum(counts)
         if len(self._ends) == 0 or self._ends[-1] == 0:
             names = [s.name for s in self.sources[:3]]
@@ -152,6 +163,29 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         src_i, t = self.locate(int(index))
+        note = ""
+        for _ in range(len(self.sources)):
+            if src_i not in self._bad and src_i not in self._windowless:
+                try:
+                    sample = self._window(src_i, t)
+                except (DataError, OSError) as err:
+                    name = self.sources[src_i].name
+                    reason = first_line(str(err)) or type(err).__name__
+                    if not reason.startswith(name):
+                        reason = f"{name}: {reason}"
+                    if not self.skip_bad:
+                        raise DataError(f"{reason} (window at frame {t})") from err
+                    self._bad[src_i] = reason
+                    note = note or reason
+                else:
+                    if self.skip_bad:
+                        sample[SKIPPED] = note
+                    return sample
+            note = note or self._bad.get(src_i, "")
+            src_i, t = (src_i + 1) % len(self.sources), 0
+        raise DataError(f"no episode can be read; the first: {next(iter(self._bad.values()))}")
+
+    def _window(self, src_i: int, t: int) -> dict[str, Any]:
         src = self.sources[src_i]
         k, n_frames, size = self.chunk_size, self.frames, self.image_size
         stop = min(t + n_frames, src.length)

@@ -61,6 +61,7 @@ from lawm.data.base import (
     EpisodeSource,
     HandleCache,
     natural_key,
+    skip_or_raise,
 )
 from lawm_core import contract
 
@@ -543,7 +544,11 @@ def open_hdf5(
     options = Hdf5Options() if options is None else options
     episodes: list[Hdf5Episode] = []
     for file in hdf5_files(path, options.suites):
-        found = open_hdf5_file(file, labelled=labelled, options=options)
+        try:
+            found = open_hdf5_file(file, labelled=labelled, options=options)
+        except (DataError, OSError) as err:
+            skip_or_raise(err, str(file))
+            continue
         if not found:
             warnings.warn(f"{file}: every demo is marked unsuccessful; none used", stacklevel=2)
         episodes += found

@@ -43,7 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from lawm.data.base import ROSBAG_SUFFIXES, DataError, EpisodeSource, HandleCache, natural_key
+from lawm.data.base import (
+    ROSBAG_SUFFIXES,
+    DataError,
+    EpisodeSource,
+    HandleCache,
+    natural_key,
+    skip_or_raise,
+)
 from lawm_core import bags, contract
 from lawm_core.errors import InputError
 
@@ -548,20 +555,26 @@ def open_rosbags(
             )
     else:
         raise DataError(f"{path}: not a rosbag2 (expected a folder or a .mcap/.db3 file)")
-    episodes = [
-        RosbagEpisode(
-            b,
-            image_topics=None if opts.image_topics is None else dict(opts.image_topics),
-            action_topic=opts.action_topic,
-            proprio_topic=opts.proprio_topic,
-            gripper_topic=opts.gripper_topic,
-            instruction=opts.instruction,
-            instruction_topic=opts.instruction_topic,
-            labelled=labelled,
-            options=opts,
-        )
-        for b in paths
-    ]
+    episodes = []
+    for b in paths:
+        try:
+            episodes.append(
+                RosbagEpisode(
+                    b,
+                    image_topics=None if opts.image_topics is None else dict(opts.image_topics),
+                    action_topic=opts.action_topic,
+                    proprio_topic=opts.proprio_topic,
+                    gripper_topic=opts.gripper_topic,
+                    instruction=opts.instruction,
+                    instruction_topic=opts.instruction_topic,
+                    labelled=labelled,
+                    options=opts,
+                )
+            )
+        except (DataError, OSError) as err:
+            skip_or_raise(err, str(b))
+    if not episodes:
+        raise DataError(f"{path}: no bag could be opened")
     unlabelled = [e.name for e in episodes if labelled and not e.has_actions]
     if unlabelled:
         warnings.warn(

@@ -28,6 +28,7 @@ from lawm.data.base import (
     EpisodeSource,
     first_line,
     natural_key,
+    skip_or_raise,
 )
 from lawm_core import contract
 
@@ -218,13 +219,24 @@ class VideoEpisode(EpisodeSource):
 
 def _open_many(items: Sequence[tuple[Path, str]], backend: str | None) -> list[VideoEpisode]:
     # Probing is I/O and demuxing inside FFmpeg (GIL released): threads overlap it.
-    def one(item: tuple[Path, str]) -> VideoEpisode:
-        return VideoEpisode.open(item[0], item[1], backend)
+    def one(item: tuple[Path, str]) -> VideoEpisode | Exception:
+        try:
+            return VideoEpisode.open(item[0], item[1], backend)
+        except (DataError, OSError) as err:
+            return err
 
     if len(items) < 8:
-        return [one(it) for it in items]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(one, items))
+        found = [one(it) for it in items]
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = list(pool.map(one, items))
+    out = []
+    for item, episode in zip(items, found):
+        if isinstance(episode, Exception):
+            skip_or_raise(episode, str(item[0]))
+        else:
+            out.append(episode)
+    return out
 
 
 # -- plain video folders -----------------------------------------------------------------------
