@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -855,6 +856,125 @@ def bench_kill(work: Path, kills: int, seed: int) -> dict:
     }
 
 
+def _kill_at_random(cmd: list[str], rng, t_full: float) -> bool:
+    """Start ``cmd`` and SIGKILL it at a random moment of its expected duration; True if it
+    was still running then (a kill), False if it finished first."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + rng.uniform(0.15, 1.0) * t_full
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def export_problems(folder: Path) -> list[str]:
+    """An export folder in place must load as a whole (absent is fine)."""
+    from lawm_core.model import PolicyModel
+    from lawm_core.text_encoder import TextEncoderRuntime
+
+    if not folder.exists():
+        return []
+    try:
+        PolicyModel(folder, providers="cpu")
+        if (folder / "text_encoder.json").exists():
+            TextEncoderRuntime(folder)
+    except Exception as err:  # noqa: BLE001 - any failure to load is the finding
+        return [f"{folder}: {err}"]
+    return []
+
+
+def generated_problems(root: Path) -> list[str]:
+    """What generate left in place must open: the HDF5, every clip (with its instruction),
+    every bag, the LeRobot dataset; a clip without its text would be trained on its file
+    name as the instruction."""
+    from lawm.data import open_sources
+
+    bad = []
+    targets = [root / "demos.hdf5", *sorted((root / "bags").glob("*")), root / "lerobot"]
+    for path in targets:
+        if path.exists():
+            try:
+                for s in open_sources(path, labelled=True):
+                    s.read(0, s.length, cameras=s.cameras, actions=True, proprio=s.has_proprio)
+            except Exception as err:  # noqa: BLE001
+                bad.append(f"{path}: {first_line_of(err)}")
+    for clip in sorted((root / "mp4").glob("*.mp4")) if (root / "mp4").exists() else []:
+        if not clip.with_suffix(".txt").is_file():
+            bad.append(f"{clip}: no instruction beside it")
+        try:
+            for s in open_sources(clip, labelled=False):
+                s.read(0, s.length, cameras=s.cameras, actions=False, proprio=False)
+        except Exception as err:  # noqa: BLE001
+            bad.append(f"{clip}: {first_line_of(err)}")
+    return bad
+
+
+def first_line_of(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def bench_kill_writers(work: Path, kills: int, seed: int, generate: bool = True) -> dict:
+    """SIGKILL ``export`` and (``generate``) ``generate`` (real LIBERO, every output format) at
+    random moments; after each kill whatever is in place must load, and a rerun must finish."""
+    import subprocess
+
+    rng = np.random.default_rng(seed + 7)
+    data, lang = training_data(work), work / "lang.safetensors"
+    ref = work / "disk_reference"
+    if not (ref / "policy" / "config.json").is_file():
+        subprocess.run(finetune_cmd(data, ref, lang, steps=8), check=True, capture_output=True)
+    out: dict[str, Any] = {}
+    export = work / "export_killed"
+    shutil.rmtree(export, ignore_errors=True)
+    cmd = TRAIN + ["export", "--policy", str(ref / "policy"), "--out", str(export),
+                   "--action-space", "osc_pose_delta"]  # fmt: skip
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    t_export = time.monotonic() - t0
+    problems, done = [], 0
+    for _ in range(2 * kills):
+        if done >= kills:
+            break
+        done += _kill_at_random(cmd, rng, t_export)
+        problems += export_problems(export)
+    subprocess.run(cmd, check=True, capture_output=True)
+    problems += export_problems(export)
+    out["export_kills"], out["export_corrupt_left"] = done, len(problems)
+    out["writer_problems"] = problems[:5]
+    if not generate:
+        return out
+    gen = work / "generate_killed"
+    shutil.rmtree(gen, ignore_errors=True)
+    cmd = TRAIN + ["generate", "--suite", "libero_object", "--tasks", "0", "--init-states",
+                   "0-1", "--image-size", "32", "--out", str(gen / "demos.hdf5"), "--mp4-dir",
+                   str(gen / "mp4"), "--rosbag", str(gen / "bags"), "--lerobot",
+                   str(gen / "lerobot"), "--quiet"]  # fmt: skip
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    t_gen = time.monotonic() - t0
+    shutil.rmtree(gen)
+    gen_problems, done = [], 0
+    for _ in range(2 * kills):
+        if done >= kills:
+            break
+        done += _kill_at_random(cmd, rng, t_gen)
+        gen_problems += generated_problems(gen)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        gen_problems.append(f"the rerun failed: {r.stderr.strip().splitlines()[-1:]}")
+    gen_problems += generated_problems(gen)
+    out["generate_kills"], out["generate_corrupt_left"] = done, len(gen_problems)
+    out["writer_problems"] = (problems + gen_problems)[:5]
+    return out
+
+
 # -- disk -----------------------------------------------------------------------------------
 class Tmpfs:
     """A small tmpfs mounted at ``path`` (needs root, as in the CI container); None-like when
@@ -992,7 +1112,7 @@ def _disk_case(r, folders: list[Path], check) -> dict:
 
 # -- main -----------------------------------------------------------------------------------
 PARTS = ("fuzz", "faults", "kill", "disk", "soak")
-QUICK_KILLS, FULL_KILLS = 2, 20
+QUICK_KILLS, FULL_KILLS, FULL_WRITER_KILLS = 2, 20, 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1042,6 +1162,13 @@ def main(argv: list[str] | None = None) -> int:
             for d in ("reference", "killed"):
                 shutil.rmtree(work / d, ignore_errors=True)
             line.update(bench_kill(work, kills, args.seed))
+            n = QUICK_KILLS if args.quick else FULL_WRITER_KILLS
+            say(f"killing export and generate {n} times each")
+            line.update(bench_kill_writers(work, n, args.seed))
+            line["kills"] += line["export_kills"] + line["generate_kills"]
+            line["corrupt_files_left"] += (
+                line["export_corrupt_left"] + line["generate_corrupt_left"]
+            )
         if "disk" in parts:
             say("running out of disk space")
             line.update(bench_disk(work))

@@ -82,3 +82,9 @@ def test_a_short_soak_keeps_commanding_without_growing(tmp_path):
     assert r["soak_commands"] > 0.5 * 0.4 * 60 * bench.NOMINAL_HZ
     assert r["soak_rss_growth_mb"] is not None and r["soak_rss_growth_mb"] < 20
     assert r["soak_p99_ms_first"] is not None and r["soak_p99_ms_last"] is not None
+
+
+def test_a_killed_export_leaves_the_previous_export_or_none(tmp_path):
+    r = bench.bench_kill_writers(tmp_path, kills=2, seed=2, generate=False)
+    assert r["export_kills"] == 2
+    assert r["export_corrupt_left"] == 0, r["writer_problems"]

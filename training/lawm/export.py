@@ -52,7 +52,7 @@ from lawm.language import MAX_LENGTH, MODEL_NAME, MiniLM, MiniLMTokenizer, find_
 from lawm.models.policy import Policy
 from lawm_core import contract
 from lawm_core.contract import TEXT_INPUT_NAMES, TEXT_OUTPUT_NAME
-from lawm_core.files import atomic_path, sha256_file
+from lawm_core.files import atomic_dir, atomic_path, sha256_file
 from lawm_core.sidecar import (
     BATCH,
     SEQUENCE,
@@ -341,7 +341,8 @@ def export_policy(
     """Export ``policy_dir`` (model.safetensors + config.json) into ``out_dir``.
 
     Writes policy.onnx, then (``text_encoder``) the text encoder's files, then policy.json
-    last, each atomically. Returns the sidecar written. The graph's inputs, proprio layout,
+    last, into a staging folder that then replaces ``out_dir`` as a whole (``atomic_dir``).
+    Returns the sidecar written. The graph's inputs, proprio layout,
     control rate and gripper convention come from the training run's record
     (``resolve_inputs``, ``resolve_control_rate``, ``resolve_action_space``);
     ``action_space`` (``contract.ACTION_KINDS``) sets or overrides the recorded kind and
@@ -356,58 +357,61 @@ def export_policy(
     rate = resolve_control_rate(policy_dir, info, cfg, control_rate_hz)
     inputs = resolve_inputs(policy_dir, cfg, info)
     policy.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = OnnxPolicy(policy, inputs).eval()
-    names = inputs.names
-    example = example_inputs(policy, batch=1, inputs=inputs)
-    dynamic = {n: {0: BATCH} for n in names}
-    dynamic[contract.ONNX_ACTION_OUTPUT] = {0: BATCH}
-    onnx_path = out_dir / contract.ONNX_FILE
-    with atomic_path(onnx_path) as tmp, torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            tuple(torch.from_numpy(example[n]) for n in names),
-            str(tmp),
-            input_names=names,
-            output_names=[contract.ONNX_ACTION_OUTPUT],
-            dynamic_axes=dynamic,
-            opset_version=opset,
-            dynamo=False,
-        )
-        err = check_parity(policy, tmp, inputs=inputs)
-        if not err <= PARITY_TOLERANCE:
-            raise ExportError(
-                f"the exported graph and the training forward differ by up to {err:.2e} "
-                f"(> {PARITY_TOLERANCE}); nothing written to {out_dir}"
+    final_dir = Path(out_dir)
+    # Written into a staging folder that replaces out_dir whole: a kill or a full disk
+    # leaves the previous export (or none), never a mix of old and new files.
+    with atomic_dir(final_dir) as out_dir:
+        out_dir.mkdir()
+        wrapper = OnnxPolicy(policy, inputs).eval()
+        names = inputs.names
+        example = example_inputs(policy, batch=1, inputs=inputs)
+        dynamic = {n: {0: BATCH} for n in names}
+        dynamic[contract.ONNX_ACTION_OUTPUT] = {0: BATCH}
+        onnx_path = out_dir / contract.ONNX_FILE
+        with atomic_path(onnx_path) as tmp, torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                tuple(torch.from_numpy(example[n]) for n in names),
+                str(tmp),
+                input_names=names,
+                output_names=[contract.ONNX_ACTION_OUTPUT],
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                dynamo=False,
             )
+            err = check_parity(policy, tmp, inputs=inputs)
+            if not err <= PARITY_TOLERANCE:
+                raise ExportError(
+                    f"the exported graph and the training forward differ by up to {err:.2e} "
+                    f"(> {PARITY_TOLERANCE}); nothing written to {final_dir}"
+                )
 
-    text_sidecar = export_text_encoder(out_dir) if text_encoder else None
-    pc = cfg.policy
-    stats: dict[str, Any] = {k: tuple(getattr(policy, k).tolist()) for k in Normalization.KEYS}
-    if not inputs.proprio:
-        stats.update(proprio_mean=(), proprio_std=())
-    sidecar = PolicySidecar(
-        onnx_sha256=sha256_file(onnx_path),
-        opset=opset,
-        cameras=inputs.cameras,
-        image_size=pc.image_size,
-        chunk_size=pc.chunk_size,
-        action_dim=pc.action_dim,
-        action_space=space,
-        control_rate_hz=rate,
-        proprio_dim=pc.proprio_dim if inputs.proprio else 0,
-        proprio_layout=inputs.proprio_layout,
-        lang_dim=pc.lang_dim,
-        normalization=Normalization(**stats),
-        text_encoder=text_sidecar,
-        parity_max_abs_error=err,
-        preset=cfg.preset,
-        run=info,
-        exported_at=_utc_now(),
-        torch_version=torch.__version__,
-    )
-    sidecar.write(out_dir)
+        text_sidecar = export_text_encoder(out_dir) if text_encoder else None
+        pc = cfg.policy
+        stats: dict[str, Any] = {k: tuple(getattr(policy, k).tolist()) for k in Normalization.KEYS}
+        if not inputs.proprio:
+            stats.update(proprio_mean=(), proprio_std=())
+        sidecar = PolicySidecar(
+            onnx_sha256=sha256_file(onnx_path),
+            opset=opset,
+            cameras=inputs.cameras,
+            image_size=pc.image_size,
+            chunk_size=pc.chunk_size,
+            action_dim=pc.action_dim,
+            action_space=space,
+            control_rate_hz=rate,
+            proprio_dim=pc.proprio_dim if inputs.proprio else 0,
+            proprio_layout=inputs.proprio_layout,
+            lang_dim=pc.lang_dim,
+            normalization=Normalization(**stats),
+            text_encoder=text_sidecar,
+            parity_max_abs_error=err,
+            preset=cfg.preset,
+            run=info,
+            exported_at=_utc_now(),
+            torch_version=torch.__version__,
+        )
+        sidecar.write(out_dir)
     return sidecar
 
 

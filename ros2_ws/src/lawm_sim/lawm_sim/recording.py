@@ -218,11 +218,13 @@ class Hdf5Writer:
 
 
 def write_mp4(folder: Path, ep: Episode, fps: int = 20) -> Path:
-    """The episode's agentview as ``<stem>.mp4`` + ``<stem>.txt`` (its instruction)."""
+    """The episode's agentview as ``<stem>.mp4`` + ``<stem>.txt`` (its instruction). The text
+    goes first: a clip is never on disk without its instruction (the loader would read the
+    file name as one), while a lone text file is ignored."""
     frames = ep.images[contract.AGENTVIEW]
     path = Path(folder) / f"{ep.stem}.mp4"
-    write_video(path, frames, fps=fps)
     atomic_write_text(path.with_suffix(".txt"), ep.instruction + "\n")
+    write_video(path, frames, fps=fps)
     return path
 
 
