@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float32MultiArray, String
+from std_msgs.msg import Float32MultiArray, Float64, String
 
 ENCODINGS = (
     "rgb8", "bgr8", "mono8", "rgba8", "bgra8", "mono16", "16UC1", "32FC1", "8UC3", "8UC4",
@@ -267,3 +267,38 @@ def instructions(rng: np.random.Generator) -> Iterator[String]:
         else:
             text = valid
         yield String(data=text)
+
+
+def twists(rng: np.random.Generator, stamps: Stamps, frame: str) -> Iterator[TwistStamped]:
+    """geometry_msgs/TwistStamped velocity commands: valid, each non-finite or huge value in
+    a random slot, another frame, everything at once."""
+    kinds = ("valid", "nan", "inf", "huge", "wrong_frame", "all_huge", "tiny", "valid")
+    i = 0
+    while True:
+        kind = kinds[i % len(kinds)]
+        i += 1
+        v = rng.uniform(-0.2, 0.2, 6)
+        if kind in ("nan", "inf", "huge"):
+            v[int(rng.integers(6))] = {"nan": float("nan"), "inf": float("inf"), "huge": 1e300}[
+                kind
+            ]
+        elif kind == "all_huge":
+            v[:] = -3.4e38
+        elif kind == "tiny":
+            v[:] = 5e-324
+        msg = TwistStamped()
+        msg.header.stamp = stamps()
+        msg.header.frame_id = "elsewhere" if kind == "wrong_frame" else frame
+        t = msg.twist
+        t.linear.x, t.linear.y, t.linear.z = (float(x) for x in v[:3])
+        t.angular.x, t.angular.y, t.angular.z = (float(x) for x in v[3:])
+        yield msg
+
+
+def gripper_commands(rng: np.random.Generator) -> Iterator[Float64]:
+    """std_msgs/Float64 gripper commands: +-1, in between, non-finite, huge."""
+    values = (1.0, -1.0, 0.3, *NON_FINITE, 1e300, -0.0)
+    i = 0
+    while True:
+        i += 1
+        yield Float64(data=float(values[i % len(values)]))

@@ -378,6 +378,137 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
     return result
 
 
+def bench_fuzz_bridge(messages: int, rate_hz: float, seed: int, log_dir: Path) -> dict:
+    """Storm the LIBERO bridge's command topics (one bridge taking raw actions, one taking
+    twist + gripper commands, both stepping the real simulator at 20 Hz with the newest
+    command) while valid commands stream; every action the bridges hand the simulator
+    (``applied_topic``) is checked finite and within [-1, 1]."""
+    import fuzz_messages as fm
+    import rclpy
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import Float32MultiArray, Float64
+
+    from lawm_apps.harness import NodeProcess, wait_for_subscribers
+    from lawm_policy.qos import COMMAND
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    specs = {
+        "fz_bridge_action": {"command_mode": "action", "action_topic": "/fzb/a/action"},
+        "fz_bridge_twist": {
+            "command_mode": "twist",
+            "twist_topic": "/fzb/t/twist",
+            "gripper_topic": "/fzb/t/gripper",
+            "twist_frame_id": BASE_FRAME,
+        },
+    }
+    procs = {}
+    for name, extra in specs.items():
+        tag = name.rsplit("_", 1)[1]
+        params = {
+            "image_size": 32, "episodes": 0, "max_steps": 1_000_000, "lockstep": False,
+            "exit_when_done": False, "reset_service": "", "applied_topic": f"/fzb/{tag}/applied",
+            "agentview_topic": f"/fzb/{tag}/agentview", "eye_in_hand_topic": f"/fzb/{tag}/eye",
+            "proprio_topic": f"/fzb/{tag}/proprio", "instruction_topic": f"/fzb/{tag}/text",
+            "result_topic": f"/fzb/{tag}/result", **extra,
+        }  # fmt: skip
+        procs[name] = NodeProcess(
+            "lawm_policy", "libero_bridge", log_dir=log_dir / name, params=params,
+            remaps={"__node": name},
+        ).start()  # fmt: skip
+    rclpy.init()
+    node = rclpy.create_node("lawm_robustness_bridge")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    rng = np.random.default_rng(seed)
+    stamps = fm.Stamps(lambda: node.get_clock().now().nanoseconds / 1e9, rng)
+    applied = {"action": [], "twist": []}
+    bad: list[str] = []
+
+    def on_applied(tag: str, msg) -> None:
+        a = np.asarray(msg.data, np.float64)
+        applied[tag].append(time.monotonic())
+        if a.size != 7 or not np.isfinite(a).all() or np.abs(a).max() > 1.0 + TOLERANCE:
+            bad.append(f"{tag}: applied {a.tolist()}")
+
+    for tag in applied:
+        node.create_subscription(
+            Float32MultiArray, f"/fzb/{tag}/applied", lambda m, t=tag: on_applied(t, m), 50
+        )
+    action = node.create_publisher(Float32MultiArray, "/fzb/a/action", COMMAND)
+    twist = node.create_publisher(TwistStamped, "/fzb/t/twist", COMMAND)
+    gripper = node.create_publisher(Float64, "/fzb/t/gripper", COMMAND)
+    streams = [
+        (action, fm.flat_proprio(rng, 7)),
+        (twist, fm.twists(rng, stamps, BASE_FRAME)),
+        (gripper, fm.gripper_commands(rng)),
+    ]
+
+    def publish_valid() -> None:
+        action.publish(Float32MultiArray(data=rng.uniform(-0.3, 0.3, 7).tolist()))
+        msg = TwistStamped()
+        msg.header.stamp = node.get_clock().now().to_msg()
+        msg.header.frame_id = BASE_FRAME
+        msg.twist.linear.x = 0.02
+        twist.publish(msg)
+        gripper.publish(Float64(data=-1.0))
+
+    def run(seconds: float, hostile: int = 0) -> int:
+        sent, t0 = 0, time.monotonic()
+        next_valid = next_bad = t0
+        while time.monotonic() < t0 + seconds or sent < hostile:
+            t = time.monotonic()
+            if t >= next_valid:
+                publish_valid()
+                next_valid += 0.05
+            if sent < hostile and t >= next_bad:
+                pub, gen = streams[sent % len(streams)]
+                pub.publish(next(gen))
+                sent += 1
+                next_bad += 1.0 / rate_hz
+            ex.spin_once(timeout_sec=0.0005)
+        return sent
+
+    def stepping() -> bool:
+        return all(len(v) > 3 for v in applied.values())
+
+    try:
+        for pub, _ in streams:
+            wait_for_subscribers(node, pub, timeout=180, procs=list(procs.values()))
+        t0 = time.monotonic()
+        while not stepping() and time.monotonic() - t0 < 120:
+            run(0.5)
+        if not stepping():
+            raise RuntimeError("the bridges never stepped:\n" + "\n".join(
+                p.tail() for p in procs.values()))  # fmt: skip
+        say(f"bridge storm: {messages} hostile commands at up to {rate_hz:.0f}/s")
+        sent = run(0.0, hostile=messages)
+        t_after = time.monotonic()
+        run(3.0)
+        rates = {
+            tag: sum(1 for t in times if t >= t_after + 0.5) / 2.5
+            for tag, times in applied.items()
+        }
+        dead = [n for n, p in procs.items() if not p.alive()]
+        result = {
+            "bridge_messages_sent": sent,
+            "bridge_crashes": len(dead),
+            "bridge_applied_checked": sum(len(v) for v in applied.values()),
+            "bridge_applied_outside_limits": len(bad),
+            "bridge_step_rate_after_hz": {k: round(v, 1) for k, v in rates.items()},
+            "bridge_violations": bad[:5],
+        }
+        if dead:
+            result["bridge_crash_logs"] = {n: procs[n].tail() for n in dead}
+    finally:
+        for p in procs.values():
+            p.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    return result
+
+
 # -- faults ---------------------------------------------------------------------------------
 FAULT_STALE_S, FAULT_FROZEN_S = 0.3, 1.0  # the robot configs' stale/frozen timeouts
 
@@ -1144,6 +1275,12 @@ def main(argv: list[str] | None = None) -> int:
             model = export_debug_model(args.out / "model")
             n = args.messages or (QUICK_MESSAGES if args.quick else FULL_MESSAGES)
             line.update(bench_fuzz(model, n, args.rate, args.seed, tmp / "logs"))
+            say("fuzzing the LIBERO bridge's command topics")
+            bridge = bench_fuzz_bridge(n // 2, args.rate, args.seed, tmp / "logs")
+            line.update(bridge)
+            line["messages_sent"] += bridge["bridge_messages_sent"]
+            line["node_crashes"] += bridge["bridge_crashes"]
+            line["commands_outside_limits"] += bridge["bridge_applied_outside_limits"]
         if "faults" in parts:
             say("faults: cameras stopping, freezing, restarting; silence; a changed model")
             model = export_debug_model(args.out / "model")

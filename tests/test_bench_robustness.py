@@ -88,3 +88,13 @@ def test_a_killed_export_leaves_the_previous_export_or_none(tmp_path):
     r = bench.bench_kill_writers(tmp_path, kills=2, seed=2, generate=False)
     assert r["export_kills"] == 2
     assert r["export_corrupt_left"] == 0, r["writer_problems"]
+
+
+@pytest.mark.ros
+def test_the_libero_bridge_survives_hostile_commands_and_hands_the_simulator_none(tmp_path):
+    r = bench.bench_fuzz_bridge(messages=600, rate_hz=1000.0, seed=4, log_dir=tmp_path)
+    assert r["bridge_messages_sent"] == 600
+    assert r["bridge_crashes"] == 0, r.get("bridge_crash_logs")
+    assert r["bridge_applied_checked"] > 10  # the simulator stepped throughout
+    assert r["bridge_applied_outside_limits"] == 0, r["bridge_violations"]
+    assert all(rate > 0 for rate in r["bridge_step_rate_after_hz"].values())

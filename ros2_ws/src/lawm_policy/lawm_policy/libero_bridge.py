@@ -314,13 +314,15 @@ def make_libero_env(p: BridgeParams) -> Any:
 
 
 def check_action(values: Any) -> np.ndarray:
-    """The action as 7 finite float64 values; ValueError saying what is wrong otherwise."""
+    """The action as 7 finite float64 values, clamped to [-1, 1] (LIBERO's OSC_POSE and
+    gripper range: the simulator never receives more); ValueError saying what is wrong for a
+    wrong length or a non-finite value."""
     a = np.asarray(values, dtype=np.float64)
     if a.shape != (contract.ACTION_DIM,):
         raise ValueError(f"{a.size} values, need {contract.ACTION_DIM}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"non-finite values {a.tolist()}")
-    return a
+    return np.clip(a, -1.0, 1.0)
 
 
 def twist_to_delta(msg: TwistStamped) -> np.ndarray:
