@@ -713,6 +713,106 @@ def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
     }
 
 
+def bench_clock_jump(model: Path, log_dir: Path) -> dict:
+    """A policy node on sim time (``use_sim_time``) whose clock jumps back, as when the
+    simulator restarts under it: time from the jump to the first command computed again,
+    and whether any command moved the arm on frames from before the jump."""
+    import rclpy
+    from builtin_interfaces.msg import Time as TimeMsg
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float32MultiArray
+
+    from lawm_apps.harness import NodeProcess, wait_for_publishers, wait_for_subscribers
+    from lawm_policy.qos import COMMAND, SENSOR_LATEST
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    name = "clock_node"
+    cams = ["/cj/cam0", "/cj/cam1"]
+    proc = NodeProcess(
+        "lawm_policy",
+        "policy_node",
+        log_dir=log_dir / name,
+        params={
+            "model_dir": str(model), "camera_topics": cams, "proprio_topic": "/cj/proprio",
+            "instruction": INSTRUCTION, "threads": 1, "control_rate_hz": NOMINAL_HZ,
+            "stale_timeout_s": 0.5, "use_sim_time": True,
+        },
+        remaps={"__node": name},
+    ).start()  # fmt: skip
+    rclpy.init()
+    node = rclpy.create_node("lawm_clock_jump")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    twists: list[tuple[float, float, bool]] = []  # (arrival, image stamp of the command, moving)
+
+    def on_twist(msg) -> None:
+        v = [msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z]
+        twists.append((time.monotonic(), 0.0, any(x != 0.0 for x in v)))
+
+    def on_image_time(msg) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        twists.append((time.monotonic(), stamp, True))
+
+    sub = node.create_subscription(TwistStamped, f"/{name}/cmd_twist", on_twist, COMMAND)
+    node.create_subscription(TwistStamped, f"/{name}/cmd_twist_image_time", on_image_time, COMMAND)
+    clock = node.create_publisher(Clock, "/clock", 10)
+    pubs = [node.create_publisher(Image, c, SENSOR_LATEST) for c in cams]
+    proprio = node.create_publisher(Float32MultiArray, "/cj/proprio", SENSOR_LATEST)
+    rng = np.random.default_rng(0)
+    sim = [100.0]
+
+    def step() -> None:
+        sim[0] += 1 / NOMINAL_HZ
+        t = TimeMsg(sec=int(sim[0]), nanosec=int(round((sim[0] % 1) * 1e9)) % 10**9)
+        clock.publish(Clock(clock=t))
+        for p in pubs:
+            msg = Image(height=48, width=48, encoding="rgb8", step=144,
+                        data=rng.bytes(48 * 48 * 3))  # fmt: skip
+            msg.header.stamp = t
+            p.publish(msg)
+        proprio.publish(Float32MultiArray(data=[0.1, 0.0, 0.3, 0.02, -0.02]))
+
+    def run(seconds: float, until=None) -> float | None:
+        t0 = time.monotonic()
+        nxt = t0
+        while time.monotonic() - t0 < seconds:
+            if time.monotonic() >= nxt:
+                step()
+                nxt += 1 / NOMINAL_HZ
+            ex.spin_once(timeout_sec=0.002)
+            if until is not None and until():
+                return time.monotonic() - t0
+        return None
+
+    try:
+        for p in pubs:
+            wait_for_subscribers(node, p, timeout=60, procs=[proc])
+        wait_for_publishers(node, sub, timeout=60, procs=[proc])
+        if run(30.0, until=lambda: any(s > 0 for _, s, _ in twists)) is None:
+            raise RuntimeError(f"the node never acted on sim time:\n{proc.tail()}")
+        run(1.0)
+        t_jump = time.monotonic()
+        sim[0] = 1.0  # the simulator restarts
+        resume = run(10.0, until=lambda: any(s and s < 50 and t > t_jump for t, s, _ in twists))
+        run(1.0)
+        old_after = [s for t, s, _ in twists if t > t_jump + 0.2 and s > 50]
+        alive = proc.alive()
+    finally:
+        proc.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    return {
+        "resume_s": None if resume is None else round(resume, 3),
+        "commands_from_before_the_jump": len(old_after),
+        "ok": resume is not None and not old_after and alive,
+        "crashed": not alive,
+    }
+
+
 # -- soak -----------------------------------------------------------------------------------
 def _rss_mb(pid: int) -> float | None:
     try:
@@ -1285,6 +1385,11 @@ def main(argv: list[str] | None = None) -> int:
             say("faults: cameras stopping, freezing, restarting; silence; a changed model")
             model = export_debug_model(args.out / "model")
             line.update(bench_faults(model, tmp, tmp / "logs"))
+            jump = bench_clock_jump(model, tmp / "logs")
+            line["faults"]["clock_jumps_back"] = jump
+            line["faults_ok"] += int(jump["ok"])
+            line["faults_total"] += 1
+            line["fault_node_crashes"] += int(jump["crashed"])
         if "soak" in parts:
             minutes, window = (2.0, 0.5) if args.quick else (30.0, 5.0)
             minutes = args.soak_minutes or minutes

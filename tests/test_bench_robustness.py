@@ -98,3 +98,12 @@ def test_the_libero_bridge_survives_hostile_commands_and_hands_the_simulator_non
     assert r["bridge_applied_checked"] > 10  # the simulator stepped throughout
     assert r["bridge_applied_outside_limits"] == 0, r["bridge_violations"]
     assert all(rate > 0 for rate in r["bridge_step_rate_after_hz"].values())
+
+
+@pytest.mark.ros
+def test_a_clock_that_jumps_back_neither_stalls_nor_reuses_old_frames(tmp_path):
+    model = bench.export_debug_model(tmp_path / "model")
+    r = bench.bench_clock_jump(model, tmp_path / "logs")
+    assert not r["crashed"]
+    assert r["resume_s"] is not None and r["resume_s"] < 5.0
+    assert r["commands_from_before_the_jump"] == 0
