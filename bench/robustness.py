@@ -86,6 +86,32 @@ def export_debug_model(out: Path) -> Path:
     return out / "export"
 
 
+# -- the bench's side of the ROS graph ------------------------------------------------------
+def ros_env() -> None:
+    """Localhost discovery in a domain of its own (unless the caller chose one)."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+
+def bench_node(name: str):
+    """A node of this process on its own executor: (node, executor)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    node = rclpy.create_node(name)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    return node, ex
+
+
+def close_node(node) -> None:
+    import rclpy
+
+    node.destroy_node()
+    rclpy.shutdown()
+
+
 # -- fuzz -----------------------------------------------------------------------------------
 def twist_violation(lin: np.ndarray, ang: np.ndarray) -> str | None:
     """Why a commanded twist breaks the limits (None if it does not)."""
@@ -179,9 +205,7 @@ class Outputs:
 def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: Path) -> dict:
     """Storm both nodes' topics with ``messages`` hostile messages at up to ``rate_hz``."""
     import fuzz_messages as fm
-    import rclpy
     from geometry_msgs.msg import PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import CompressedImage, Image, JointState
     from std_msgs.msg import Float32MultiArray, String
 
@@ -189,8 +213,7 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
     from lawm_core.model import PolicyModel
     from lawm_policy.qos import LATCHED, SENSOR_LATEST
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    ros_env()
     proprio_dim = PolicyModel(model, providers="cpu").proprio_dim
     common = {
         "model_dir": str(model),
@@ -223,10 +246,7 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
         ).start()
         for name, extra in specs.items()
     }
-    rclpy.init()
-    node = rclpy.create_node("lawm_robustness")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
+    node, ex = bench_node("lawm_robustness")
     rng = np.random.default_rng(seed)
 
     def now() -> float:
@@ -373,8 +393,7 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
     finally:
         for p in procs.values():
             p.stop()
-        node.destroy_node()
-        rclpy.shutdown()
+        close_node(node)
     return result
 
 
@@ -384,16 +403,13 @@ def bench_fuzz_bridge(messages: int, rate_hz: float, seed: int, log_dir: Path) -
     command) while valid commands stream; every action the bridges hand the simulator
     (``applied_topic``) is checked finite and within [-1, 1]."""
     import fuzz_messages as fm
-    import rclpy
     from geometry_msgs.msg import TwistStamped
-    from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import Float32MultiArray, Float64
 
     from lawm_apps.harness import NodeProcess, wait_for_subscribers
     from lawm_policy.qos import COMMAND
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    ros_env()
     specs = {
         "fz_bridge_action": {"command_mode": "action", "action_topic": "/fzb/a/action"},
         "fz_bridge_twist": {
@@ -417,10 +433,7 @@ def bench_fuzz_bridge(messages: int, rate_hz: float, seed: int, log_dir: Path) -
             "lawm_policy", "libero_bridge", log_dir=log_dir / name, params=params,
             remaps={"__node": name},
         ).start()  # fmt: skip
-    rclpy.init()
-    node = rclpy.create_node("lawm_robustness_bridge")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
+    node, ex = bench_node("lawm_robustness_bridge")
     rng = np.random.default_rng(seed)
     stamps = fm.Stamps(lambda: node.get_clock().now().nanoseconds / 1e9, rng)
     applied = {"action": [], "twist": []}
@@ -504,8 +517,7 @@ def bench_fuzz_bridge(messages: int, rate_hz: float, seed: int, log_dir: Path) -
     finally:
         for p in procs.values():
             p.stop()
-        node.destroy_node()
-        rclpy.shutdown()
+        close_node(node)
     return result
 
 
@@ -520,11 +532,9 @@ def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
     silent, and the model folder changed on disk while the node runs. Each is measured from the
     fault to the first zero command (stop_s) and from the repair to the first command computed
     again (resume_s)."""
-    import rclpy
     from geometry_msgs.msg import TwistStamped
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray, String
 
@@ -537,8 +547,7 @@ def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
     )
     from lawm_policy.qos import COMMAND, LATCHED, SENSOR_LATEST
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    ros_env()
     model = work / "fault_model"
     shutil.rmtree(model, ignore_errors=True)
     shutil.copytree(model_src, model)
@@ -559,10 +568,7 @@ def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
         },
         remaps={"__node": name},
     ).start()
-    rclpy.init()
-    node = rclpy.create_node("lawm_faults")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
+    node, ex = bench_node("lawm_faults")
     twists: list[tuple[float, bool]] = []  # (arrival, moving)
 
     def on_twist(msg) -> None:
@@ -703,8 +709,7 @@ def bench_faults(model_src: Path, work: Path, log_dir: Path) -> dict:
         crashed = not proc.alive()
     finally:
         proc.stop()
-        node.destroy_node()
-        rclpy.shutdown()
+        close_node(node)
     return {
         "faults": out,
         "faults_ok": sum(bool(v.get("ok")) for v in out.values()),
@@ -717,10 +722,8 @@ def bench_clock_jump(model: Path, log_dir: Path) -> dict:
     """A policy node on sim time (``use_sim_time``) whose clock jumps back, as when the
     simulator restarts under it: time from the jump to the first command computed again,
     and whether any command moved the arm on frames from before the jump."""
-    import rclpy
     from builtin_interfaces.msg import Time as TimeMsg
     from geometry_msgs.msg import TwistStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
@@ -728,8 +731,7 @@ def bench_clock_jump(model: Path, log_dir: Path) -> dict:
     from lawm_apps.harness import NodeProcess, wait_for_publishers, wait_for_subscribers
     from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    ros_env()
     name = "clock_node"
     cams = ["/cj/cam0", "/cj/cam1"]
     proc = NodeProcess(
@@ -743,10 +745,7 @@ def bench_clock_jump(model: Path, log_dir: Path) -> dict:
         },
         remaps={"__node": name},
     ).start()  # fmt: skip
-    rclpy.init()
-    node = rclpy.create_node("lawm_clock_jump")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
+    node, ex = bench_node("lawm_clock_jump")
     twists: list[tuple[float, float, bool]] = []  # (arrival, image stamp of the command, moving)
 
     def on_twist(msg) -> None:
@@ -803,8 +802,7 @@ def bench_clock_jump(model: Path, log_dir: Path) -> dict:
         alive = proc.alive()
     finally:
         proc.stop()
-        node.destroy_node()
-        rclpy.shutdown()
+        close_node(node)
     return {
         "resume_s": None if resume is None else round(resume, 3),
         "commands_from_before_the_jump": len(old_after),
@@ -830,17 +828,14 @@ def bench_soak(model: Path, minutes: float, window_min: float, log_dir: Path) ->
     (image stamp to command) in the first window (after a warm-up of up to 10 s) and the last,
     missed control ticks."""
     import cv2
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import TwistStamped
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import CompressedImage
 
     from lawm_apps.harness import NodeProcess, wait_for_publishers, wait_for_subscribers
     from lawm_policy.qos import COMMAND, SENSOR_LATEST
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    ros_env()
     name = "soak_node"
     topics = ["/sk/cam0/compressed", "/sk/cam1/compressed"]
     proc = NodeProcess(
@@ -858,10 +853,7 @@ def bench_soak(model: Path, minutes: float, window_min: float, log_dir: Path) ->
         },
         remaps={"__node": name},
     ).start()
-    rclpy.init()
-    node = rclpy.create_node("lawm_soak")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
+    node, ex = bench_node("lawm_soak")
     from std_msgs.msg import Float32MultiArray
 
     rng = np.random.default_rng(0)
@@ -924,8 +916,7 @@ def bench_soak(model: Path, minutes: float, window_min: float, log_dir: Path) ->
         alive = proc.alive()
     finally:
         proc.stop()
-        node.destroy_node()
-        rclpy.shutdown()
+        close_node(node)
     w = window_min * 60
     warm = min(10.0, w / 3)  # start-up (first inferences, discovery) is not the soak's figure
 
