@@ -949,7 +949,7 @@ def bench_soak(model: Path, minutes: float, window_min: float, log_dir: Path) ->
 
 # -- kill -----------------------------------------------------------------------------------
 TRAIN = [sys.executable, str(ROOT / "training" / "train.py")]
-KILL_STEPS = 24  # fine-tuning steps of the killed run (debug preset), a checkpoint every 2
+KILL_STEPS = 80  # fine-tuning steps of the killed run (debug preset), a checkpoint every 2
 
 
 def training_data(work: Path) -> Path:
@@ -1026,51 +1026,74 @@ def bench_kill(work: Path, kills: int, seed: int) -> dict:
     t0 = time.monotonic()
     subprocess.run(finetune_cmd(data, ref_dir, lang), check=True, capture_output=True)
     t_ref = time.monotonic() - t0
-    done, corrupt, attempts, during_write = 0, [], 0, 0
-    while done < kills and attempts < 4 * kills:
+    ref = load_tensors(ref_dir / "policy" / "model.safetensors")
+    ref_lines = (ref_dir / "metrics.jsonl").read_text().splitlines()
+    ref_loss = [json.loads(x)["loss"] for x in ref_lines]
+
+    def mismatches() -> int:
+        """The finished run against the uninterrupted one: weights bit for bit, and the
+        metrics (every step's loss, once)."""
+        got = load_tensors(run_dir / "policy" / "model.safetensors")
+        same = set(got) == set(ref) and all(bool((got[k] == ref[k]).all()) for k in ref)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return int(not same) + int([json.loads(x)["loss"] for x in lines] != ref_loss)
+
+    ckpts = run_dir / "checkpoints"
+
+    def writing() -> bool:
+        try:
+            return any(e.name.startswith(".step_") for e in os.scandir(ckpts))
+        except FileNotFoundError:
+            return False
+
+    done, corrupt, attempts, during_write, chain, resumed, bad_resumes = 0, [], 0, 0, 0, 0, 0
+    leftovers: list[str] = []
+    while done < kills and attempts < 6 * kills:
         attempts += 1
         proc = subprocess.Popen(
             finetune_cmd(data, run_dir, lang), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        at_write = done % 2 == 1
-        deadline = time.monotonic() + (t_ref * 1.5 if at_write else rng.uniform(0.3, 1.0) * t_ref)
+        at_write = done % 2 == 1  # every other kill waits for a checkpoint being written
+        wait = t_ref * 1.5 if at_write else rng.uniform(0.4, 1.0) * t_ref
+        deadline = time.monotonic() + wait
         hit = False
         while proc.poll() is None and time.monotonic() < deadline:
-            if at_write and any(
-                p.name.startswith(".") for p in (run_dir / "checkpoints").glob(".*")
-            ):
+            if not at_write:
+                time.sleep(0.01)
+            elif writing():  # busy polling: a small checkpoint is written in milliseconds
                 hit = True
                 break
-            time.sleep(0.0005 if at_write else 0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             done += 1
+            chain += 1
             during_write += hit
             corrupt += corrupt_files(run_dir)
-        else:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            if proc.returncode != 0:
-                raise RuntimeError(f"the resumed run failed: {err[-2000:]}")
-            break  # it finished before the kill: start again from scratch next time
-    final = subprocess.run(finetune_cmd(data, run_dir, lang), capture_output=True, text=True)
-    if final.returncode != 0:
-        raise RuntimeError(f"the last resume failed: {final.stderr[-2000:]}")
-    corrupt += corrupt_files(run_dir)
-    a = load_tensors(ref_dir / "policy" / "model.safetensors")
-    b = load_tensors(run_dir / "policy" / "model.safetensors")
-    same = set(a) == set(b) and all(bool((a[k] == b[k]).all()) for k in a)
-    ref_loss = [
-        json.loads(x)["loss"] for x in (ref_dir / "metrics.jsonl").read_text().splitlines()
-    ]
-    run_loss = [
-        json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
-    leftovers = [str(p) for p in run_dir.rglob(".*")]
+            continue
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"the resumed run failed: {err[-2000:]}")
+        if chain:  # it finished after kills: compare, then start a fresh run
+            resumed += 1
+            bad_resumes += mismatches()
+            corrupt += corrupt_files(run_dir)
+            leftovers += [str(p) for p in run_dir.rglob(".*")]
+        shutil.rmtree(run_dir)
+        chain = 0
+    if chain or not resumed:
+        final = subprocess.run(finetune_cmd(data, run_dir, lang), capture_output=True, text=True)
+        if final.returncode != 0:
+            raise RuntimeError(f"the last resume failed: {final.stderr[-2000:]}")
+        corrupt += corrupt_files(run_dir)
+        resumed += 1
+        bad_resumes += mismatches()
+        leftovers += [str(p) for p in run_dir.rglob(".*")]
     return {
         "kills": done,
         "kills_during_checkpoint_write": during_write,
-        "resume_mismatches": int(not same) + int(ref_loss != run_loss),
+        "resumed_runs_compared": resumed,
+        "resume_mismatches": bad_resumes,
         "corrupt_files_left": len(corrupt),
         "corrupt_examples": corrupt[:5],
         "temporaries_left": len(leftovers),
