@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-viewer test colcon-test demo smoke bench lint clean
+.PHONY: setup setup-viewer test colcon-test demo smoke bench bench-robustness lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -37,6 +37,9 @@ smoke: setup
 
 bench: setup
 	source scripts/env.sh && $(PY) bench/run.py
+
+bench-robustness: setup
+	source scripts/env.sh && $(PY) bench/robustness.py
 
 lint:
 	@if [ -x $(VENV)/bin/ruff ]; then R=$(VENV)/bin/ruff; else R=ruff; fi; \
