@@ -52,6 +52,12 @@ def _lerobot(root: Path) -> tuple[Path, list[str]]:
     return root, ["--preset", "debug", "--control-rate-hz", "10", "--workers", "2"]
 
 
+def _lerobot_parquet(root: Path) -> tuple[Path, list[str]]:
+    write_v21(root, make_episodes(4, size=64), fps=10)
+    _truncate(next(root.rglob("episode_000001.parquet")), 0.6)  # its data rows
+    return root, ["--preset", "debug", "--control-rate-hz", "10"]
+
+
 def _rosbag(root: Path) -> tuple[Path, list[str]]:
     root.mkdir()
     for i in range(3):
@@ -63,7 +69,13 @@ def _rosbag(root: Path) -> tuple[Path, list[str]]:
     return root, ["--preset", "debug", *topics]
 
 
-MAKERS = {"hdf5": _hdf5, "video": _video, "lerobot": _lerobot, "rosbag": _rosbag}
+MAKERS = {
+    "hdf5": _hdf5,
+    "video": _video,
+    "lerobot": _lerobot,
+    "lerobot_parquet": _lerobot_parquet,
+    "rosbag": _rosbag,
+}
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))

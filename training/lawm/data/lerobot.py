@@ -40,7 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lawm.data.base import DataError, EpisodeSource, HandleCache, natural_key
+from lawm.data.base import DataError, EpisodeSource, HandleCache, natural_key, skip_or_raise
 from lawm.data.hdf5 import IMAGE_CONVENTIONS
 from lawm_core import contract
 
@@ -703,25 +703,39 @@ def open_lerobot(
         episodes = _episodes_v2(meta, video_keys)
     if not episodes:
         raise DataError(f"{root}: the dataset lists no episodes")
+    usable = []
     for ep in episodes:
         if ep.length < 1:
             raise DataError(f"{root}: episode {ep.index} has length {ep.length}")
         if not Path(ep.data_file).is_file():
-            raise DataError(f"{ep.data_file}: missing (episode {ep.index} of {root})")
-        for key, (path, _) in ep.videos.items():
-            if not Path(path).is_file():
-                raise DataError(f"{path}: missing (video {key} of episode {ep.index})")
+            skip_or_raise(DataError(f"{ep.data_file}: missing"), f"{root} episode {ep.index}")
+            continue
+        gone = [(k, p) for k, (p, _) in ep.videos.items() if not Path(p).is_file()]
+        if gone:
+            key, path = gone[0]
+            skip_or_raise(DataError(f"{path}: missing (video {key} of episode {ep.index})"), path)
+            continue
+        usable.append(ep)
     # The data files' schemas name the features the key map uses.
     wanted = [k for k in (action if labelled else None, state) if k is not None]
     wanted += [k for k in cameras.values() if meta.features[k]["dtype"] == "image"]
-    for data in sorted({ep.data_file for ep in episodes}):
-        pf = _open_parquet(data)
+    unreadable = set()
+    for data in sorted({ep.data_file for ep in usable}):
+        try:
+            pf = _open_parquet(data)
+        except DataError as err:  # with --skip-bad: its episodes are left out
+            skip_or_raise(err, data)
+            unreadable.add(data)
+            continue
         names = set(pf.schema_arrow.names)
         pf.close()
         missing = [k for k in [*wanted, "timestamp", "episode_index"] if k not in names]
         if missing:
             raise DataError(f"{data}: columns {missing} missing (info.json lists them)")
+    usable = [ep for ep in usable if ep.data_file not in unreadable]
+    if not usable:
+        raise DataError(f"{root}: no episode can be read")
     return [
         LerobotEpisode(meta, ep, cameras, action, state, layout, options, labelled)
-        for ep in episodes
+        for ep in usable
     ]
