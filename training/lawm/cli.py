@@ -42,6 +42,7 @@ from lawm.data.base import skipping_bad
 from lawm.data.lerobot import DEFAULT_TOLERANCE_S
 from lawm.eval_latents import latent_action_cca
 from lawm.export import ExportError, export_policy
+from lawm.quantize import DEFAULT_TOLERANCE
 from lawm.head_fit import HEAD_INITS
 from lawm.models.policy import Policy
 from lawm.models.world_model import WorldModel
@@ -490,13 +491,29 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    sources = None
+    if args.data:
+        rate = load_policy_config(args.policy)[0].policy.control_rate_hz
+        sources = open_data(args, labelled=False, control_rate_hz=rate)
+    else:
+        print(
+            "[export] no --data: fp32 only (the int8 model and the reference set that lets the "
+            "runtime check a lower precision are made from the training data's frames)",
+            file=sys.stderr,
+            flush=True,
+        )
     sidecar = export_policy(
         args.policy,
         args.out,
         opset=args.opset,
         text_encoder=not args.no_text_encoder,
         action_space=args.action_space,
+        data=sources,
+        lang_cache=args.lang_cache,
+        tolerance=args.parity_tolerance,
+        say=lambda line: print(f"[export] {line}", flush=True),
     )
+    low = sidecar.low_precision
     print(
         json.dumps(
             {
@@ -504,6 +521,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "onnx_sha256": sidecar.onnx_sha256,
                 "parity_max_abs_error": sidecar.parity_max_abs_error,
                 "action_space": sidecar.action_space.kind,
+                "parity_tolerance": None if low is None else low.tolerance,
+                "int8_op_types": None if low is None or low.int8 is None else low.int8.op_types,
+                "int8_max_abs_error": (
+                    None if low is None or low.int8 is None else low.int8.max_abs_error
+                ),
             }
         )
     )
@@ -773,6 +795,20 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
         help="what the policy's actions are: osc_pose_delta (LIBERO/robosuite OSC_POSE deltas, "
         "0.05 m and 0.5 rad per unit per control step) or twist (m/s, rad/s); default: what "
         "the training run recorded from its data (required when it could not tell)",
+    )
+    _add_data_args(p, required=False)
+    p.add_argument(
+        "--lang-cache",
+        type=Path,
+        default=DEFAULT_LANG_CACHE,
+        help="instruction embedding cache (safetensors)",
+    )
+    p.add_argument(
+        "--parity-tolerance",
+        type=positive_float,
+        default=DEFAULT_TOLERANCE,
+        help="max abs difference from fp32 (normalised actions) a lower precision may show on "
+        f"the reference set to run (default and most: {DEFAULT_TOLERANCE})",
     )
     p.set_defaults(func=cmd_export)
 

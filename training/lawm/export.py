@@ -50,6 +50,14 @@ from lawm.checkpoint import load_policy
 from lawm.config import LawmConfig
 from lawm.language import MAX_LENGTH, MODEL_NAME, MiniLM, MiniLMTokenizer, find_minilm_dir
 from lawm.models.policy import Policy
+from lawm.quantize import (
+    CALIBRATION_COUNT,
+    DEFAULT_TOLERANCE,
+    REFERENCE_COUNT,
+    CalibrationError,
+    draw_frames,
+    write_companions,
+)
 from lawm_core import contract
 from lawm_core.contract import TEXT_INPUT_NAMES, TEXT_OUTPUT_NAME
 from lawm_core.files import atomic_dir, atomic_path, sha256_file
@@ -337,8 +345,19 @@ def export_policy(
     text_encoder: bool = True,
     control_rate_hz: float | None = None,
     action_space: str | None = None,
+    data: Sequence[Any] | None = None,
+    lang_cache: Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    say=print,
 ) -> PolicySidecar:
     """Export ``policy_dir`` (model.safetensors + config.json) into ``out_dir``.
+
+    ``data``: episode sources of the training data (``open_data``). With them the export also
+    holds the low-precision companions (``lawm.quantize``): reference.npz (inputs drawn from
+    the data and the fp32 actions for them), the calibrated policy.int8.onnx when one keeps
+    within ``tolerance`` and calibration.json, recorded with their sha256 under
+    ``low_precision`` in the sidecar. Without data the export holds none and the runtime runs
+    fp32 only (no reference to check a lower precision against).
 
     Writes policy.onnx, then (``text_encoder``) the text encoder's files, then policy.json
     last, into a staging folder that then replaces ``out_dir`` as a whole (``atomic_dir``).
@@ -352,6 +371,11 @@ def export_policy(
     is then not written).
     """
     policy_dir = Path(policy_dir)
+    if not 0 < tolerance <= contract.MAX_PARITY_TOLERANCE:
+        raise ExportError(
+            f"parity tolerance {tolerance!r}: must be > 0 and at most "
+            f"{contract.MAX_PARITY_TOLERANCE} (normalised action units)"
+        )
     policy, cfg, info = load_policy(policy_dir)
     space = resolve_action_space(policy_dir, info, action_space)
     rate = resolve_control_rate(policy_dir, info, cfg, control_rate_hz)
@@ -386,8 +410,26 @@ def export_policy(
                     f"(> {PARITY_TOLERANCE}); nothing written to {final_dir}"
                 )
 
-        text_sidecar = export_text_encoder(out_dir) if text_encoder else None
         pc = cfg.policy
+        low_precision = None
+        if data is not None:
+            try:
+                reference, calibration = draw_frames(
+                    data,
+                    inputs.cameras,
+                    inputs.proprio_layout,
+                    pc.image_size,
+                    pc.lang_dim,
+                    lang_cache,
+                    (REFERENCE_COUNT, CALIBRATION_COUNT),
+                )
+            except CalibrationError as err:
+                raise ExportError(
+                    f"the data cannot give reference and calibration frames: {err}; export "
+                    "without --data for an fp32-only model"
+                ) from err
+            low_precision = write_companions(out_dir, reference, calibration, tolerance, say=say)
+        text_sidecar = export_text_encoder(out_dir) if text_encoder else None
         stats: dict[str, Any] = {k: tuple(getattr(policy, k).tolist()) for k in Normalization.KEYS}
         if not inputs.proprio:
             stats.update(proprio_mean=(), proprio_std=())
@@ -405,6 +447,7 @@ def export_policy(
             lang_dim=pc.lang_dim,
             normalization=Normalization(**stats),
             text_encoder=text_sidecar,
+            low_precision=low_precision,
             parity_max_abs_error=err,
             preset=cfg.preset,
             run=info,

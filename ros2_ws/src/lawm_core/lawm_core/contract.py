@@ -62,6 +62,13 @@ ONNX_FILE = "policy.onnx"
 TEXT_ENCODER_ONNX = "text_encoder.onnx"
 TEXT_ENCODER_SIDECAR_FILE = "text_encoder.json"
 TOKENIZER_FILE = "tokenizer.json"
+# Low-precision companions (optional, written by export when it had training data):
+INT8_ONNX_FILE = "policy.int8.onnx"  # static int8 QDQ, calibrated on the training frames
+REFERENCE_FILE = "reference.npz"  # graph inputs from the training data + fp32 actions
+CALIBRATION_REPORT_FILE = "calibration.json"  # how the int8 model was calibrated and chosen
+# A low-precision backend runs only when its actions stay within the sidecar's tolerance of
+# fp32 on the reference set; no sidecar may state more than this (normalised action units).
+MAX_PARITY_TOLERANCE = 0.02
 
 # Exported ONNX input/output names.
 ONNX_IMAGE_PREFIX = "image_"  # + camera: uint8 (B, H, W, 3), RGB, upright

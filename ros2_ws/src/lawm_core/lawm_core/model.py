@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lawm_core import contract
+from lawm_core import backends, contract
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.files import verify_file
 from lawm_core.model_files import check_onnx_graph, folder_file
@@ -133,23 +133,31 @@ class PolicyModel:
         providers: ``"auto"`` (TensorRT, CUDA, CPU, those available), a short name
             (``"tensorrt"``, ``"cuda"``, ``"cpu"``) or a list of provider names; see
             ``resolve_providers``. ``provider`` is the one onnxruntime actually made active.
-        threads: intra-op threads for the CPU provider; 0 = onnxruntime's default.
+        threads: intra-op threads for the CPU provider (and OpenVINO); 0 = their default.
+        backend: ``"onnxruntime"`` (fp32, default), ``"auto"`` (the fastest backend whose
+            actions match fp32 on the export's reference set) or one of
+            ``lawm_core.backends.BACKENDS`` (checked the same way); see
+            ``lawm_core.backends.choose``. A backend that fails to load or to match leaves
+            fp32 running; ``selection`` says what was tried and why.
 
     Attributes: ``spec`` (the checked ``PolicySidecar``), ``cameras`` (tuple, input order),
     ``image_size``, ``chunk_size``, ``action_dim``, ``control_rate_hz``, ``lang_dim``,
     ``proprio_dim`` (0: no robot state), ``proprio_layout`` (tuple of contract proprio names,
     empty without robot state), ``has_proprio``, ``provider``, ``providers`` (all active),
     ``action_min``/``action_max`` (float64 (A,)), ``model_dir``, ``onnx_path``,
-    ``has_text_encoder``.
+    ``has_text_encoder``, ``selection`` (``lawm_core.backends.Selection``), ``backend`` and
+    ``precision`` (the backend running).
 
     ``predict`` is safe to call from several threads (onnxruntime sessions are).
     """
 
     def __init__(
-        self, model_dir: Path | str, providers: str | list[str] = "auto", threads: int = 0
+        self,
+        model_dir: Path | str,
+        providers: str | list[str] = "auto",
+        threads: int = 0,
+        backend: str = backends.FP32,
     ) -> None:
-        import onnxruntime as ort
-
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelLoadError(f"{self.model_dir}: model directory missing")
@@ -177,26 +185,26 @@ class PolicyModel:
         self.requested_providers = resolve_providers(providers)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ModelLoadError(f"threads must be an integer >= 0, got {threads!r}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # errors only; we log the provider choice ourselves
-        try:
-            self._session = ort.InferenceSession(
-                str(self.onnx_path), sess_options=opts, providers=self.requested_providers
+        if backend not in backends.CHOICES:
+            raise ModelLoadError(
+                f"unknown backend {backend!r} (valid: {', '.join(backends.CHOICES)})"
             )
-        except Exception as err:  # onnxruntime's errors have no common public base class
-            raise ModelLoadError(f"{self.onnx_path}: onnxruntime cannot load it ({err})") from err
-        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        self._fp32 = backends.OrtBackend(
+            backends.FP32, self.onnx_path, self.requested_providers, threads
+        )
+        self._session = self._fp32.session
+        self.providers: tuple[str, ...] = self._fp32.providers
         self.provider: str = self.providers[0]
         if self.provider != self.requested_providers[0]:
             log.warning(
                 "asked for %s but onnxruntime runs %s", self.requested_providers, self.provider
             )
         self._check_graph(sidecar_path)
+        # Every backend but onnxruntime fp32 runs only after matching it on the reference set.
+        self.selection = backends.choose(self.model_dir, spec, self._fp32, backend, threads)
+        self._backend = self.selection.backend
+        level = logging.INFO if backend in ("auto", self._backend.name) else logging.WARNING
+        log.log(level, "%s", self.selection.summary())
         log.info(
             "loaded %s (%s, cameras %s, proprio %s, %dx%d, chunk %d, %.1f Hz) on %s",
             self.onnx_path,
@@ -234,6 +242,16 @@ class PolicyModel:
                     )
 
     # ---------------------------------------------------------------- inference
+    @property
+    def backend(self) -> str:
+        """The backend running the policy (``lawm_core.backends.BACKENDS``)."""
+        return self._backend.name
+
+    @property
+    def precision(self) -> str:
+        """fp32, bf16 or int8: the precision of the backend running."""
+        return self._backend.precision
+
     @property
     def has_proprio(self) -> bool:
         """The model takes robot state (``proprio_layout``); False: trained without it, and
@@ -312,7 +330,7 @@ class PolicyModel:
         numbers, a missing proprio, or a proprio given to a model that takes none.
         """
         feed = self._feed(images, proprio, lang)
-        out = self._session.run([contract.ONNX_ACTION_OUTPUT], feed)[0]
+        out = self._backend.run(feed)
         return np.ascontiguousarray(out[0], dtype=np.float32)
 
     def denormalize(self, actions: np.ndarray) -> np.ndarray:
@@ -343,6 +361,7 @@ class PolicyModel:
     def __repr__(self) -> str:
         return (
             f"PolicyModel({str(self.model_dir)!r}, provider={self.provider!r}, "
+            f"backend={self.backend!r}, "
             f"cameras={list(self.cameras)}, image_size={self.image_size}, "
             f"chunk_size={self.chunk_size}, action_dim={self.action_dim})"
         )

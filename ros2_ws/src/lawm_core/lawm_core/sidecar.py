@@ -433,6 +433,106 @@ class TextEncoderSidecar(_JsonFile):
         return out
 
 
+# -- low precision --------------------------------------------------------------------------
+MAX_REFERENCE_COUNT = 4096  # reference inputs a sidecar may declare (each is a batch-1 feed)
+
+
+@dataclass(frozen=True)
+class Int8Model:
+    """``policy.int8.onnx``: the static int8 (QDQ) graph export calibrated on the training
+    data's frames. ``op_types``: the operator types quantised (chosen at export by measured
+    error); ``max_abs_error``: its actions vs fp32 on the reference set at export (onnxruntime);
+    ``calibration_count``: the frames it was calibrated on (other than the reference set's)."""
+
+    sha256: str
+    op_types: tuple[str, ...]
+    max_abs_error: float
+    calibration_count: int
+
+    FILE: ClassVar[str] = contract.INT8_ONNX_FILE
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "file", "sha256", "op_types", "max_abs_error", "calibration_count",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.FILE,
+            "sha256": self.sha256,
+            "op_types": list(self.op_types),
+            "max_abs_error": self.max_abs_error,
+            "calibration_count": self.calibration_count,
+        }
+
+
+@dataclass(frozen=True)
+class LowPrecision:
+    """What a low-precision backend is checked against before it may run (``low_precision`` in
+    ``policy.json``): ``reference.npz`` (``reference_count`` graph inputs drawn from the training
+    data, with the fp32 graph's actions for them), the ``tolerance`` every backend's actions
+    must keep to on it (max abs, normalised action units, at most
+    ``contract.MAX_PARITY_TOLERANCE``), the calibration report and, when export found one within
+    tolerance, the int8 graph."""
+
+    tolerance: float
+    reference_sha256: str
+    reference_count: int
+    report_sha256: str
+    int8: Int8Model | None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("tolerance", "reference", "report")
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("int8",)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tolerance": self.tolerance,
+            "reference": {
+                "file": contract.REFERENCE_FILE,
+                "sha256": self.reference_sha256,
+                "count": self.reference_count,
+            },
+            "report": {"file": contract.CALIBRATION_REPORT_FILE, "sha256": self.report_sha256},
+        }
+        if self.int8 is not None:
+            out["int8"] = self.int8.to_dict()
+        return out
+
+    @classmethod
+    def from_fields(cls, f: _Fields) -> LowPrecision:
+        """``f``: the ``low_precision`` object. File names are fixed: a sidecar is not trusted
+        to point anywhere else."""
+        f.check_keys(cls.KEYS, cls.OPTIONAL_KEYS)
+        tolerance = f.number("tolerance", positive=True)
+        if tolerance > contract.MAX_PARITY_TOLERANCE:
+            f.fail("tolerance", f"is {tolerance}, at most {contract.MAX_PARITY_TOLERANCE}")
+        ref = _Fields(f.source, f.obj("reference"), f.prefix + "reference.")
+        ref.check_keys(("file", "sha256", "count"))
+        ref.constant("file", contract.REFERENCE_FILE, "this runtime loads")
+        count = ref.positive_int("count")
+        if count > MAX_REFERENCE_COUNT:
+            ref.fail("count", f"is {count}, more than this runtime reads ({MAX_REFERENCE_COUNT})")
+        rep = _Fields(f.source, f.obj("report"), f.prefix + "report.")
+        rep.check_keys(("file", "sha256"))
+        rep.constant("file", contract.CALIBRATION_REPORT_FILE, "this runtime reads")
+        int8 = None
+        if "int8" in f.data:
+            q = _Fields(f.source, f.obj("int8"), f.prefix + "int8.")
+            q.check_keys(Int8Model.KEYS)
+            q.constant("file", Int8Model.FILE, "this runtime loads")
+            int8 = Int8Model(
+                sha256=q.sha256("sha256"),
+                op_types=q.names("op_types", what="operator types"),
+                max_abs_error=q.number("max_abs_error"),
+                calibration_count=q.positive_int("calibration_count"),
+            )
+        return cls(
+            tolerance=tolerance,
+            reference_sha256=ref.sha256("sha256"),
+            reference_count=count,
+            report_sha256=rep.sha256("sha256"),
+            int8=int8,
+        )
+
+
 # -- policy ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Normalization:
@@ -659,6 +759,8 @@ class PolicySidecar(_JsonFile):
     run: dict[str, Any] = field(hash=False)  # the training run's record (JSON object)
     exported_at: str  # ISO 8601, UTC
     torch_version: str
+    # None: exported without training data, so only fp32 may run (no reference to check against)
+    low_precision: LowPrecision | None = None
     format_version: int = FORMAT_VERSION
 
     MODEL: ClassVar[str] = "lawm-policy"
@@ -690,7 +792,7 @@ class PolicySidecar(_JsonFile):
         "exported_at",
         "torch_version",
     )
-    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("text_encoder", "low_precision")
 
     @property
     def has_proprio(self) -> bool:
@@ -745,6 +847,8 @@ class PolicySidecar(_JsonFile):
         }
         if self.text_encoder is not None:
             out["text_encoder"] = self.text_encoder.to_dict()
+        if self.low_precision is not None:
+            out["low_precision"] = self.low_precision.to_dict()
         return out
 
     @classmethod
@@ -796,8 +900,15 @@ class PolicySidecar(_JsonFile):
                     f"is {text_encoder.embedding_dim}, but the policy takes lang_dim {lang_dim}",
                 )
 
+        low_precision = None
+        if "low_precision" in data:
+            low_precision = LowPrecision.from_fields(
+                _Fields(source, f.obj("low_precision"), "low_precision.")
+            )
+
         out = cls(
             format_version=FORMAT_VERSION,
+            low_precision=low_precision,
             onnx_sha256=f.sha256("onnx_sha256"),
             opset=f.positive_int("opset"),
             cameras=_cameras(f),
