@@ -101,3 +101,40 @@ def exported_debug_model(tmp_path_factory):
     save_policy(root / "policy", policy, cfg, {"stage": "test"})
     export_policy(root / "policy", root / "export", action_space="osc_pose_delta")
     return root / "export"
+
+
+@pytest.fixture(scope="session")
+def exported_low_precision_model(tmp_path_factory):
+    """A debug-preset policy (untrained weights, action statistics +-2) exported with training
+    data (LIBERO HDF5 written here): policy.onnx, reference.npz, policy.int8.onnx,
+    calibration.json, and the text encoder. Returns (export dir, data file)."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from lawm.checkpoint import save_policy
+    from lawm.config import preset
+    from lawm.data import Hdf5Options, open_sources
+    from lawm.export import export_policy
+    from lawm.models.policy import Policy
+    from tests.training.datafiles import write_libero
+
+    root = tmp_path_factory.mktemp("low_precision_model")
+    data = root / "demos.hdf5"
+    write_libero(data, lengths=(70, 60, 50), size=(60, 80), seed=3)
+    cfg = preset("debug")
+    torch.manual_seed(0)
+    policy = Policy(cfg.policy)
+    policy.set_stats({"action_min": np.full(7, -2.0), "action_max": np.full(7, 2.0)})
+    save_policy(root / "policy", policy, cfg, {"stage": "test"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_policy(
+            root / "policy",
+            root / "export",
+            action_space="osc_pose_delta",
+            data=open_sources(data, "hdf5", labelled=False, options=Hdf5Options()),
+            say=lambda line: None,
+        )
+    return root / "export", data

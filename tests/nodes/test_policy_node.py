@@ -198,6 +198,9 @@ def test_rate_watchdog_reset_and_deactivate(ros_node, start_node, model_dir):
     # Diagnostics count the ticks (about 240 after 12 s at 20 Hz) and the missed ones among them.
     last = {kv.key: kv.value for kv in rig.diags[-1].status[0].values}
     assert 100 < int(last["ticks"]) and 0 <= int(last["missed_ticks"]) < int(last["ticks"])
+    # Exported without training data: nothing to check a lower precision against, so fp32.
+    assert (last["backend"], last["precision"]) == ("onnxruntime", "fp32")
+    assert "cannot be checked" in last["backend_reason"]
 
     # Stop the cameras: within stale_timeout (0.5 s) + margin the twist is zero.
     stop_t = time.monotonic()
@@ -451,3 +454,31 @@ def test_a_missing_camera_gives_zero_twists_and_names_the_camera(ros_node, start
         "a diagnostic naming the missing camera",
         [proc],
     )
+
+
+def test_low_precision_backend_runs_checked_and_is_reported(
+    ros_node, start_node, exported_low_precision_model
+):
+    """backend onnxruntime-int8 on an export with a reference set: the node runs it (checked
+    on the reference frames at configure), says so in /diagnostics, and its actions stay
+    within the export's tolerance of fp32's."""
+    from lawm_core.model import PolicyModel
+
+    export, _ = exported_low_precision_model
+    proc = _start(start_node, export, instruction=INSTRUCTION, backend="onnxruntime-int8")
+    rig = Rig(ros_node, proc)
+    rig.connect()
+    rig.stream(2.0, value=5, until=lambda: len(rig.actions) > 3 and rig.diags)
+    wait_until(ros_node, lambda: rig.diags, 10, "diagnostics", [proc])
+    values = {kv.key: kv.value for kv in rig.diags[-1].status[0].values}
+    assert (values["backend"], values["precision"]) == ("onnxruntime-int8", "int8"), values
+    tolerance = json.loads((export / "policy.json").read_text())["low_precision"]["tolerance"]
+    assert 0 <= float(values["backend_max_abs_error"]) <= tolerance
+    assert float(values["backend_check_ms_p50"]) > 0
+
+    # The raw action published is the int8 graph's: within tolerance (in normalised units,
+    # x2 in these +-2 raw units) of what fp32 gives for the same constant images.
+    fp32 = _expected_actions(export, rig.size, 5)
+    got = np.asarray(rig.actions[-1][1])
+    assert min(np.abs(got - e).max() for e in fp32) <= 2 * tolerance + 1e-5
+    assert PolicyModel(export, providers="cpu").backend == "onnxruntime"

@@ -42,11 +42,11 @@ from lawm.data.base import skipping_bad
 from lawm.data.lerobot import DEFAULT_TOLERANCE_S
 from lawm.eval_latents import latent_action_cca
 from lawm.export import ExportError, export_policy
-from lawm.quantize import DEFAULT_TOLERANCE
 from lawm.head_fit import HEAD_INITS
 from lawm.models.policy import Policy
 from lawm.models.world_model import WorldModel
 from lawm.probe import format_table, run_probe
+from lawm.quantize import DEFAULT_TOLERANCE
 from lawm.smoke import run_smoke
 from lawm.trainer import train
 from lawm_core import contract

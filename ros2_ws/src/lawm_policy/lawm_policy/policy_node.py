@@ -206,7 +206,9 @@ class PolicyNode(LifecycleNode):
             if not p.model_dir:
                 raise ModelLoadError("parameter 'model_dir' is empty: set it to an export dir")
             t_load = time.perf_counter()
-            model = PolicyModel(p.model_dir, providers=p.providers, threads=p.threads)
+            model = PolicyModel(
+                p.model_dir, providers=p.providers, threads=p.threads, backend=p.backend
+            )
             if len(p.camera_topics) != len(model.cameras):
                 raise ModelLoadError(
                     f"camera_topics has {len(p.camera_topics)} topics {list(p.camera_topics)} "
@@ -280,7 +282,8 @@ class PolicyNode(LifecycleNode):
             self._set_instruction(p.instruction)
         self.get_logger().info(
             f"configured: model {p.model_dir} (sha256 {model.spec.onnx_sha256[:12]}), "
-            f"provider {model.provider}, loaded in {load_ms:.0f} ms, {self.rate_hz:g} Hz, cameras "
+            f"provider {model.provider}, {model.selection.summary()}, loaded in {load_ms:.0f} "
+            f"ms, {self.rate_hz:g} Hz, cameras "
             + ", ".join(f"{c}<-{t}" for c, t in zip(model.cameras, p.camera_topics))
             + ("" if self.enabled else "; DISABLED (dry run): call ~/enable to send commands")
         )
@@ -663,8 +666,16 @@ class PolicyNode(LifecycleNode):
         status.message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "acting"
         ms = np.asarray(self.infer_ms) if self.infer_ms else np.zeros(1)
         ticks = np.diff(np.asarray(self.tick_times)) if len(self.tick_times) > 1 else None
+        chosen = self.model.selection.chosen
         values = {
             "provider": self.model.provider,
+            "backend": self.model.backend,
+            "precision": self.model.precision,
+            "backend_reason": self.model.selection.reason,
+            "backend_check_ms_p50": "" if chosen.ms_p50 is None else f"{chosen.ms_p50:.2f}",
+            "backend_max_abs_error": (
+                "" if chosen.max_abs_error is None else f"{chosen.max_abs_error:.5f}"
+            ),
             "inference_ms_p50": f"{np.percentile(ms, 50):.2f}",
             "inference_ms_p99": f"{np.percentile(ms, 99):.2f}",
             "loop_rate_hz": f"{1.0 / ticks.mean():.2f}" if ticks is not None else "0",

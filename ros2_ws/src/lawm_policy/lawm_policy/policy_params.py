@@ -31,6 +31,7 @@ class PolicyParams:
     frozen_timeout_s: float
     providers: str
     threads: int
+    backend: str
     frame_id: str
     linear_scale: tuple[float, ...]
     angular_scale: tuple[float, ...]
@@ -106,7 +107,14 @@ PARAMETERS: dict[str, tuple[object, str]] = {
         "frames; a real camera's noise never does).",
     ),
     "providers": ("auto", "onnxruntime providers: auto, tensorrt, cuda or cpu."),
-    "threads": (0, "onnxruntime intra-op threads (0: onnxruntime's default)."),
+    "threads": (0, "Inference threads, onnxruntime and OpenVINO (0: their default)."),
+    "backend": (
+        "auto",
+        "Inference backend: auto (the fastest whose actions match fp32 within the export's "
+        "tolerance on its reference frames; fp32 otherwise), onnxruntime (fp32), "
+        "onnxruntime-int8, openvino, openvino-bf16 or openvino-int8 (each checked the same "
+        "way; one that fails leaves fp32 running).",
+    ),
     "frame_id": ("base_link", "Frame of the published twist."),
     "linear_scale": (
         [1.0, 1.0, 1.0],

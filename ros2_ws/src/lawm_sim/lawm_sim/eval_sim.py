@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lawm_core import contract
+from lawm_core.backends import CHOICES
 from lawm_core.cliargs import UsageError
 from lawm_core.errors import InputError, ModelLoadError
 from lawm_core.files import atomic_write_text
@@ -86,11 +87,12 @@ def evaluate(
     record: Path | None = None,
     record_format: str = "mcap",
     providers: str = "cpu",
+    backend: str = "auto",
     render_size: int = 128,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` on ``tasks`` of ``suite``; returns the report dict."""
-    model = PolicyModel(model_dir, providers=providers)
+    model = PolicyModel(model_dir, providers=providers, backend=backend)
     if not model.has_text_encoder:
         raise ValueError(f"{model_dir} has no text encoder; export with it to evaluate in sim")
     text = TextEncoderRuntime(model_dir)
@@ -98,6 +100,9 @@ def evaluate(
     report: dict[str, Any] = {
         "model": str(model_dir),
         "onnx_sha256": model.spec.onnx_sha256,
+        "backend": model.backend,
+        "precision": model.precision,
+        "backend_selection": model.selection.summary(),
         "suite": suite,
         "control_rate_hz": SIM_RATE_HZ,
         "tasks": [],
@@ -201,6 +206,14 @@ def add_parser(sub) -> None:
     p.add_argument("--record-format", choices=["mcap", "rrd"], default="mcap", help="for --record")
     p.add_argument("--render-size", type=int, default=128, help="render size (default 128)")
     p.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=CHOICES,
+        help="inference backend: auto (the fastest whose actions match fp32 on the export's "
+        "reference frames), onnxruntime (fp32), onnxruntime-int8, openvino, openvino-bf16, "
+        "openvino-int8 (default auto)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)
 
@@ -243,6 +256,7 @@ def _cmd(args) -> int:
             record=args.record,
             record_format=args.record_format,
             providers=args.providers,
+            backend=args.backend,
             render_size=args.render_size,
             progress=not args.quiet,
         )

@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lawm_core.backends import CHOICES
 from lawm_core.errors import ModelLoadError
 from lawm_core.sidecar import PolicySidecar
 from lawm_policy.eval_replay import offline, report
@@ -197,7 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         "runs, for its cameras and gripper convention (default: the node's model_dir)",
     )
     p.add_argument("--providers", default="auto", help="onnxruntime providers (offline)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (offline)")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (offline)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=CHOICES,
+        help="inference backend (offline): auto (the fastest whose actions match fp32 on the "
+        "export's reference frames), onnxruntime (fp32), onnxruntime-int8, openvino, "
+        "openvino-bf16, openvino-int8 (default auto)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -290,6 +299,7 @@ def evaluate(
             instruction.text,
             providers=args.providers,
             threads=args.threads,
+            backend=args.backend,
         )
     if instruction.text is None:
         log.warning(

@@ -159,11 +159,15 @@ def max_gap_s(model: PolicyModel, times_s: np.ndarray) -> float:
 
 
 def load_model(
-    index: BagIndex, model_dir: str | Path, providers: str = "auto", threads: int = 0
+    index: BagIndex,
+    model_dir: str | Path,
+    providers: str = "auto",
+    threads: int = 0,
+    backend: str = "auto",
 ) -> PolicyModel:
     """The exported model, checked against the bag's selection; ReplayError if unusable."""
     try:
-        model = PolicyModel(model_dir, providers=providers, threads=threads)
+        model = PolicyModel(model_dir, providers=providers, threads=threads, backend=backend)
     except ModelLoadError as err:
         raise ReplayError(f"cannot load the model: {err}") from err
     if model.action_dim != contract.ACTION_DIM:
@@ -210,10 +214,11 @@ def run_offline(
     instruction: str | None,
     providers: str = "auto",
     threads: int = 0,
+    backend: str = "auto",
 ) -> Evaluation:
     """Every step of the bag (``index``, opened at the model's control rate) through the
     exported model; ReplayError if no step could be evaluated."""
-    model = load_model(index, model_dir, providers, threads)
+    model = load_model(index, model_dir, providers, threads, backend)
     lang = embed_instruction(model_dir, instruction)
     model.warmup()
     times = index.frame_times_s
@@ -233,6 +238,9 @@ def run_offline(
         "dir": str(Path(model_dir).resolve()),
         "onnx_sha256": spec.onnx_sha256,
         "provider": model.provider,
+        "backend": model.backend,
+        "precision": model.precision,
+        "backend_selection": model.selection.summary(),
         "image_size": model.image_size,
         "chunk_size": model.chunk_size,
         "cameras": list(model.cameras),
