@@ -202,11 +202,18 @@ def heldout_error(held: list, out: Path, lang_cache: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def export_models(out: Path) -> dict[str, Any]:
-
+def export_models(out: Path, demos: Path) -> dict[str, Any]:
+    """Both policies with their text encoder, and the reference frames and int8 model drawn
+    from the demonstrations (the runtime's backend choice checks against them)."""
     info = {}
     for name in MODELS:
-        sidecar = export_policy(out / f"finetune_{name}" / "policy", out / f"export_{name}")
+        sidecar = export_policy(
+            out / f"finetune_{name}" / "policy",
+            out / f"export_{name}",
+            data=open_sources(demos, labelled=False),
+            lang_cache=out / "lang_cache.safetensors",
+            say=lambda line: _say(f"export {name}: {line}"),  # noqa: B023
+        )
         info[name] = {
             "dir": str(out / f"export_{name}"),
             "onnx_sha256": sidecar.onnx_sha256,
@@ -598,7 +605,7 @@ def run_demo(
     secs.update(trained["timings"])
     t0 = time.perf_counter()
     _say("export: both policies to ONNX (+ text encoder)")
-    exports = export_models(out)
+    exports = export_models(out, data["demos"])
     secs["export_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     _say("held-out action error; CCA of latent actions on the held-out demos; latency")

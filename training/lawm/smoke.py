@@ -52,7 +52,13 @@ def run_smoke(out: Path, preset_name: str = "debug", progress: bool = True) -> d
         lang_cache=lang_cache,
         progress=progress,
     )
-    sidecar = export_policy(out / "finetune" / "policy", out / "export")
+    sidecar = export_policy(
+        out / "finetune" / "policy",
+        out / "export",
+        data=open_sources(demo_file, labelled=False),
+        lang_cache=lang_cache,
+        say=lambda line: print(f"[smoke] export: {line}", flush=True) if progress else None,
+    )
     cca = latent_action_cca(out / "pretrain" / "policy", demos, lang_cache=lang_cache)
     # The same architecture untrained: what CCA gives without pretraining.
     cca0 = untrained_cca(cfg, demos, out / "untrained" / "policy", lang_cache=lang_cache)

@@ -1,0 +1,247 @@
+"""What each inference backend costs and how far it is from the machine's limit (bench/run.py's
+``inference`` part; also run alone: ``python bench/precision.py EXPORT_DIR DATA.hdf5``).
+
+- ``graph_flops``: multiply-accumulates x 2 of every Conv, MatMul and Gemm of an ONNX graph at
+  batch 1 (shapes from ONNX shape inference); the rest of the graph is a few percent.
+- ``measure_peaks``: the machine's matrix throughput per precision and thread count, measured
+  on one large MatMul (fp32: onnxruntime and OpenVINO; bf16: OpenVINO's bf16 inference
+  precision, where the CPU has a bf16 path; int8: a QDQ MatMul on onnxruntime and OpenVINO).
+  The best engine counts: the figure is the machine's, not an engine's.
+- ``time_backends``: each backend ``PolicyModel`` can run on the export, p50/p99 of one
+  ``predict`` at 1 and 2 threads on real frames, its max abs error against fp32 on them, the
+  GFLOP/s it reaches and that as a fraction of the measured peak of its precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from lawm_core import backends, contract
+from lawm_core.model import PolicyModel
+
+PEAK_SHAPE = (256, 1024, 1024)  # M, K, N of the peak MatMul: 0.54 GFLOP a run
+
+
+def graph_flops(path: Path) -> dict[str, float]:
+    """FLOPs (2 x multiply-accumulates) of the graph at batch 1, per operator type."""
+    model = onnx.load(str(path))
+    for inp in model.graph.input:
+        dim = inp.type.tensor_type.shape.dim
+        if dim and not dim[0].HasField("dim_value"):
+            dim[0].dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    out: dict[str, float] = {"Conv": 0.0, "MatMul": 0.0, "Gemm": 0.0}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            w = shapes.get(node.input[1])
+            y = shapes.get(node.output[0])
+            if w and y and all(y):
+                # y: (N, Cout, H, W); w: (Cout, Cin/groups, kH, kW)
+                out["Conv"] += 2.0 * float(np.prod(y)) * float(np.prod(w[1:]))
+        elif node.op_type in ("MatMul", "Gemm"):
+            a, y = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if a and y and all(a) and all(y):
+                k = a[-1]
+                if node.op_type == "Gemm":
+                    attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+                    k = a[0] if attrs.get("transA", 0) else a[-1]
+                out[node.op_type] += 2.0 * float(np.prod(y)) * float(k)
+    out["total"] = sum(out.values())
+    return out
+
+
+def _matmul_model(path: Path, m: int, k: int, n: int, int8: bool) -> None:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(k, n)).astype(np.float32) * 0.05, "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    inits = [w]
+    if int8:  # QDQ: x and w quantised, as the quantiser writes them
+        inits += [
+            numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+            numpy_helper.from_array(np.array(0, np.int8), "xz"),
+            numpy_helper.from_array(
+                np.round(rng.normal(size=(k, n)) * 20).clip(-127, 127).astype(np.int8), "wq"
+            ),
+            numpy_helper.from_array(np.array(0.0025, np.float32), "ws"),
+            numpy_helper.from_array(np.array(0, np.int8), "wz"),
+        ]
+        inits = inits[1:]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+            helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "peak",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _best_ms(run, reps: int) -> float:
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def measure_peaks(threads: tuple[int, ...] = (1, 2), reps: int = 15) -> dict[str, Any]:
+    """GFLOP/s (int8: GOP/s) of one large MatMul per precision and thread count, the best
+    engine's; ``peak_<precision>_<threads>t`` keys, plus which engine reached each."""
+    import onnxruntime as ort
+
+    m, k, n = PEAK_SHAPE
+    flops = 2.0 * m * k * n
+    x = np.random.default_rng(1).normal(size=(m, k)).astype(np.float32)
+    caps = backends.openvino_capabilities()
+    out: dict[str, Any] = {"peak_matmul": f"{m}x{k} @ {k}x{n}"}
+    with tempfile.TemporaryDirectory(prefix="lawm-peak-") as tmp:
+        paths = {}
+        for kind in ("fp32", "int8"):
+            paths[kind] = Path(tmp) / f"{kind}.onnx"
+            _matmul_model(paths[kind], m, k, n, kind == "int8")
+        for t in threads:
+            tried: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}, "int8": {}}
+            for kind in ("fp32", "int8"):
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = t
+                opts.inter_op_num_threads = 1
+                sess = ort.InferenceSession(
+                    str(paths[kind]), opts, providers=["CPUExecutionProvider"]
+                )
+                ms = _best_ms(lambda: sess.run(None, {"x": x}), reps)  # noqa: B023
+                tried[kind]["onnxruntime"] = flops / ms / 1e6
+            if caps is not None:
+                import openvino as ov
+
+                core = ov.Core()
+                for kind, path, hint in (
+                    ("fp32", paths["fp32"], "f32"),
+                    ("bf16", paths["fp32"], "bf16"),
+                    ("int8", paths["int8"], "f32"),
+                ):
+                    if kind == "bf16" and "BF16" not in caps:
+                        continue
+                    cfg = {
+                        "INFERENCE_PRECISION_HINT": hint,
+                        "INFERENCE_NUM_THREADS": t,
+                        "PERFORMANCE_HINT": "LATENCY",
+                    }
+                    compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
+                    req = compiled.create_infer_request()
+                    ms = _best_ms(lambda: req.infer({"x": x}), reps)  # noqa: B023
+                    tried[kind]["openvino"] = flops / ms / 1e6
+            for kind, by_engine in tried.items():
+                if by_engine:
+                    engine = max(by_engine, key=by_engine.get)
+                    out[f"peak_{kind}_{t}t_gflops"] = round(by_engine[engine], 1)
+                    out[f"peak_{kind}_{t}t_engine"] = engine
+    return out
+
+
+def time_backends(
+    export: Path,
+    feeds: list[dict[str, np.ndarray]],
+    flops: float,
+    peaks: dict[str, Any],
+    threads: tuple[int, ...] = (1, 2),
+) -> dict[str, Any]:
+    """Per backend that loads and passes its parity check: p50/p99 ms of ``predict`` over
+    ``feeds`` (batch-1 graph inputs by name) at each thread count, max abs error against fp32
+    on them, GFLOP/s and the fraction of the measured peak of its precision."""
+    logging.getLogger("lawm_core").setLevel(logging.ERROR)
+    out: dict[str, Any] = {}
+    reference: np.ndarray | None = None
+    for name in backends.BACKENDS:
+        row: dict[str, Any] = {"precision": backends.PRECISION[name]}
+        for t in threads:
+            model = PolicyModel(export, providers="cpu", threads=t, backend=name)
+            if model.backend != name:
+                row["status"] = model.selection.summary()
+                break
+            cams = model.cameras
+
+            def predict(f, model=model, cams=cams):
+                return model.predict(
+                    {c: f[contract.onnx_image_input(c)][0] for c in cams},
+                    f[contract.ONNX_PROPRIO_INPUT][0] if model.has_proprio else None,
+                    f[contract.ONNX_LANG_INPUT][0],
+                )
+
+            for f in feeds[:5]:
+                predict(f)
+            times, outs = [], []
+            for f in feeds:
+                t0 = time.perf_counter()
+                outs.append(predict(f))
+                times.append((time.perf_counter() - t0) * 1e3)
+            acts = np.stack(outs)
+            if name == backends.FP32 and reference is None:
+                reference = acts
+            p50 = float(np.percentile(times, 50))
+            row[f"ms_p50_{t}t"] = round(p50, 3)
+            row[f"ms_p99_{t}t"] = round(float(np.percentile(times, 99)), 3)
+            gflops = flops / p50 / 1e6
+            row[f"gflops_{t}t"] = round(gflops, 1)
+            peak = peaks.get(f"peak_{row['precision']}_{t}t_gflops")
+            if peak:
+                row[f"peak_fraction_{t}t"] = round(gflops / peak, 3)
+            if reference is not None:
+                row["max_abs_error"] = float(np.abs(acts - reference).max())
+            row["status"] = "ran"
+        out[name] = row
+    return out
+
+
+def main() -> int:
+    from lawm.data import open_sources
+    from lawm.quantize import draw_frames
+    from lawm_core.sidecar import PolicySidecar
+
+    export, data = Path(sys.argv[1]), Path(sys.argv[2])
+    spec = PolicySidecar.read(export)
+    (frames,) = draw_frames(
+        open_sources(data, labelled=False),
+        spec.cameras,
+        spec.proprio_layout,
+        spec.image_size,
+        spec.lang_dim,
+        None,
+        (200,),
+        seed=1,
+    )
+    flops = graph_flops(export / contract.ONNX_FILE)
+    peaks = measure_peaks()
+    print(flops, peaks)
+    for name, row in time_backends(export, frames.feeds, flops["total"], peaks).items():
+        print(name, row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
