@@ -61,7 +61,8 @@ RUN apt-get update \
 # executables run its Python, as `make setup` does with .venv.
 # Pins: requirements/lock.txt as constraints, minus the numpy/OpenCV pins (see above) and
 # ml_dtypes (onnx's dependency; 0.6 needs numpy 2, 0.5 does not). onnx parses a model folder's
-# graph before onnxruntime loads it (lawm_core.model_files).
+# graph before onnxruntime loads it (lawm_core.model_files). openvino: the bf16/int8 CPU backends
+# (lawm_core.backends); a separate package that leaves onnxruntime's module alone.
 # onnxruntime-gpu: 1.31.1 is the newest GPU release (the lock's CPU onnxruntime is 1.32.0, which
 # has no GPU build); its cuda and cudnn extras bring CUDA 13 and cuDNN 9 as pip wheels. Never the
 # CPU `onnxruntime` as well: both install the same module and clobber each other.
@@ -77,6 +78,7 @@ RUN python3 -m venv --system-site-packages "$VIRTUAL_ENV" \
       pyrealsense2==2.59.1.11053 \
       tokenizers==0.23.3 \
       onnx==1.23.2 \
+      openvino==2026.4.1 \
       rosbags==0.11.9 \
       colcon-common-extensions==0.3.0 \
       "setuptools<80"
@@ -85,7 +87,7 @@ RUN python3 -m venv --system-site-packages "$VIRTUAL_ENV" \
 RUN if pip show onnxruntime >/dev/null 2>&1; then echo "CPU onnxruntime is installed" >&2; exit 1; fi \
  && python -c "import onnxruntime as o; p = o.get_available_providers(); print(o.__version__, p); \
 assert 'CUDAExecutionProvider' in p" \
- && python -c "import numpy, cv2, onnx, pyrealsense2, tokenizers; print('numpy', numpy.__version__)"
+ && python -c "import numpy, cv2, onnx, openvino, pyrealsense2, tokenizers; print('numpy', numpy.__version__)"
 
 # The CUDA and cuDNN libraries from those wheels, made visible to the dynamic loader so the CUDA
 # provider loads. libcuda itself comes from the host driver (docker run --gpus all).
