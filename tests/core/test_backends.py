@@ -240,7 +240,30 @@ def test_a_reference_set_with_pickled_objects_is_refused(tmp_path, export_dir):
     d = _copy(export_dir, tmp_path)
     objects = np.empty(REFERENCE_COUNT, dtype=object)
     _rewrite_reference(d, lang=objects)
-    _fp32_because(d, "auto", "cannot be checked", "not a readable npz")
+    _fp32_because(d, "auto", "cannot be checked", "lang is object")
+
+
+def test_a_reference_header_declaring_a_huge_array_is_refused_before_reading(tmp_path, export_dir):
+    """numpy allocates what a .npy header declares: the header is checked first."""
+    import io
+    import zipfile
+
+    d = _copy(export_dir, tmp_path)
+    arrays = _reference(d)
+    path = d / contract.REFERENCE_FILE
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            if name == "lang":
+                header = {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+                np.lib.format.write_array_header_1_0(buf, header)
+                buf.write(b"\0" * 64)
+            else:
+                np.lib.format.write_array(buf, a)
+            zf.writestr(name + ".npy", buf.getvalue())
+    sha = files.sha256_file(path)
+    _edit_sidecar(d, lambda s: s["low_precision"]["reference"].update(sha256=sha))
+    _fp32_because(d, "auto", "lang is float32 [1000000000000]")
 
 
 def test_a_reference_set_with_wrong_shapes_is_refused(tmp_path, export_dir):

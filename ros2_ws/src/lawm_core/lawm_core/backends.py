@@ -174,34 +174,62 @@ def load_reference(model_dir: Path, spec: PolicySidecar) -> Reference:
         )
     path = folder_file(model_dir, contract.REFERENCE_FILE)
     verify_file(path, low.reference_sha256)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as err:  # zip, npy header and pickle refusals differ in type
-        raise ModelLoadError(f"{path}: not a readable npz of arrays ({err})") from err
-    want = {t.name: t for t in spec.inputs}
-    keys = set(want) | {contract.ONNX_ACTION_OUTPUT}
-    if set(arrays) != keys:
-        raise ModelLoadError(f"{path}: holds {sorted(arrays)}, the model needs {sorted(keys)}")
     n = low.reference_count
-    for name, t in want.items():
-        a = arrays[name]
-        if a.dtype != np.dtype(t.dtype) or a.shape != (n, *t.shape[1:]):
-            raise ModelLoadError(
-                f"{path}: {name} is {a.dtype} {list(a.shape)}, expected {t.dtype} "
-                f"{[n, *t.shape[1:]]}"
-            )
+    expected = {t.name: (np.dtype(t.dtype), (n, *t.shape[1:])) for t in spec.inputs}
+    expected[contract.ONNX_ACTION_OUTPUT] = (
+        np.dtype(np.float32),
+        (n, spec.chunk_size, spec.action_dim),
+    )
+    arrays = _read_npz(path, expected)
+    for name, a in arrays.items():
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise ModelLoadError(f"{path}: {name} has non-finite values")
+    want = [t.name for t in spec.inputs]
     actions = arrays[contract.ONNX_ACTION_OUTPUT]
-    shape = (n, spec.chunk_size, spec.action_dim)
-    if actions.dtype != np.float32 or actions.shape != shape or not np.all(np.isfinite(actions)):
-        raise ModelLoadError(
-            f"{path}: actions must be finite float32 {list(shape)}, got {actions.dtype} "
-            f"{list(actions.shape)}"
-        )
     feeds = [{k: np.ascontiguousarray(arrays[k][i : i + 1]) for k in want} for i in range(n)]
     return Reference(feeds, actions)
+
+
+def _read_npz(path: Path, expected: dict[str, tuple[np.dtype, tuple[int, ...]]]):
+    """The arrays of an uncompressed npz, each header checked against ``expected`` (name ->
+    dtype, shape) before its data is read: a file is untrusted, and numpy allocates what a
+    header declares. No pickled objects. ModelLoadError naming the problem."""
+    import zipfile
+
+    fmt = np.lib.format
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename: i for i in zf.infolist()}
+            names = sorted(m[:-4] for m in members if m.endswith(".npy"))
+            if len(names) != len(members) or set(names) != set(expected):
+                raise ModelLoadError(
+                    f"{path}: holds {sorted(members)}, the model needs "
+                    f"{sorted(k + '.npy' for k in expected)}"
+                )
+            for name in names:
+                dtype, shape = expected[name]
+                with zf.open(members[name + ".npy"]) as f:
+                    version = fmt.read_magic(f)
+                    if version == (1, 0):
+                        got_shape, fortran, got_dtype = fmt.read_array_header_1_0(f)
+                    else:
+                        got_shape, fortran, got_dtype = fmt.read_array_header_2_0(f)
+                    if got_dtype != dtype or tuple(got_shape) != shape or fortran:
+                        raise ModelLoadError(
+                            f"{path}: {name} is {got_dtype} {list(got_shape)}, expected "
+                            f"{dtype} {list(shape)}"
+                        )
+                    size = int(np.prod(shape)) * dtype.itemsize
+                    data = f.read(size + 1)
+                if len(data) != size:
+                    raise ModelLoadError(f"{path}: {name} holds {len(data)} bytes, not {size}")
+                out[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # zipfile, header and short-read errors differ in type
+        raise ModelLoadError(f"{path}: not a readable npz of arrays ({err})") from err
+    return out
 
 
 @dataclass
