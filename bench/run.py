@@ -114,28 +114,36 @@ def bench_policy(quick: bool, say) -> tuple[Path, Path]:
             "libero_object", [0, 1], range(10), BENCH_DATA, image_size=128, workers=2,
             progress=not quick,
         )  # fmt: skip
-    policy = BENCH_DIR / "finetune" / "policy"
-    done = 0
-    if (policy / "config.json").is_file():
-        done = int(json.loads((policy / "config.json").read_text())["info"].get("steps", 0))
-    steps = max(done, QUICK_STEPS) if quick else TRAIN_STEPS
-    if done < steps:
+    done = sorted(
+        int(d.name.split("_")[1])
+        for d in BENCH_DIR.glob("finetune_*")
+        if (d / "policy" / "model.safetensors").is_file() and d.name.split("_")[1].isdigit()
+    )
+    steps = (done[-1] if done else QUICK_STEPS) if quick else TRAIN_STEPS
+    run_dir = BENCH_DIR / f"finetune_{steps}"
+    policy = run_dir / "policy"
+    if not (policy / "model.safetensors").is_file():
         say(f"fine-tuning the paper-size policy from scratch, {steps} steps (cached after) ...")
         cfg = preset("paper")
         cfg = cfg.replace(
+            # The paper's 1000 warm-up steps would leave a run this short at a tiny rate.
             finetune=dataclasses.replace(
-                cfg.finetune, steps=steps, checkpoint_every=max(1, steps // 3), seed=0
+                cfg.finetune,
+                steps=steps,
+                warmup_steps=steps // 10,
+                checkpoint_every=max(1, steps // 3),
+                seed=0,
             )
         )
         train(
             "finetune",
             cfg,
             open_sources(BENCH_DATA, labelled=True),
-            BENCH_DIR / "finetune",
+            run_dir,
             lang_cache=BENCH_DIR / "lang_cache.safetensors",
             progress=not quick,
         )
-    export = BENCH_DIR / "export"
+    export = BENCH_DIR / f"export_{steps}"
     sidecar = export / contract.SIDECAR_FILE
     stale = (
         not sidecar.is_file()
