@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -32,37 +33,70 @@ PEAK_SHAPE = (256, 1024, 1024)  # M, K, N of the peak MatMul: 0.54 GFLOP a run
 
 
 def graph_flops(path: Path) -> dict[str, float]:
-    """FLOPs (2 x multiply-accumulates) of the graph at batch 1, per operator type."""
+    """FLOPs (2 x multiply-accumulates) of the graph at batch 1, per operator type. Shapes are
+    the ones a real run gives (onnxruntime on zero inputs, every Conv/MatMul/Gemm's operands
+    made outputs): static shape inference loses them behind reshapes and norms."""
+    import onnxruntime as ort
+
     model = onnx.load(str(path))
-    for inp in model.graph.input:
-        dim = inp.type.tensor_type.shape.dim
-        if dim and not dim[0].HasField("dim_value"):
-            dim[0].dim_value = 1
-    model = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int]] = {}
-    for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
-    for init in model.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    out: dict[str, float] = {"Conv": 0.0, "MatMul": 0.0, "Gemm": 0.0}
-    for node in model.graph.node:
+    graph = model.graph
+    consts = {i.name: list(i.dims) for i in graph.initializer}
+    ops = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    have = {o.name for o in graph.output}
+    wanted = []
+    for n in ops:
+        for name in (n.input[0], n.input[1], n.output[0]):
+            if name not in consts and name not in have and name not in wanted:
+                wanted.append(name)
+    for name in wanted:
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    feed = {}
+    for inp in graph.input:
+        if inp.name in consts:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        feed[inp.name] = np.zeros(dims, dtype)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in sess.get_outputs()]
+    shapes = {n: list(v.shape) for n, v in zip(names, sess.run(names, feed))}
+    shapes.update(consts)
+    out: dict[str, Any] = {"Conv": 0.0, "MatMul": 0.0, "Gemm": 0.0}
+    per_node: dict[str, float] = {}
+    for node in ops:
+        a, w, y = (shapes[node.input[0]], shapes[node.input[1]], shapes[node.output[0]])
         if node.op_type == "Conv":
-            w = shapes.get(node.input[1])
-            y = shapes.get(node.output[0])
-            if w and y and all(y):
-                # y: (N, Cout, H, W); w: (Cout, Cin/groups, kH, kW)
-                out["Conv"] += 2.0 * float(np.prod(y)) * float(np.prod(w[1:]))
-        elif node.op_type in ("MatMul", "Gemm"):
-            a, y = shapes.get(node.input[0]), shapes.get(node.output[0])
-            if a and y and all(a) and all(y):
-                k = a[-1]
-                if node.op_type == "Gemm":
-                    attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-                    k = a[0] if attrs.get("transA", 0) else a[-1]
-                out[node.op_type] += 2.0 * float(np.prod(y)) * float(k)
-    out["total"] = sum(out.values())
+            # y: (N, Cout, H, W); w: (Cout, Cin/groups, kH, kW)
+            flops = 2.0 * float(np.prod(y)) * float(np.prod(w[1:]))
+        else:
+            k = a[-1]
+            if node.op_type == "Gemm":
+                attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+                k = a[0] if attrs.get("transA", 0) else a[-1]
+            flops = 2.0 * float(np.prod(y)) * float(k)
+        out[node.op_type] += flops
+        per_node[node.name] = per_node.get(node.name, 0.0) + flops
+    out["total"] = out["Conv"] + out["MatMul"] + out["Gemm"]
+    out["nodes"] = per_node
     return out
+
+
+def roofline_ms(flops: dict[str, Any], peaks_gflops: dict[str, float], int8_nodes=()) -> float:
+    """The time the graph's matrix work would take at the measured peaks: ``int8_nodes`` at
+    the int8 peak, the rest at the precision's own (``peaks_gflops``: precision -> GFLOP/s,
+    ``"rest"`` the precision of the layers not in ``int8_nodes``)."""
+    int8 = set(int8_nodes)
+    q = sum(f for n, f in flops["nodes"].items() if n in int8)
+    rest = flops["total"] - q
+    ms = rest / peaks_gflops["rest"] / 1e6
+    if q:
+        ms += q / peaks_gflops["int8"] / 1e6
+    return ms
 
 
 def _matmul_model(path: Path, m: int, k: int, n: int, int8: bool) -> None:
@@ -167,13 +201,17 @@ def measure_peaks(threads: tuple[int, ...] = (1, 2), reps: int = 15) -> dict[str
 def time_backends(
     export: Path,
     feeds: list[dict[str, np.ndarray]],
-    flops: float,
+    flops: dict[str, Any],
     peaks: dict[str, Any],
     threads: tuple[int, ...] = (1, 2),
 ) -> dict[str, Any]:
     """Per backend that loads and passes its parity check: p50/p99 ms of ``predict`` over
     ``feeds`` (batch-1 graph inputs by name) at each thread count, max abs error against fp32
-    on them, GFLOP/s and the fraction of the measured peak of its precision."""
+    on them, GFLOP/s, and the fraction of the machine's peak it reaches: the time its matrix
+    work would take at the measured peaks (``roofline_ms``; an int8 graph's int8 layers at the
+    int8 peak, its other layers at fp32's) over the time it took."""
+    report = json.loads((export / contract.CALIBRATION_REPORT_FILE).read_text())
+    int8_nodes = report.get("int8", {}).get("nodes", [])
     logging.getLogger("lawm_core").setLevel(logging.ERROR)
     out: dict[str, Any] = {}
     reference: np.ndarray | None = None
@@ -206,11 +244,17 @@ def time_backends(
             p50 = float(np.percentile(times, 50))
             row[f"ms_p50_{t}t"] = round(p50, 3)
             row[f"ms_p99_{t}t"] = round(float(np.percentile(times, 99)), 3)
-            gflops = flops / p50 / 1e6
-            row[f"gflops_{t}t"] = round(gflops, 1)
-            peak = peaks.get(f"peak_{row['precision']}_{t}t_gflops")
-            if peak:
-                row[f"peak_fraction_{t}t"] = round(gflops / peak, 3)
+            row[f"gflops_{t}t"] = round(flops["total"] / p50 / 1e6, 1)
+            prec = row["precision"]
+            rest = "fp32" if prec == "int8" else prec
+            at_peak = {
+                "rest": peaks.get(f"peak_{rest}_{t}t_gflops"),
+                "int8": peaks.get(f"peak_int8_{t}t_gflops"),
+            }
+            if at_peak["rest"] and (prec != "int8" or at_peak["int8"]):
+                nodes = int8_nodes if prec == "int8" else ()
+                row[f"peak_ms_{t}t"] = round(roofline_ms(flops, at_peak, nodes), 3)
+                row[f"peak_fraction_{t}t"] = round(row[f"peak_ms_{t}t"] / p50, 3)
             if reference is not None:
                 row["max_abs_error"] = float(np.abs(acts - reference).max())
             row["status"] = "ran"
@@ -237,8 +281,8 @@ def main() -> int:
     )
     flops = graph_flops(export / contract.ONNX_FILE)
     peaks = measure_peaks()
-    print(flops, peaks)
-    for name, row in time_backends(export, frames.feeds, flops["total"], peaks).items():
+    print({k: v for k, v in flops.items() if k != "nodes"}, peaks)
+    for name, row in time_backends(export, frames.feeds, flops, peaks).items():
         print(name, row)
     return 0
 
