@@ -310,6 +310,9 @@ def test_smoke_command_leaves_an_exported_model(tmp_path):
     side = json.loads((export / "policy.json").read_text())
     assert (export / "policy.onnx").is_file() and (export / "text_encoder.onnx").is_file()
     assert side["onnx_sha256"] == result["onnx_sha256"]
+    # Exported with its demonstrations: the reference frames a lower precision is checked on.
+    assert side["low_precision"]["reference"]["count"] == 32
+    assert (export / "reference.npz").is_file() and (export / "calibration.json").is_file()
     first, last = result["pretrain_recon_mse_first_last"]
     assert last < 0.5 * first
     # Fine-tuning starts from the head fitted by a linear probe (the default from a pretrained
