@@ -349,6 +349,9 @@ class Budget:
     probe_windows: int = 512
     eval_stride: int = 1  # every eval_stride-th held-out window
     proprio_dropout: float = 0.0  # fine-tuning augmentation of every arm (AugmentConfig)
+    # Learning-rate factor of the loaded weights when fine-tuning a pretrained policy
+    # (OptimConfig.init_lr_scale); scratch has none, so its runs are shared across values.
+    init_lr_scale: float = 1.0
 
     def config(
         self,
@@ -379,8 +382,12 @@ class Budget:
             changes[CONTROL_FIELD] = control
         return cfg.replace(**changes)
 
-    def finetune_config(self, **kw: Any) -> LawmConfig:
+    def finetune_config(self, pretrained: bool = False, **kw: Any) -> LawmConfig:
         cfg = self.config(**kw)
+        if pretrained and self.init_lr_scale != 1.0:
+            cfg = cfg.replace(
+                finetune=dataclasses.replace(cfg.finetune, init_lr_scale=self.init_lr_scale)
+            )
         if self.proprio_dropout:
             augment = dataclasses.replace(cfg.augment, proprio_dropout=self.proprio_dropout)
             cfg = cfg.replace(augment=augment)
@@ -594,6 +601,8 @@ class Runner:
         tag = f"{arm.name}_s{b.finetune_steps}" + (f"_p{p}" if p is not None else "") + f"_f{s}"
         if b.proprio_dropout:
             tag += f"_pd{round(b.proprio_dropout * 100)}"
+        if b.init_lr_scale != 1.0 and arm.start != "scratch":
+            tag += f"_lr{round(b.init_lr_scale * 100)}"
         return self.plan.out / setting.name / f"n{n}" / tag
 
     def finetuned(self, setting: Setting, arm: Arm, n: int, p: int | None, s: int, demos):
@@ -603,7 +612,9 @@ class Runner:
         init = None
         if arm.start != "scratch":
             init = self.pretrained(setting, arm, p) / "policy"
-        cfg = b.finetune_config(finetune_seed=s, variant=arm.variant, control=arm.control)
+        cfg = b.finetune_config(
+            pretrained=init is not None, finetune_seed=s, variant=arm.variant, control=arm.control
+        )
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
             head=arm.head,
@@ -1223,6 +1234,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="fine-tune every arm hiding the proprio input from a fraction P of the samples",
     )
+    p.add_argument(
+        "--init-lr-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="fine-tune the pretrained arms with their loaded weights' learning rate x S (the "
+        "head's unchanged); scratch runs are shared with S = 1 (run folders tagged _lrNN)",
+    )
     p.add_argument("--spatial-tasks", type=_ints, default=[0, 1], help="LIBERO-Spatial tasks")
     p.add_argument("--out", type=Path, help="default runs/bench_learning/{quick,full}")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="generated data")
@@ -1262,12 +1281,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "quick" if args.quick else "full"
     budget = QUICK if args.quick else FULL
-    if args.pretrain_steps or args.finetune_steps or args.proprio_dropout:
+    if not 0.0 < args.init_lr_scale <= 1.0:
+        raise SystemExit(f"--init-lr-scale must be in (0, 1], got {args.init_lr_scale}")
+    if (
+        args.pretrain_steps
+        or args.finetune_steps
+        or args.proprio_dropout
+        or args.init_lr_scale != 1.0
+    ):
         budget = dataclasses.replace(
             budget,
             pretrain_steps=args.pretrain_steps or budget.pretrain_steps,
             finetune_steps=args.finetune_steps or budget.finetune_steps,
             proprio_dropout=args.proprio_dropout,
+            init_lr_scale=args.init_lr_scale,
         )
     names = args.settings or (["in_domain"] if args.quick else list(SETTINGS))
     progress = not args.quiet
