@@ -262,12 +262,15 @@ def time_backends(
     return out
 
 
-def main() -> int:
+def real_frames(
+    export: Path, data: Path, count: int, lang_cache: Path | None = None
+) -> list[dict[str, np.ndarray]]:
+    """``count`` frames of ``data`` as the export's graph inputs (batch 1), drawn with another
+    seed than the export's reference and calibration frames."""
     from lawm.data import open_sources
     from lawm.quantize import draw_frames
     from lawm_core.sidecar import PolicySidecar
 
-    export, data = Path(sys.argv[1]), Path(sys.argv[2])
     spec = PolicySidecar.read(export)
     (frames,) = draw_frames(
         open_sources(data, labelled=False),
@@ -275,14 +278,20 @@ def main() -> int:
         spec.proprio_layout,
         spec.image_size,
         spec.lang_dim,
-        None,
-        (200,),
+        lang_cache,
+        (count,),
         seed=1,
     )
+    return frames.feeds
+
+
+def main() -> int:
+    export, data = Path(sys.argv[1]), Path(sys.argv[2])
+    feeds = real_frames(export, data, 200)
     flops = graph_flops(export / contract.ONNX_FILE)
     peaks = measure_peaks()
     print({k: v for k, v in flops.items() if k != "nodes"}, peaks)
-    for name, row in time_backends(export, frames.feeds, flops, peaks).items():
+    for name, row in time_backends(export, feeds, flops, peaks).items():
         print(name, row)
     return 0
 

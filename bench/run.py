@@ -167,23 +167,13 @@ def bench_policy(quick: bool, say) -> tuple[Path, Path]:
 def bench_inference(export: Path, data: Path, threads: int, quick: bool) -> dict:
     """Every backend on the trained policy and real frames; the one ``auto`` picks; the
     machine's peaks (bench/precision.py)."""
-    from lawm.data import open_sources
-    from lawm.quantize import draw_frames
-
     spec = PolicySidecar.read(export)
-    (frames,) = draw_frames(
-        open_sources(data, labelled=False),
-        spec.cameras,
-        spec.proprio_layout,
-        spec.image_size,
-        spec.lang_dim,
-        BENCH_DIR / "lang_cache.safetensors",
-        (60 if quick else BENCH_FRAMES,),
-        seed=1,
+    feeds = precision.real_frames(
+        export, data, 60 if quick else BENCH_FRAMES, BENCH_DIR / "lang_cache.safetensors"
     )
     flops = precision.graph_flops(export / contract.ONNX_FILE)
     peaks = precision.measure_peaks(reps=8 if quick else 15)
-    table = precision.time_backends(export, frames.feeds, flops, peaks)
+    table = precision.time_backends(export, feeds, flops, peaks)
     logging.getLogger("lawm_core").setLevel(logging.ERROR)
     auto = PolicyModel(export, providers="cpu", threads=threads, backend="auto")
     chosen = table[auto.backend]
@@ -204,7 +194,7 @@ def bench_inference(export: Path, data: Path, threads: int, quick: bool) -> dict
         "chosen_peak_fraction": chosen.get(f"peak_fraction_{threads}t"),
         "fp32_ms_p50": fp32.get(f"ms_p50_{threads}t"),
         "fp32_ms_p99": fp32.get(f"ms_p99_{threads}t"),
-        "bench_frames": len(frames.feeds),
+        "bench_frames": len(feeds),
         "peak_target": f"chosen backend >= {PEAK_TARGET:g} x the measured peak of its precision "
         "(int8 graphs: their int8 layers at the int8 peak, the rest at fp32's)",
     }

@@ -207,20 +207,25 @@ def quantize_int8(
     class Reader(_Reader, CalibrationDataReader):
         pass
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice goes to the root log
-    quantize_static(
-        str(fp32_path),
-        str(out_path),
-        Reader(calibration),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANT_OP_TYPES),
-        nodes_to_quantize=list(nodes),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        calibration_cache_path=None if cache is None else str(cache),
-    )
+    root = logging.getLogger()  # the quantiser writes its advice to the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANT_OP_TYPES),
+            nodes_to_quantize=list(nodes),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=None if cache is None else str(cache),
+        )
+    finally:
+        root.setLevel(level)
 
 
 def choose_int8(
