@@ -602,17 +602,23 @@ def bench_precision_gate(out: Path, say) -> dict:
         )
     logging.getLogger("lawm_core").setLevel(logging.ERROR)
     auto = PolicyModel(export, providers="cpu", backend="auto")
-    fastest: dict[str, tuple[float, str]] = {}
-    for t in auto.selection.trials:
-        if t.status in ("chosen", "passed") and t.precision != "fp32":
-            if t.precision not in fastest or t.ms_p50 < fastest[t.precision][0]:
-                fastest[t.precision] = (t.ms_p50, t.name)
+    fastest: dict[str, tuple[float, str]] = {}  # precision -> (ms, backend), checked ones
+    checks = []
+    for name in backends.BACKENDS[1:]:
+        model = PolicyModel(export, providers="cpu", backend=name)
+        trial = {t.name: t for t in model.selection.trials}[name]
+        checks.append(trial.line())
+        if model.backend == name:
+            prec = backends.PRECISION[name]
+            if prec not in fastest or trial.ms_p50 < fastest[prec][0]:
+                fastest[prec] = (trial.ms_p50, name)
     states = list(GATE_STATES)
     n = len(states) * len(cfg.tasks)
     result: dict = {
         "gate_model": str(policy),
         "gate_episodes_per_backend": n,
         "gate_auto_selection": auto.selection.summary(),
+        "gate_parity_checks": checks,
     }
     say(f"  fp32: {n} episodes ...")
     base = _rollouts(export, backends.FP32, cfg, states)

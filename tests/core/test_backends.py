@@ -162,6 +162,11 @@ def test_auto_picks_a_checked_backend_and_reports_every_trial(export_dir):
     chosen = sel.chosen
     assert chosen.status == "chosen" and chosen.name == model.backend
     assert model.precision == backends.PRECISION[model.backend]
+    # auto takes only the precisions the closed-loop gate allowed; the others are named.
+    assert model.precision in backends.AUTO_PRECISIONS
+    for t in sel.trials:
+        if t.precision not in backends.AUTO_PRECISIONS:
+            assert t.status == "not tried" and "name it to use it" in t.reason, t.line()
     for t in sel.trials:
         if t.status in ("chosen", "passed"):
             assert t.max_abs_error <= contract.MAX_PARITY_TOLERANCE
@@ -289,6 +294,9 @@ def test_a_backend_outside_tolerance_never_runs(tmp_path, export_dir):
     _edit_sidecar(d, lambda s: s["low_precision"].update(tolerance=1e-9))
     model = _fp32_because(d, "auto", "no other backend passed")
     for t in model.selection.trials[1:]:
+        if t.precision not in backends.AUTO_PRECISIONS:
+            assert t.status == "not tried" and "name it to use it" in t.reason, t.line()
+            continue
         assert t.status in ("failed", "unavailable"), t.line()
         if t.status == "failed":
             assert "outside tolerance" in t.reason

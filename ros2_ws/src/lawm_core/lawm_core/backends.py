@@ -57,6 +57,9 @@ PRECISION = {
 }
 # ``auto`` leaves fp32 only for a backend at least this much faster (median latency ratio).
 MIN_SPEEDUP = 1.05
+# The precisions ``auto`` may choose: those whose LIBERO closed-loop success matched fp32's in
+# bench/run.py's precision gate (README, decision 0005). Any backend can still be named.
+AUTO_PRECISIONS = ("fp32", "int8")
 # fp32 on this machine must give the stored reference actions to within this, or the reference
 # set is not this model's (or is corrupt): other CPUs' fp32 kernels differ by ~1e-6.
 FP32_REPRODUCE = 1e-3
@@ -266,6 +269,9 @@ class Selection:
     tolerance: float | None
     trials: list[Trial] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.trials.sort(key=lambda t: BACKENDS.index(t.name))
+
     @property
     def chosen(self) -> Trial:
         return next(t for t in self.trials if t.name == self.backend.name)
@@ -348,6 +354,18 @@ def choose(
     if requested == FP32:
         return fallback("asked for (backend parameter)")
     names = list(BACKENDS[1:]) if requested == "auto" else [requested]
+    ungated = [n for n in names if requested == "auto" and PRECISION[n] not in AUTO_PRECISIONS]
+    names = [n for n in names if n not in ungated]
+    for name in ungated:
+        trials.append(
+            Trial(
+                name,
+                PRECISION[name],
+                "not tried",
+                f"auto takes {'/'.join(AUTO_PRECISIONS)} only (no closed-loop gate yet); "
+                "name it to use it",
+            )
+        )
     if requested == "auto" and fp32.device != "CPUExecutionProvider":
         return fallback(f"fp32 on {fp32.device}; the low-precision backends are CPU ones")
     try:
