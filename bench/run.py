@@ -33,9 +33,10 @@ Parts:
   conversion back to OSC_POSE deltas in the bridge), 10 episodes per task on the demo's unseen
   init states; a note when the success counts differ by more than binomial noise.
 - precision gate (not with --quick): the demo's scratch policy exported with its
-  demonstrations; LIBERO closed loop with fp32 and with the fastest backend of each lower
-  precision that passes its parity check, from the same 50 unseen initial states (25 per task);
-  Wilson intervals and the exact McNemar test against fp32 (``gate_*``).
+  demonstrations; LIBERO closed loop with fp32 and with every lower-precision backend that
+  passes its parity check, from the same 50 unseen initial states (25 per task); Wilson
+  intervals and the exact McNemar test against fp32 (``gate_*``); rollouts kept per backend in
+  runs/bench/gate_rollouts.
 
 The last line printed is one JSON object with every figure; runs/bench/results.json keeps it
 (with --only, results-<parts>.json: a partial run leaves the full run's figures in place).
@@ -544,9 +545,10 @@ GATE_STATES = range(25, 50)  # init states the demo never trains on (0-24): 25 p
 GATE_ALPHA = 0.05  # a precision whose McNemar p-value against fp32 is below this fails
 
 
-def _rollouts(export: Path, backend: str, cfg: DemoConfig, states: list[int]) -> dict:
+def _rollouts(export: Path, backend: str, cfg: DemoConfig, states: list[int], cache: Path) -> dict:
     """(task, init state) -> success of ``export`` run by ``backend`` (one simulator process
-    per task, in parallel), and the backend each process ran."""
+    per task, in parallel), and the backend each process ran; kept in ``cache``/<backend>.json
+    for this export (sha256) and these states."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -559,25 +561,42 @@ def _rollouts(export: Path, backend: str, cfg: DemoConfig, states: list[int]) ->
         "backend": backend,
         "progress": False,
     }
+    key = {
+        "onnx_sha256": PolicySidecar.read(export).onnx_sha256,
+        "tasks": list(cfg.tasks),
+        "init_states": states,
+        "max_steps": cfg.max_steps,
+    }
+    path = cache / f"{backend}.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            return {
+                "episodes": {(t, i): ok for t, i, ok in kept["episodes"]},
+                "ran": kept["ran"],
+            }
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(cfg.tasks), mp_context=ctx) as pool:
         futures = [
             pool.submit(evaluate_sim, export, cfg.suite, [t], len(states), **kw) for t in cfg.tasks
         ]
         reports = [f.result() for f in futures]
-    ran = {r["backend"] for r in reports}
+    ran = sorted({r["backend"] for r in reports})
     episodes = {
         (t["task_id"], e["init_state"]): bool(e["success"])
         for r in reports
         for t in r["tasks"]
         for e in t["episodes"]
     }
-    return {"episodes": episodes, "ran": sorted(ran)}
+    cache.mkdir(parents=True, exist_ok=True)
+    kept = {"key": key, "ran": ran, "episodes": [[t, i, ok] for (t, i), ok in episodes.items()]}
+    atomic_write_text(path, json.dumps(kept))
+    return {"episodes": episodes, "ran": ran}
 
 
 def bench_precision_gate(out: Path, say) -> dict:
-    """Closed loop in LIBERO with fp32 and with each lower precision that passes its parity
-    check (the fastest backend of each), from the same unseen initial states, on the demo's
+    """Closed loop in LIBERO with fp32 and with every lower-precision backend that passes its
+    parity check, from the same unseen initial states, on the demo's
     trained scratch policy (``make demo``; the stronger one there), exported with its
     demonstrations as reference and calibration frames."""
     from lawm.data import open_sources
@@ -602,16 +621,14 @@ def bench_precision_gate(out: Path, say) -> dict:
         )
     logging.getLogger("lawm_core").setLevel(logging.ERROR)
     auto = PolicyModel(export, providers="cpu", backend="auto")
-    fastest: dict[str, tuple[float, str]] = {}  # precision -> (ms, backend), checked ones
+    passing = []  # lower-precision backends that pass their parity check here
     checks = []
     for name in backends.BACKENDS[1:]:
         model = PolicyModel(export, providers="cpu", backend=name)
         trial = {t.name: t for t in model.selection.trials}[name]
         checks.append(trial.line())
-        if model.backend == name:
-            prec = backends.PRECISION[name]
-            if prec not in fastest or trial.ms_p50 < fastest[prec][0]:
-                fastest[prec] = (trial.ms_p50, name)
+        if model.backend == name and backends.PRECISION[name] != "fp32":
+            passing.append(name)
     states = list(GATE_STATES)
     n = len(states) * len(cfg.tasks)
     result: dict = {
@@ -621,16 +638,18 @@ def bench_precision_gate(out: Path, say) -> dict:
         "gate_parity_checks": checks,
     }
     say(f"  fp32: {n} episodes ...")
-    base = _rollouts(export, backends.FP32, cfg, states)
+    cache = out / "gate_rollouts"
+    base = _rollouts(export, backends.FP32, cfg, states, cache)
     wins = sum(base["episodes"].values())
     result["gate_fp32_success"] = wins
     result["gate_fp32_ci"] = wilson_ci(wins, n)
     verdicts = []
-    for prec, (_, name) in sorted(fastest.items()):
-        say(f"  {prec} ({name}): {n} episodes ...")
-        got = _rollouts(export, name, cfg, states)
+    for name in passing:
+        prec = backends.PRECISION[name]
+        say(f"  {name} ({prec}): {n} episodes ...")
+        got = _rollouts(export, name, cfg, states, cache)
         if got["ran"] != [name]:
-            result[f"gate_{prec}_note"] = f"the simulator processes ran {got['ran']}, not {name}"
+            result[f"gate_{name}_note"] = f"the simulator processes ran {got['ran']}, not {name}"
         wins = sum(got["episodes"].values())
         pair = paired_successes(
             {(k, 0): v for k, v in got["episodes"].items()},
@@ -639,20 +658,24 @@ def bench_precision_gate(out: Path, say) -> dict:
         p = mcnemar_exact_p(pair["only_a"], pair["only_b"])
         result.update(
             {
-                f"gate_{prec}_backend": name,
-                f"gate_{prec}_success": wins,
-                f"gate_{prec}_ci": wilson_ci(wins, n),
-                f"gate_{prec}_only_low_precision": pair["only_a"],
-                f"gate_{prec}_only_fp32": pair["only_b"],
-                f"gate_{prec}_mcnemar_p": p,
-                f"gate_{prec}_difference_ci": pair.get("difference_ci"),
-                f"gate_{prec}_passed": p >= GATE_ALPHA,
+                f"gate_{name}_precision": prec,
+                f"gate_{name}_success": wins,
+                f"gate_{name}_ci": wilson_ci(wins, n),
+                f"gate_{name}_only_it": pair["only_a"],
+                f"gate_{name}_only_fp32": pair["only_b"],
+                f"gate_{name}_mcnemar_p": p,
+                f"gate_{name}_difference_ci": pair.get("difference_ci"),
+                f"gate_{name}_passed": p >= GATE_ALPHA,
             }
         )
         verdicts.append(
-            f"{prec} ({name}) {wins}/{n} vs fp32 {result['gate_fp32_success']}/{n}, McNemar p "
+            f"{name} ({prec}) {wins}/{n} vs fp32 {result['gate_fp32_success']}/{n}, McNemar p "
             f"{p:.2f}: {'within noise' if p >= GATE_ALPHA else 'DIFFERENT'}"
         )
+    for prec in ("bf16", "int8"):
+        ran = [k for k in result if k.endswith("_precision") and result[k] == prec]
+        if not ran:
+            verdicts.append(f"{prec}: not gated (no backend passes its parity check here)")
     result["gate_verdicts"] = verdicts
     return result
 
