@@ -26,64 +26,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lawm.quantize import graph_flops
 from lawm_core import backends, contract
 from lawm_core.model import PolicyModel
 
+__all__ = ["graph_flops", "measure_peaks", "real_frames", "roofline_ms", "time_backends"]
+
 PEAK_SHAPE = (256, 1024, 1024)  # M, K, N of the peak MatMul: 0.54 GFLOP a run
-
-
-def graph_flops(path: Path) -> dict[str, float]:
-    """FLOPs (2 x multiply-accumulates) of the graph at batch 1, per operator type. Shapes are
-    the ones a real run gives (onnxruntime on zero inputs, every Conv/MatMul/Gemm's operands
-    made outputs): static shape inference loses them behind reshapes and norms."""
-    import onnxruntime as ort
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    consts = {i.name: list(i.dims) for i in graph.initializer}
-    ops = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
-    have = {o.name for o in graph.output}
-    wanted = []
-    for n in ops:
-        for name in (n.input[0], n.input[1], n.output[0]):
-            if name not in consts and name not in have and name not in wanted:
-                wanted.append(name)
-    for name in wanted:
-        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    feed = {}
-    for inp in graph.input:
-        if inp.name in consts:
-            continue
-        t = inp.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
-        feed[inp.name] = np.zeros(dims, dtype)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in sess.get_outputs()]
-    shapes = {n: list(v.shape) for n, v in zip(names, sess.run(names, feed))}
-    shapes.update(consts)
-    out: dict[str, Any] = {"Conv": 0.0, "MatMul": 0.0, "Gemm": 0.0}
-    per_node: dict[str, float] = {}
-    for node in ops:
-        a, w, y = (shapes[node.input[0]], shapes[node.input[1]], shapes[node.output[0]])
-        if node.op_type == "Conv":
-            # y: (N, Cout, H, W); w: (Cout, Cin/groups, kH, kW)
-            flops = 2.0 * float(np.prod(y)) * float(np.prod(w[1:]))
-        else:
-            k = a[-1]
-            if node.op_type == "Gemm":
-                attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-                k = a[0] if attrs.get("transA", 0) else a[-1]
-            flops = 2.0 * float(np.prod(y)) * float(k)
-        out[node.op_type] += flops
-        per_node[node.name] = per_node.get(node.name, 0.0) + flops
-    out["total"] = out["Conv"] + out["MatMul"] + out["Gemm"]
-    out["nodes"] = per_node
-    return out
 
 
 def roofline_ms(flops: dict[str, Any], peaks_gflops: dict[str, float], int8_nodes=()) -> float:

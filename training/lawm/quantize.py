@@ -8,8 +8,8 @@ Written by ``lawm.export.export_policy`` next to ``policy.onnx`` when it is give
   these and lets it run only when its actions stay within the sidecar's tolerance of these.
 - ``policy.int8.onnx``: a static int8 graph (QDQ: weights per channel, activations calibrated
   with min/max) calibrated on ``CALIBRATION_COUNT`` other frames of the same data. Which
-  layers are quantised is chosen by measured error (``choose_int8``): every layer alone, then
-  the largest set of the least sensitive ones whose error together stays within
+  layers are quantised is chosen by measured error (``choose_int8``): every layer alone, then,
+  taking layers in order of error per FLOP, the longest run whose error together stays within
   ``EXPORT_SHARE`` of the tolerance (headroom for the rounding of other CPUs' int8 kernels).
   On a trained policy the stem convolution and the action head are the touchy ones. No layer
   within: no int8 graph, and the report says why.
@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 from tqdm.auto import tqdm
 
 from lawm.data.dataset import square_resize
@@ -167,6 +169,60 @@ class _Reader:
         return next(self._it, None)
 
 
+def graph_flops(path: Path) -> dict[str, Any]:
+    """FLOPs (2 x multiply-accumulates) of the graph at batch 1, per operator type. Shapes are
+    the ones a real run gives (onnxruntime on zero inputs, every Conv/MatMul/Gemm's operands
+    made outputs): static shape inference loses them behind reshapes and norms."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {i.name: list(i.dims) for i in graph.initializer}
+    ops = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    have = {o.name for o in graph.output}
+    wanted = []
+    for n in ops:
+        for name in (n.input[0], n.input[1], n.output[0]):
+            if name not in consts and name not in have and name not in wanted:
+                wanted.append(name)
+    for name in wanted:
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    feed = {}
+    for inp in graph.input:
+        if inp.name in consts:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        feed[inp.name] = np.zeros(dims, dtype)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in sess.get_outputs()]
+    shapes = {n: list(v.shape) for n, v in zip(names, sess.run(names, feed))}
+    shapes.update(consts)
+    out: dict[str, Any] = {"Conv": 0.0, "MatMul": 0.0, "Gemm": 0.0}
+    per_node: dict[str, float] = {}
+    for node in ops:
+        a, w, y = (shapes[node.input[0]], shapes[node.input[1]], shapes[node.output[0]])
+        if node.op_type == "Conv":
+            # y: (N, Cout, H, W); w: (Cout, Cin/groups, kH, kW)
+            flops = 2.0 * float(np.prod(y)) * float(np.prod(w[1:]))
+        else:
+            k = a[-1]
+            if node.op_type == "Gemm":
+                attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+                k = a[0] if attrs.get("transA", 0) else a[-1]
+            flops = 2.0 * float(np.prod(y)) * float(k)
+        out[node.op_type] += flops
+        per_node[node.name] = per_node.get(node.name, 0.0) + flops
+    out["total"] = out["Conv"] + out["MatMul"] + out["Gemm"]
+    out["nodes"] = per_node
+    return out
+
+
 def quantizable_nodes(path: Path) -> list[tuple[str, str]]:
     """(name, op type) of the nodes int8 may take: every Conv and Gemm, and every MatMul with
     a constant weight (attention's activation x activation products stay fp32)."""
@@ -238,11 +294,12 @@ def choose_int8(
     say=print,
 ) -> dict[str, Any]:
     """Quantise layer by layer, keeping the error within ``budget``: each quantisable node is
-    quantised alone and its error measured on ``SELECTION_COUNT`` calibration frames; then
-    the largest set of the least sensitive nodes whose error together stays within budget
-    (bisection on that order) is taken, and checked on the reference frames (halved until it
-    keeps within budget there too). Writes ``out_path`` when a set is found. Returns the
-    report entry (``nodes``: the quantised ones, ``max_abs_error`` on the reference)."""
+    quantised alone and its error measured on ``SELECTION_COUNT`` calibration frames; the nodes
+    are ordered by that error per FLOP, and the longest prefix of that order whose error
+    together stays within budget (bisection) is taken and checked on the reference frames
+    (halved until it keeps within budget there too). Writes ``out_path`` when a set is
+    found. Returns the report entry (``nodes``: the quantised ones, ``max_abs_error`` on the
+    reference frames)."""
     nodes = quantizable_nodes(fp32_path)
     selection = list(calibration[:SELECTION_COUNT])
     fp32 = _session(fp32_path)
@@ -270,9 +327,18 @@ def choose_int8(
             alone = []
             for name, op in tqdm(nodes, desc="int8 sensitivity", unit="layer", leave=False):
                 alone.append((error([name], selection, sel_actions), name, op))
-            alone.sort()
+            # Cheapest error per FLOP first: the most arithmetic int8 can take for the budget
+            # (by error alone, the GPT's many small matmuls would use it up before the
+            # convolutions that carry nearly all the FLOPs).
+            flops = graph_flops(fp32_path)["nodes"]
+            alone.sort(key=lambda item: item[0] / max(flops.get(item[1], 0.0), 1.0))
             entry["sensitivity"] = [
-                {"node": name, "op_type": op, "max_abs_error_alone": round(e, 6)}
+                {
+                    "node": name,
+                    "op_type": op,
+                    "max_abs_error_alone": round(e, 6),
+                    "mflops": round(flops.get(name, 0.0) / 1e6, 3),
+                }
                 for e, name, op in alone
             ]
             order = [name for _, name, _ in alone]
