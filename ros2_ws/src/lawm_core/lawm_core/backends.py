@@ -112,7 +112,8 @@ class OrtBackend(Backend):
 
 class OpenVinoBackend(Backend):
     """OpenVINO's CPU plugin at ``precision`` (``f32`` or ``bf16`` inference precision), the
-    inputs fixed at batch 1 (one observation per tick). One infer request per calling thread."""
+    inputs fixed at batch 1 (one observation per tick). One infer request, owned with the core
+    and the compiled model by this object (they go together), used under a lock."""
 
     def __init__(
         self, name: str, path: Path, spec: PolicySidecar, threads: int, precision_hint: str
@@ -129,19 +130,25 @@ class OpenVinoBackend(Backend):
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        self.core = core
         self.compiled = core.compile_model(model, "CPU", config)
         self.output = self.compiled.output(contract.ONNX_ACTION_OUTPUT)
+        self.request = self.compiled.create_infer_request()
         self.name = name
         self.precision = PRECISION[name]
         self.device = "CPU (OpenVINO)"
-        self._local = threading.local()
+        self._lock = threading.Lock()
 
     def run(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        out = request.infer(dict(feed))
-        return np.array(out[self.output], dtype=np.float32, copy=True)
+        with self._lock:
+            out = self.request.infer(dict(feed))
+            return np.array(out[self.output], dtype=np.float32, copy=True)
+
+    def __del__(self) -> None:
+        # The request before the compiled model before the core, whatever order a garbage
+        # collection would take them in.
+        for name in ("request", "output", "compiled", "core"):
+            self.__dict__.pop(name, None)
 
 
 def openvino_capabilities() -> tuple[str, ...] | None:
