@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,13 @@ def _pick_domain_id() -> int:
     # Fast DDS maps a domain to UDP ports 7400 + 250 * id (+ offsets); ids 1..100 stay below
     # the ephemeral port range. Seed from the pid so two concurrent sessions differ.
     return random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little")).randint(1, 100)
+
+
+# OpenVINO runs in the test processes' children only (nodes, and the subprocess of
+# tests/core/test_backends.py that checks its backends): loaded into the long pytest process,
+# whose later fork()s of subprocesses it crashed (SIGSEGV in test_language's subprocess
+# test, 260 tests after it was first loaded). In here it is reported not installed.
+sys.modules["openvino"] = None  # type: ignore[assignment]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -27,8 +27,20 @@ from lawm_core.errors import ModelLoadError
 from lawm_core.model import PolicyModel
 from tests.training.datafiles import write_libero
 
-HAS_OPENVINO = backends.openvino_capabilities() is not None
-HAS_BF16 = "BF16" in (backends.openvino_capabilities() or ())
+
+def _installed(dist: str) -> bool:
+    """Whether a distribution is installed (OpenVINO is not importable in the pytest process,
+    tests/conftest.py, but its children import it)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+HAS_OPENVINO = _installed("openvino")
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +183,9 @@ def test_auto_picks_a_checked_backend_and_reports_every_trial(export_dir):
         if t.status in ("chosen", "passed"):
             assert t.max_abs_error <= contract.MAX_PARITY_TOLERANCE
             assert t.ms_p50 > 0
-    if HAS_OPENVINO:
-        ov = {t.name: t for t in sel.trials}["openvino"]
-        assert ov.status in ("chosen", "passed") and ov.max_abs_error < 1e-3
+    # OpenVINO is not importable in the pytest process (tests/conftest.py): reported so.
+    ov = {t.name: t for t in sel.trials}["openvino"]
+    assert ov.status == "unavailable" and "not installed" in ov.reason, ov.line()
     # What predict returns is the chosen backend's, within tolerance of fp32.
     ref = _reference(export_dir)
     got = np.stack(
@@ -190,15 +202,51 @@ def test_auto_picks_a_checked_backend_and_reports_every_trial(export_dir):
     assert model.backend in sel.summary()
 
 
-@pytest.mark.parametrize("name", backends.BACKENDS[1:])
-def test_a_named_backend_runs_when_it_passes(export_dir, name):
-    if name.startswith("openvino") and not HAS_OPENVINO:
-        pytest.skip("openvino not installed")
-    if name == "openvino-bf16" and not HAS_BF16:
-        pytest.skip("no bf16 path on this CPU")
-    model = PolicyModel(export_dir, providers="cpu", threads=1, backend=name)
-    assert model.backend == name, model.selection.summary()
+def test_onnxruntime_int8_runs_when_named(export_dir):
+    model = PolicyModel(export_dir, providers="cpu", threads=1, backend="onnxruntime-int8")
+    assert model.backend == "onnxruntime-int8", model.selection.summary()
     assert model.selection.chosen.max_abs_error <= contract.MAX_PARITY_TOLERANCE
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
+def test_openvino_backends_run_when_named_and_auto_weighs_them(export_dir):
+    """In a process of its own, as the node runs them: each OpenVINO backend, named, runs when
+    its check passes and predicts within tolerance of fp32; auto tries the fp32 and int8 ones."""
+    code = f"""
+import json, sys
+import numpy as np
+from lawm_core import backends
+from lawm_core.model import PolicyModel
+d = {str(export_dir)!r}
+caps = backends.openvino_capabilities()
+ref = np.load(d + "/reference.npz", allow_pickle=False)
+out = {{"caps": list(caps)}}
+for name in ("openvino", "openvino-int8", "openvino-bf16", "auto"):
+    m = PolicyModel(d, providers="cpu", threads=1, backend=name)
+    images = {{c: ref["image_" + c][0] for c in m.cameras}}
+    got = m.predict(images, ref["proprio"][0], ref["lang"][0])
+    trials = {{t.name: [t.status, t.max_abs_error] for t in m.selection.trials}}
+    out[name] = [m.backend, float(np.abs(got - ref["actions"][0]).max()), trials]
+print(json.dumps(out))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    tol = contract.MAX_PARITY_TOLERANCE
+    for name in ("openvino", "openvino-int8"):
+        backend, err, _ = out[name]
+        assert backend == name and err <= tol, out[name]
+    backend, err, _ = out["openvino-bf16"]
+    if "BF16" in out["caps"]:
+        assert backend in ("openvino-bf16", "onnxruntime"), out["openvino-bf16"]
+    else:
+        assert backend == "onnxruntime"
+    backend, err, trials = out["auto"]
+    assert trials["openvino"][0] in ("chosen", "passed") and trials["openvino"][1] < 1e-3
+    assert trials["openvino-bf16"][0] == "not tried"
+    assert backends.PRECISION[backend] in backends.AUTO_PRECISIONS and err <= tol
 
 
 def test_an_unknown_backend_is_refused(export_dir):
