@@ -147,21 +147,27 @@ def bench_policy(quick: bool, say) -> tuple[Path, Path]:
             progress=not quick,
         )
     export = BENCH_DIR / f"export_{steps}"
-    sidecar = export / contract.SIDECAR_FILE
-    stale = (
-        not sidecar.is_file()
-        or sidecar.stat().st_mtime < (policy / "model.safetensors").stat().st_mtime
-    )
-    if stale:
-        say("exporting it with its reference frames and int8 model ...")
-        export_policy(
-            policy,
-            export,
-            data=open_sources(BENCH_DATA, labelled=False),
-            lang_cache=BENCH_DIR / "lang_cache.safetensors",
-            say=lambda line: say(f"  {line}"),
-        )
+    _export_with_data(policy, export, BENCH_DATA, BENCH_DIR / "lang_cache.safetensors", say)
     return export, BENCH_DATA
+
+
+def _export_with_data(policy: Path, export: Path, data: Path, lang_cache: Path, say) -> None:
+    """Export ``policy`` with ``data`` as its reference and calibration frames, unless
+    ``export`` already holds an export newer than the policy's weights."""
+    from lawm.data import open_sources
+
+    sidecar = export / contract.SIDECAR_FILE
+    weights = policy / "model.safetensors"
+    if sidecar.is_file() and sidecar.stat().st_mtime >= weights.stat().st_mtime:
+        return
+    say(f"exporting {policy} with {data.name} as reference and calibration frames ...")
+    export_policy(
+        policy,
+        export,
+        data=open_sources(data, labelled=False),
+        lang_cache=lang_cache,
+        say=lambda line: say(f"  {line}"),
+    )
 
 
 # -- inference ------------------------------------------------------------------------------
@@ -599,7 +605,6 @@ def bench_precision_gate(out: Path, say) -> dict:
     parity check, from the same unseen initial states, on the demo's
     trained scratch policy (``make demo``; the stronger one there), exported with its
     demonstrations as reference and calibration frames."""
-    from lawm.data import open_sources
     from lawm.stats import mcnemar_exact_p, paired_successes, wilson_ci
 
     cfg = DemoConfig()
@@ -610,15 +615,7 @@ def bench_precision_gate(out: Path, say) -> dict:
             f"precision_gate needs the demo's trained policy: run `make demo` ({policy})"
         )
     export = out / "gate_export"
-    if not (export / contract.SIDECAR_FILE).is_file():
-        say(f"exporting {policy} with its demonstrations as reference frames ...")
-        export_policy(
-            policy,
-            export,
-            data=open_sources(demos, labelled=False),
-            lang_cache=DEFAULT_OUT / "lang_cache.safetensors",
-            say=lambda line: say(f"  {line}"),
-        )
+    _export_with_data(policy, export, demos, DEFAULT_OUT / "lang_cache.safetensors", say)
     logging.getLogger("lawm_core").setLevel(logging.ERROR)
     auto = PolicyModel(export, providers="cpu", backend="auto")
     passing = []  # lower-precision backends that pass their parity check here

@@ -56,6 +56,15 @@ from lawm_sim import commands as sim_commands
 DEFAULT_LANG_CACHE = Path(".cache") / "lang_embeddings.safetensors"
 
 
+def _add_lang_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lang-cache",
+        type=Path,
+        default=DEFAULT_LANG_CACHE,
+        help="instruction embedding cache (safetensors)",
+    )
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--data",
@@ -204,12 +213,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "each named in one warning and counted in the summary (default: stop at the first, "
         "naming it)",
     )
-    p.add_argument(
-        "--lang-cache",
-        type=Path,
-        default=DEFAULT_LANG_CACHE,
-        help="instruction embedding cache (safetensors)",
-    )
+    _add_lang_cache(p)
     p.add_argument(
         "--control-rate-hz",
         type=positive_float,
@@ -797,12 +801,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
         "the training run recorded from its data (required when it could not tell)",
     )
     _add_data_args(p, required=False)
-    p.add_argument(
-        "--lang-cache",
-        type=Path,
-        default=DEFAULT_LANG_CACHE,
-        help="instruction embedding cache (safetensors)",
-    )
+    _add_lang_cache(p)
     p.add_argument(
         "--parity-tolerance",
         type=positive_float,
@@ -820,7 +819,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-windows", type=positive_int, default=5000, help="at most this many samples"
     )
-    p.add_argument("--lang-cache", type=Path, default=DEFAULT_LANG_CACHE)
+    _add_lang_cache(p)
     p.add_argument("--json", action="store_true", help="also print one JSON line")
     p.set_defaults(func=cmd_cca)
 
@@ -841,7 +840,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
         default=512,
         help="at most this many windows (default 512; the world-model figures use 256 of them)",
     )
-    p.add_argument("--lang-cache", type=Path, default=DEFAULT_LANG_CACHE)
+    _add_lang_cache(p)
     p.add_argument("--json", action="store_true", help="also print one JSON line")
     p.set_defaults(func=cmd_probe)
 
