@@ -222,6 +222,10 @@ class Arm:
     variant: str | None = None
     control: str | None = None
     head: str = "reuse"  # how fine-tuning's action head starts: reuse, fresh or probe
+    # Fine-tuning data: the demonstrations, plus (labels=True) the clips labelled by the
+    # pretrained world model (``lawm.pseudo_label``); init_policy=False: from a fresh network.
+    labels: bool = False
+    init_policy: bool = True
 
 
 def variant_field() -> bool:
@@ -309,6 +313,25 @@ def arms() -> dict[str, Arm]:
                 variant=default,
                 control=CONTROL_VALUE,
                 head=DEFAULT_HEADS.get(default, "reuse"),
+            ),
+            Arm(
+                "lawm_kinematic_labels",
+                "pretrain",
+                "the fixed method, fine-tuned on the demonstrations plus the clips labelled by "
+                "its world model (pose-code changes -> actions, fitted on the demonstrations)",
+                variant="kinematic",
+                head="probe",
+                labels=True,
+            ),
+            Arm(
+                "scratch_labels",
+                "pretrain",
+                "a fresh network fine-tuned on the demonstrations plus the clips labelled by the "
+                "kinematic world model (separates the labels from the pretrained weights)",
+                variant="kinematic",
+                head="fresh",
+                labels=True,
+                init_policy=False,
             ),
             Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
         )
@@ -610,16 +633,38 @@ class Runner:
         run_dir = self.finetune_dir(setting, arm, n, p, s)
         tag = run_dir.name
         init = None
-        if arm.start != "scratch":
+        if arm.start != "scratch" and arm.init_policy:
             init = self.pretrained(setting, arm, p) / "policy"
         cfg = b.finetune_config(
             pretrained=init is not None, finetune_seed=s, variant=arm.variant, control=arm.control
         )
+        if arm.labels and not _done(run_dir) and run_dir not in self._ready:
+            demos = list(demos) + self.labelled_clips(setting, arm, p, demos, run_dir)
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
-            head=arm.head,
+            head=arm.head if init is not None else None,
         )  # fmt: skip
         return run_dir
+
+    def labelled_clips(self, setting: Setting, arm: Arm, p: int | None, demos, run_dir: Path):
+        """The setting's clips labelled by the arm's pretrained world model, fitted on
+        ``demos``; how close the labels come to the clips' recorded actions (read for this
+        report only) goes to run_dir/labels.json."""
+        from lawm.pseudo_label import label_accuracy, label_clips
+
+        assert p is not None
+        pretrain_run = self.pretrained(setting, arm, p)
+        self.bar.set_description(f"label clips for {run_dir.name}")
+        clips = open_sources(setting.pretrain, labelled=False)
+        labelled, info = label_clips(pretrain_run, demos, clips)
+        truth = open_sources(setting.pretrain, labelled=True)
+        info["accuracy"] = label_accuracy(
+            [c.labels for c in labelled],
+            [t.read(0, t.length, cameras=(), proprio=False)["actions"] for t in truth],
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "labels.json", json.dumps(info, indent=1))
+        return labelled
 
     def evaluate(self, run_dir: Path, heldout: list) -> list[float]:
         path = run_dir / "heldout.json"

@@ -1,0 +1,108 @@
+"""Clips labelled by the pretrained "kinematic" world model (lawm.pseudo_label): the labeller
+inverts pose-code motion, reads only images, and its labels fine-tune a policy.
+
+Real pretraining (debug preset, a few steps) on the synthetic block data, whose frames are
+caused by its actions; real HDF5 files in the LIBERO layout."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lawm import pseudo_label as pl
+from lawm.config import preset
+from lawm.data import open_sources
+from lawm.data.synthetic import write_synthetic_hdf5
+from lawm.trainer import train
+
+
+def _trajectory(rng, w: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Actions and the pose codes they cause: pose_{t+1} = pose_t + W a_t."""
+    actions = np.clip(rng.normal(0, 0.5, (length, 7)), -1, 1)
+    actions[:, pl.GRIPPER] = np.where(rng.random(length) < 0.5, -1.0, 1.0)
+    pose = np.zeros((length, w.shape[0]))
+    pose[0] = rng.normal(size=w.shape[0])
+    for t in range(length - 1):
+        pose[t + 1] = pose[t] + w @ actions[t]
+    return actions, pose
+
+
+def test_the_labeller_inverts_linear_pose_motion_on_unseen_episodes():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 7))
+    fit = [_trajectory(rng, w, 80) for _ in range(6)]
+    lab = pl.fit_labeller([pl.features(p) for _, p in fit], [a for a, _ in fit])
+    test = [_trajectory(rng, w, 60) for _ in range(4)]
+    pred = [lab.predict(pl.features(p)) for _, p in test]
+    acc = pl.label_accuracy([q[:-1] for q in pred], [a[:-1] for a, _ in test])
+    assert acc["r2_arm_mean"] > 0.95 and acc["gripper_agreement"] > 0.95, acc
+    for q in pred:
+        assert np.all(np.abs(q) <= 1.0) and set(np.unique(q[:, pl.GRIPPER])) <= {-1.0, 1.0}
+    # Pose codes unrelated to the actions give labels no better than their mean.
+    noise = [rng.normal(size=p.shape) for _, p in fit]
+    blind = pl.fit_labeller([pl.features(p) for p in noise], [a for a, _ in fit])
+    guess = [blind.predict(pl.features(rng.normal(size=p.shape))) for _, p in test]
+    assert pl.label_accuracy(guess, [a for a, _ in test])["r2_arm_mean"] < 0.2
+
+
+def test_label_accuracy_and_refusals():
+    a = np.tile(np.linspace(-1, 1, 7), (5, 1))
+    a[:, pl.GRIPPER] = [1, -1, 1, 1, -1]
+    acc = pl.label_accuracy([a], [a])
+    assert acc["mse"] == 0 and acc["gripper_agreement"] == 1 and acc["steps"] == 5
+    with pytest.raises(ValueError, match="same number"):
+        pl.fit_labeller([np.zeros((3, 4))], [])
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labels")
+    cfg = preset("debug")
+    assert cfg.world_model.variant == "kinematic"
+    cfg = cfg.replace(pretrain=dataclasses.replace(cfg.pretrain, steps=6))
+    size = cfg.policy.image_size
+    write_synthetic_hdf5(d / "clips.hdf5", episodes=4, length=20, image_size=size, seed=1)
+    write_synthetic_hdf5(d / "demos.hdf5", episodes=4, length=20, image_size=size, seed=2)
+    cache = d / "lang.safetensors"
+    clips = open_sources(d / "clips.hdf5", labelled=False)
+    train("pretrain", cfg, clips, d / "pre", lang_cache=cache, progress=False)
+    return d, cfg
+
+
+def test_clips_labelled_from_images_alone_fine_tune_a_policy(pretrained):
+    d, cfg = pretrained
+    demos = open_sources(d / "demos.hdf5", labelled=True)
+    clips = open_sources(d / "clips.hdf5", labelled=False)
+    assert not any(c.has_actions for c in clips)  # the labeller cannot read a clip's actions
+    labelled, info = pl.label_clips(d / "pre", demos, clips)
+    assert info["fit_episodes"] == 4 and info["fit_steps"] == 80
+    assert info["alpha"] in pl.RIDGE_ALPHAS and np.isfinite(info["cv_mse"])
+    assert [s.length for s in labelled] == [c.length for c in clips]
+    for s, c in zip(labelled, clips):
+        got = s.read(0, s.length)
+        assert s.has_actions and s.instruction == c.instruction
+        assert got["actions"].dtype == np.float32 and np.isfinite(got["actions"]).all()
+        assert np.all(np.abs(got["actions"]) <= 1.0)
+        assert set(np.unique(got["actions"][:, pl.GRIPPER])) <= {-1.0, 1.0}
+        assert np.array_equal(got["images"][cfg.policy.cameras[0]],
+                              c.read(0, c.length)["images"][cfg.policy.cameras[0]])  # fmt: skip
+    cfg = cfg.replace(finetune=dataclasses.replace(cfg.finetune, steps=4))
+    out = train("finetune", cfg, demos + labelled, d / "ft", init=d / "pre" / "policy",
+                lang_cache=d / "lang.safetensors", progress=False)  # fmt: skip
+    assert (d / "ft" / "policy" / "model.safetensors").is_file(), out
+
+
+def test_a_world_model_without_a_pose_code_is_refused(tmp_path, pretrained):
+    d, cfg = pretrained
+    paper = cfg.replace(
+        world_model=dataclasses.replace(cfg.world_model, variant="paper"),
+        pretrain=dataclasses.replace(cfg.pretrain, steps=2),
+    )
+    clips = open_sources(d / "clips.hdf5", labelled=False)
+    train("pretrain", paper, clips, tmp_path / "pre", lang_cache=d / "lang.safetensors",
+          progress=False)  # fmt: skip
+    demos = open_sources(d / "demos.hdf5", labelled=True)
+    with pytest.raises(ValueError, match="variant 'kinematic'"):
+        pl.label_clips(tmp_path / "pre", demos, clips)
