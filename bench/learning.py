@@ -658,10 +658,11 @@ class Runner:
         clips = open_sources(setting.pretrain, labelled=False)
         labelled, info = label_clips(pretrain_run, demos, clips)
         truth = open_sources(setting.pretrain, labelled=True)
-        info["accuracy"] = label_accuracy(
-            [c.labels for c in labelled],
-            [t.read(0, t.length, cameras=(), proprio=False)["actions"] for t in truth],
-        )
+        recorded = [t.read(0, t.length, cameras=(), proprio=False)["actions"] for t in truth]
+        info["accuracy"] = label_accuracy([c.labels for c in labelled], recorded)
+        # The same labeller on the untrained world model: what pretraining adds to the labels.
+        baseline, _ = label_clips(pretrain_run, demos, clips, untrained=True)
+        info["untrained_accuracy"] = label_accuracy([c.labels for c in baseline], recorded)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "labels.json", json.dumps(info, indent=1))
         return labelled
@@ -876,26 +877,45 @@ class Runner:
             demos = first_per_task(pool, n)
             runs: dict[str, dict[Any, list[float]]] = {}
             relies: dict[str, list[dict[str, float]]] = {}
+            labels: dict[str, list[dict[str, Any]]] = {}
             for name in pl.arms:
                 arm = self.arms[name]
-                runs[name], relies[name] = {}, []
+                runs[name], relies[name], labels[name] = {}, [], []
                 for s in pl.seeds:
                     for p in [None] if arm.start == "scratch" else pl.pretrain_seeds:
                         run_dir = self.finetuned(setting, arm, n, p, s, demos)
                         runs[name][s if p is None else (p, s)] = self.evaluate(run_dir, heldout)
                         relies[name].append(self.reliance(run_dir, heldout))
+                        if arm.labels:
+                            labels[name].append(_read_json(run_dir / "labels.json") or {})
             summary = summarise_cell(runs)
             for name, found in relies.items():
                 if found and name in summary:
                     summary[name]["reliance"] = {
                         k: _mean([f[k] for f in found]) for k in ("images", "proprio")
                     }
+            for name, found in labels.items():
+                if found and name in summary:
+                    summary[name]["labels"] = label_summary(found)
             cells[str(n)] = {"demos": len(demos), "arms": summary}
             if n in pl.closed_loop_n:
                 cells[str(n)]["closed_loop"] = self.closed_loop(setting, n, demos, cells[str(n)])
         out["cells"] = cells
         out["probe_summary"] = probe_summary(probes, pl.arms, self.arms)
         return out
+
+
+LABEL_FIGURES = ("mse", "r2_arm_mean", "gripper_agreement")
+
+
+def label_summary(found: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean over an arm's runs of its clip labels' accuracy against the recorded actions, and
+    of the untrained world model's labels (``untrained_`` keys)."""
+    out: dict[str, float | None] = {}
+    for src, prefix in (("accuracy", ""), ("untrained_accuracy", "untrained_")):
+        for k in LABEL_FIGURES:
+            out[prefix + k] = _mean([(f.get(src) or {}).get(k) for f in found])
+    return out
 
 
 def probe_summary(probes: dict, arm_names: Sequence[str], table: dict[str, Arm]) -> dict:
@@ -984,6 +1004,26 @@ def table(results: dict[str, Any]) -> str:
                 ]
                 lines += [
                     f"| {a} | {r['images']:.2f} | {r['proprio']:.2f} |" for a, r in relied.items()
+                ]
+            labelled = {a: r["labels"] for a, r in cell["arms"].items() if r.get("labels")}
+            if labelled:
+                lines += [
+                    "",
+                    "Clip labels read off the pretrained world model (fitted on the "
+                    "demonstrations) against the clips' recorded actions, and the same labeller "
+                    "on the untrained world model (mean over runs; R^2 averaged over the six arm "
+                    "dimensions)",
+                    "",
+                    "| arm | label MSE | arm R^2 | gripper sign agrees | untrained: MSE | "
+                    "arm R^2 | gripper |",
+                    "|---|---:|---:|---:|---:|---:|---:|",
+                ]
+                lines += [
+                    f"| {a} | {_fmt(r['mse'])} | {_fmt(r['r2_arm_mean'], 3)} | "
+                    f"{_fmt(r['gripper_agreement'], 3)} | {_fmt(r['untrained_mse'])} | "
+                    f"{_fmt(r['untrained_r2_arm_mean'], 3)} | "
+                    f"{_fmt(r['untrained_gripper_agreement'], 3)} |"
+                    for a, r in labelled.items()
                 ]
             cl = cell.get("closed_loop")
             if cl:

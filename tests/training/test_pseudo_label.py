@@ -7,6 +7,7 @@ caused by its actions; real HDF5 files in the LIBERO layout."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -106,3 +107,24 @@ def test_a_world_model_without_a_pose_code_is_refused(tmp_path, pretrained):
     demos = open_sources(d / "demos.hdf5", labelled=True)
     with pytest.raises(ValueError, match="variant 'kinematic'"):
         pl.label_clips(tmp_path / "pre", demos, clips)
+
+
+def test_finetune_command_labels_clips_with_the_init_runs_world_model(pretrained, capsys):
+    from lawm.cli import main
+
+    d, _ = pretrained
+    common = ["finetune", "--data", str(d / "demos.hdf5"), "--preset", "debug", "--steps", "2",
+              "--quiet", "--lang-cache", str(d / "lang.safetensors")]  # fmt: skip
+    # No world model to label with: one clear line, nothing trained.
+    code = main([*common, "--label-clips", str(d / "clips.hdf5"), "--out", str(d / "no")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "--labeller RUN" in err
+    assert not (d / "no" / "policy").exists()
+    code = main([*common, "--label-clips", str(d / "clips.hdf5"), "--init",
+                 str(d / "pre" / "policy"), "--out", str(d / "cli")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "4 clips labelled by" in out
+    info = json.loads((d / "cli" / "labels.json").read_text())
+    assert info["labeller"] == str((d / "pre").resolve()) and info["clips"] == 4
+    assert (d / "cli" / "policy" / "model.safetensors").is_file()

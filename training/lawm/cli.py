@@ -51,6 +51,7 @@ from lawm.smoke import run_smoke
 from lawm.trainer import train
 from lawm_core import contract
 from lawm_core.cliargs import UsageError, existing_path, positive_float, positive_int
+from lawm_core.files import atomic_write_text
 from lawm_sim import commands as sim_commands
 
 DEFAULT_LANG_CACHE = Path(".cache") / "lang_embeddings.safetensors"
@@ -436,6 +437,50 @@ def open_data(
     return sources
 
 
+def labeller_run(args: argparse.Namespace) -> Path:
+    """The pretraining run whose world model labels --label-clips: --labeller, else the run
+    that holds --init (RUN/policy or a checkpoint inside RUN)."""
+    if args.labeller is not None:
+        return Path(args.labeller)
+    init = getattr(args, "init", None)
+    for parent in [] if init is None else Path(init).resolve().parents:
+        if (parent / "world_model.safetensors").is_file():
+            return parent
+    raise UsageError(
+        "--label-clips needs a pretrained world model: pass --labeller RUN (a pretraining run "
+        "with world model 'kinematic'), or --init a policy inside such a run"
+    )
+
+
+def label_clips_arg(args: argparse.Namespace, demos: list, cfg, gripper) -> list:
+    """The --label-clips episodes, opened without actions and labelled by the world model of
+    ``labeller_run`` fitted on ``demos``; the fit is written to OUT/labels.json."""
+    from lawm.pseudo_label import label_clips
+
+    run = labeller_run(args)
+    clip_args = argparse.Namespace(**{**vars(args), "data": args.label_clips})
+    clips = open_data(
+        clip_args,
+        labelled=False,
+        control_rate_hz=cfg.policy.control_rate_hz,
+        gripper_open=contract.GRIPPER_OPEN if gripper is None else gripper["open"],
+    )
+    try:
+        labelled, info = label_clips(run, demos, clips)
+    except (ValueError, CheckpointError) as err:
+        raise UsageError(f"--label-clips: {err}") from err
+    info = {"labeller": str(run), "clips": len(labelled), **info}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "labels.json", json.dumps(info, indent=1))
+    print(
+        f"[finetune] {len(labelled)} clips labelled by {run} (ridge alpha {info['alpha']:g}, "
+        f"leave-one-demonstration-out action MSE {info['cv_mse']:.4f})",
+        flush=True,
+    )
+    return labelled
+
+
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, stage: str) -> int:
     head = getattr(args, "head", None)
@@ -443,6 +488,8 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         raise UsageError(f"--reinit-head asks for a fresh head, --head asks for {head!r}")
     if head not in (None, "reuse") and getattr(args, "init", None) is None:
         raise UsageError(f"--head {head} needs --init (a pretrained policy)")
+    if getattr(args, "labeller", None) is not None and not args.label_clips:
+        raise UsageError("--labeller applies to --label-clips (the clips it labels)")
     cfg = build_config(args, stage)
     gripper = gripper_flags(args)
     # Pretraining reads images only (labelled=False): the loaders never hand it an action.
@@ -456,6 +503,8 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         )
     for line in skipped:
         print(f"[{stage}] skipping an unreadable file: {line}", file=sys.stderr, flush=True)
+    if getattr(args, "label_clips", None):
+        sources = sources + label_clips_arg(args, sources, cfg, gripper)
     print(
         f"[{stage}] {len(sources)} episodes at {cfg.policy.control_rate_hz:g} Hz, preset "
         f"{cfg.preset}, out {args.out}",
@@ -775,6 +824,23 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         metavar="P",
         help="fine-tuning: hide the proprio input from a fraction P of the samples, so the "
         "images must carry the scene (default 0)",
+    )
+    p.add_argument(
+        "--label-clips",
+        type=existing_path,
+        action="append",
+        metavar="PATH",
+        help="unlabelled clips (any format --data reads; repeatable) to add to the fine-tuning "
+        "data, labelled by a pretrained 'kinematic' world model: a linear map from its pose "
+        "codes' motion to actions, fitted on the --data demonstrations (their actions are "
+        "never read)",
+    )
+    p.add_argument(
+        "--labeller",
+        type=existing_path,
+        metavar="RUN",
+        help="with --label-clips: the pretraining run whose world model labels them "
+        "(RUN/world_model.safetensors; default: the run of --init)",
     )
     _add_gripper_args(p)
     p.set_defaults(func=lambda a: cmd_train(a, "finetune"))

@@ -10,8 +10,8 @@ leave-one-episode-out error).
 
 - ``pose_codes``: the world model's pose code of every frame of an episode (images only; no
   action or robot state is read).
-- ``PoseLabeller``: fitted on labelled episodes, labels any episode; the gripper is snapped to
-  the contract's open/closed values, the arm's dimensions clipped to [-1, 1].
+- ``PoseLabeller``: fitted on labelled episodes, labels any episode; every dimension stays
+  within the demonstrations' range, the gripper snapped to its open or closed value.
 - ``LabelledSource``: an unlabelled episode source with labels attached, for fine-tuning.
 - ``label_accuracy``: how close the labels come to recorded actions (a report: the labeller
   never reads a clip's actions).
@@ -101,11 +101,16 @@ class PoseLabeller:
     scale: np.ndarray  # (F,)
     alpha: float
     cv_mse: float  # leave-one-episode-out MSE at ``alpha`` (raw action units)
+    low: np.ndarray  # (7,) the demonstrations' smallest and largest value per dimension
+    high: np.ndarray
 
     def predict(self, feats: np.ndarray) -> np.ndarray:
+        """Labels within the demonstrations' range per dimension; the gripper snapped to the
+        nearer of its two extremes (open or closed, whatever the data's convention)."""
         raw = ((feats - self.mean) / self.scale) @ self.weight + self.bias
-        out = np.clip(raw, -1.0, 1.0)
-        out[:, GRIPPER] = np.where(raw[:, GRIPPER] >= 0.0, 1.0, -1.0)
+        out = np.clip(raw, self.low, self.high)
+        g_lo, g_hi = self.low[GRIPPER], self.high[GRIPPER]
+        out[:, GRIPPER] = np.where(raw[:, GRIPPER] >= (g_lo + g_hi) / 2.0, g_hi, g_lo)
         return out
 
 
@@ -137,8 +142,9 @@ def fit_labeller(feats: Sequence[np.ndarray], actions: Sequence[np.ndarray]) -> 
             sse += float(((xs[i] @ w + b - ys[i]) ** 2).sum())
             n += ys[i].size
         best = min(best, (sse / n, alpha))
-    w, b = _ridge(np.concatenate(xs), np.concatenate(ys), best[1])
-    return PoseLabeller(w, b, mean, scale, best[1], best[0])
+    y_all = np.concatenate(ys)
+    w, b = _ridge(np.concatenate(xs), y_all, best[1])
+    return PoseLabeller(w, b, mean, scale, best[1], best[0], y_all.min(0), y_all.max(0))
 
 
 class LabelledSource(EpisodeSource):
@@ -170,9 +176,11 @@ class LabelledSource(EpisodeSource):
 
 
 def label_accuracy(pred: Sequence[np.ndarray], true: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Labels against recorded actions: MSE, R^2 per dimension, gripper sign agreement."""
+    """Labels against recorded actions: MSE, R^2 per dimension, how often the gripper (open or
+    closed) agrees."""
     p, y = np.concatenate(pred), np.concatenate(true).astype(np.float64)
     var = y.var(0)
+    mid = (y[:, GRIPPER].min() + y[:, GRIPPER].max()) / 2.0  # open vs closed, any convention
     r2 = 1.0 - ((p - y) ** 2).mean(0) / np.where(var > 0, var, np.nan)
     return {
         "mse": float(((p - y) ** 2).mean()),
@@ -180,23 +188,30 @@ def label_accuracy(pred: Sequence[np.ndarray], true: Sequence[np.ndarray]) -> di
         "r2_arm_mean": (
             float(np.nanmean(r2[:GRIPPER])) if np.isfinite(r2[:GRIPPER]).any() else None
         ),
-        "gripper_agreement": float((np.sign(p[:, GRIPPER]) == np.sign(y[:, GRIPPER])).mean()),
+        "gripper_agreement": float(((p[:, GRIPPER] >= mid) == (y[:, GRIPPER] >= mid)).mean()),
         "steps": len(y),
     }
 
 
 def label_clips(
-    pretrain_run: Path, labelled: Sequence[EpisodeSource], clips: Sequence[EpisodeSource]
+    pretrain_run: Path,
+    labelled: Sequence[EpisodeSource],
+    clips: Sequence[EpisodeSource],
+    untrained: bool = False,
 ) -> tuple[list[LabelledSource], dict[str, Any]]:
     """Fit the labeller on ``labelled`` (episodes with actions) with the world model of
     ``pretrain_run``, label ``clips`` (their actions are never read) -> (the labelled clips,
-    {"alpha", "cv_mse", "fit_episodes", "fit_steps"})."""
+    {"alpha", "cv_mse", "fit_episodes", "fit_steps"}). ``untrained``: the same world model
+    freshly initialised (seed 0) instead, the baseline the pretrained labels are read beside."""
     if not labelled:
         raise ValueError("the labeller needs at least one labelled episode")
     spaces = {s.action_space for s in labelled}
     if len(spaces) != 1 or not all(s.has_actions for s in labelled):
         raise ValueError(f"labelled episodes must share one action space, got {sorted(spaces)}")
-    wm, _ = load_kinematic_world_model(pretrain_run)
+    wm, cfg = load_kinematic_world_model(pretrain_run)
+    if untrained:
+        torch.manual_seed(0)
+        wm = WorldModel(cfg.world_model).eval()
     feats, actions = [], []
     for s in labelled:
         feats.append(features(pose_codes(wm, s)))
