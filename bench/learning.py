@@ -77,11 +77,14 @@ from lawm.config import LawmConfig, WorldModelConfig, preset
 from lawm.data import open_sources
 from lawm.heldout import (
     CI_LEVEL,
+    EE_POS_NOISE,
     N_BOOT,
+    SHIFT_PX,
     bootstrap_mean_ci,
     first_per_task,
     heldout_mse,
     input_reliance,
+    input_sensitivity,
 )
 from lawm.trainer import train
 from lawm_core.files import atomic_write_text
@@ -694,6 +697,19 @@ class Runner:
         atomic_write_text(path, json.dumps({"episodes": names, "reliance": found}))
         return found
 
+    def sensitivity(self, run_dir: Path, heldout: list) -> dict[str, float]:
+        """``input_sensitivity`` of a fine-tuned run (cached beside its held-out MSE)."""
+        path = run_dir / "sensitivity.json"
+        names = [s.name for s in heldout]
+        cached = _read_json(path)
+        if cached and cached.get("episodes") == names:
+            return cached["sensitivity"]
+        self.bar.set_description(f"input sensitivity {run_dir.name}")
+        found = input_sensitivity(run_dir / "policy", heldout, lang_cache=self.plan.lang_cache,
+                                  stride=RELIANCE_STRIDE)  # fmt: skip
+        atomic_write_text(path, json.dumps({"episodes": names, "sensitivity": found}))
+        return found
+
     # -- closed loop ---
     def closed_loop_keys(self, arm: Arm) -> list[tuple[int | None, int]]:
         """(pretraining seed, fine-tuning seed) of the arm's closed-loop runs; run k of every
@@ -885,7 +901,10 @@ class Runner:
                     for p in [None] if arm.start == "scratch" else pl.pretrain_seeds:
                         run_dir = self.finetuned(setting, arm, n, p, s, demos)
                         runs[name][s if p is None else (p, s)] = self.evaluate(run_dir, heldout)
-                        relies[name].append(self.reliance(run_dir, heldout))
+                        relies[name].append(
+                            {**self.reliance(run_dir, heldout),
+                             **self.sensitivity(run_dir, heldout)}
+                        )  # fmt: skip
                         if arm.labels:
                             labels[name].append(_read_json(run_dir / "labels.json") or {})
             summary = summarise_cell(runs)
@@ -893,6 +912,10 @@ class Runner:
                 if found and name in summary:
                     summary[name]["reliance"] = {
                         k: _mean([f[k] for f in found]) for k in ("images", "proprio")
+                    }
+                    summary[name]["sensitivity"] = {
+                        k: _mean([f[k] for f in found])
+                        for k in ("clean_mse", "image_shift", "ee_position")
                     }
             for name, found in labels.items():
                 if found and name in summary:
@@ -1004,6 +1027,24 @@ def table(results: dict[str, Any]) -> str:
                 ]
                 lines += [
                     f"| {a} | {r['images']:.2f} | {r['proprio']:.2f} |" for a, r in relied.items()
+                ]
+            moved = {a: r["sensitivity"] for a, r in cell["arms"].items() if r.get("sensitivity")}
+            if moved:
+                lines += [
+                    "",
+                    f"Input sensitivity: mean squared change of the policy's chunk (raw units) "
+                    f"when every image is shifted by {SHIFT_PX} px, or the end-effector position "
+                    f"is off by N(0, {EE_POS_NOISE:g} m) per axis, on every "
+                    f"{RELIANCE_STRIDE}th held-out window; the clean chunk's MSE for scale "
+                    "(mean over runs)",
+                    "",
+                    "| arm | clean MSE | image shift | end-effector position |",
+                    "|---|---:|---:|---:|",
+                ]
+                lines += [
+                    f"| {a} | {_fmt(r['clean_mse'])} | {_fmt(r['image_shift'], 5)} | "
+                    f"{_fmt(r['ee_position'])} |"
+                    for a, r in moved.items()
                 ]
             labelled = {a: r["labels"] for a, r in cell["arms"].items() if r.get("labels")}
             if labelled:

@@ -147,6 +147,12 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
         assert row["episodes"] == 8
         assert set(row["reliance"]) == {"images", "proprio"}
         assert all(np.isfinite(v) and v > 0 for v in row["reliance"].values()), name
+        assert set(row["sensitivity"]) == {"clean_mse", "image_shift", "ee_position"}
+        assert all(np.isfinite(v) and v > 0 for v in row["sensitivity"].values()), name
+        if bench.arms()[name].labels:  # the clips' labels, scored against their actions
+            lab = row["labels"]
+            assert 0 <= lab["mse"] and 0 <= lab["gripper_agreement"] <= 1, name
+            assert lab["untrained_mse"] is not None, name
         if name != "scratch":
             assert row["verdict"] in ("lower", "higher", "no difference")
     # The LAWM arms fine-tuned from the pretrained policy; scratch from nothing.
@@ -164,6 +170,7 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
     assert line["proprio_probe_r2"] is None or np.isfinite(line["proprio_probe_r2"])
     report = (plan.out / "results.md").read_text()
     assert report.startswith("Held-out action MSE") and "Input reliance" in report
+    assert "Input sensitivity" in report and "Clip labels read off" in report
 
     # Rerun: every run and figure is reused, nothing trains again.
     again = bench.run_bench(plan, "test", print_out=lambda _: None)

@@ -10,6 +10,9 @@
   window are replaced by another held-out window's: a policy that leans on the arm's own state
   more than on what it sees can fit the demonstrations and still miss the object in closed
   loop, where the state leaves the demonstrations' path.
+- ``input_sensitivity``: how far the policy's actions move when every camera image is shifted
+  by a few pixels, or the end-effector position in the proprio is off by a centimetre: the
+  small changes closed loop brings, asked of the held-out windows.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from lawm.checkpoint import load_policy
 from lawm.data import WindowDataset, collate
 from lawm.models.policy import policy_inputs
 from lawm.trainer import LangTable
+from lawm_core import contract
 
 CI_LEVEL = 0.95
 N_BOOT = 4000
@@ -130,3 +134,62 @@ def input_reliance(
         what: float(np.mean(heldout_mse(policy_dir, sources, swap=what, **kw))) / base
         for what in ("images", "proprio")
     }
+
+
+SHIFT_PX = 2  # image shift of input_sensitivity (pixels, down and right)
+EE_POS_NOISE = 0.01  # end-effector position noise of input_sensitivity (m, per axis)
+
+
+@torch.no_grad()
+def input_sensitivity(
+    policy_dir: Path,
+    sources: list,
+    *,
+    lang_cache: Path | None = None,
+    stride: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean squared change of the policy's chunk (raw action units, valid steps) on every
+    ``stride``-th held-out window when each camera image is shifted by ``SHIFT_PX`` pixels
+    ("image_shift", wrapping at the border) or Gaussian noise of ``EE_POS_NOISE`` is added to
+    the end-effector position in the proprio ("ee_position"); "clean_mse": the unperturbed
+    chunk's MSE against the recorded one, for scale."""
+    policy, cfg, _ = load_policy(policy_dir)
+    policy.eval()
+    pc = cfg.policy
+    dataset = WindowDataset(
+        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
+        proprio_dim=pc.proprio_dim,
+    )  # fmt: skip
+    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
+    gen = torch.Generator().manual_seed(seed)
+    index = np.arange(0, len(dataset), stride)
+    sums = {"clean_mse": 0.0, "image_shift": 0.0, "ee_position": 0.0}
+    count = 0.0
+    for start in range(0, len(index), batch_size):
+        batch = collate([dataset[int(i)] for i in index[start : start + batch_size]])
+        batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
+        inputs = policy_inputs(batch)
+        clean = policy.unnormalize_actions(policy(**inputs))
+        shifted = dict(inputs)
+        shifted["images"] = {
+            c: torch.roll(v, shifts=(SHIFT_PX, SHIFT_PX), dims=(-2, -1))
+            for c, v in inputs["images"].items()
+        }
+        moved = dict(inputs)
+        noise = torch.zeros_like(inputs["proprio"])
+        noise[:, : contract.EE_POS_DIM] = (
+            torch.randn(noise.shape[0], contract.EE_POS_DIM, generator=gen) * EE_POS_NOISE
+        )
+        moved["proprio"] = inputs["proprio"] + noise
+        mask = batch[keys.ACTION_MASK].to(clean.dtype)[..., None]
+        target = batch[keys.ACTIONS].to(clean.dtype)
+        sums["clean_mse"] += float(((clean - target) ** 2 * mask).sum())
+        for name, inp in (("image_shift", shifted), ("ee_position", moved)):
+            pred = policy.unnormalize_actions(policy(**inp))
+            sums[name] += float(((pred - clean) ** 2 * mask).sum())
+        count += float(mask.sum()) * clean.shape[-1]
+    if count == 0:
+        raise ValueError("no held-out window to perturb")
+    return {k: v / count for k, v in sums.items()}
