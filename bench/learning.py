@@ -120,13 +120,14 @@ def episode_means(runs: dict[Any, Sequence[float]]) -> np.ndarray:
 def paired_differences(
     arm: dict[tuple[int, int], Sequence[float]], scratch: dict[int, Sequence[float]]
 ) -> np.ndarray:
-    """Per-episode mean of (arm run (p, s) - scratch run s): each arm run is paired with the
-    scratch run of its fine-tuning seed s on the same episode. Raises KeyError when a seed has
-    no scratch run."""
+    """Per-episode mean of (arm run (p, s), or s for an arm without pretraining, - scratch run
+    s): each arm run is paired with the scratch run of its fine-tuning seed s on the same
+    episode. Raises KeyError when a seed has no scratch run."""
     if not arm:
         raise ValueError("no runs")
     diffs = []
-    for (_, s), values in sorted(arm.items()):
+    for key, values in sorted(arm.items()):
+        s = key[1] if isinstance(key, tuple) else key
         if s not in scratch:
             raise KeyError(f"fine-tuning seed {s} has no scratch run to pair with")
         diffs.append(np.asarray(values, np.float64) - np.asarray(scratch[s], np.float64))
@@ -225,9 +226,10 @@ class Arm:
     variant: str | None = None
     control: str | None = None
     head: str = "reuse"  # how fine-tuning's action head starts: reuse, fresh or probe
-    # Fine-tuning data: the demonstrations, plus (labels=True) the clips labelled by the
-    # pretrained world model (``lawm.pseudo_label``); init_policy=False: from a fresh network.
-    labels: bool = False
+    # Fine-tuning data: the demonstrations, plus the clips labelled by the pretrained world
+    # model (labels="world_model", ``lawm.pseudo_label``) or with their recorded actions
+    # (labels="recorded": the ceiling of any labeller); init_policy=False: a fresh network.
+    labels: str | None = None
     init_policy: bool = True
 
 
@@ -324,7 +326,7 @@ def arms() -> dict[str, Arm]:
                 "its world model (pose-code changes -> actions, fitted on the demonstrations)",
                 variant="kinematic",
                 head="probe",
-                labels=True,
+                labels="world_model",
             ),
             Arm(
                 "scratch_labels",
@@ -333,8 +335,15 @@ def arms() -> dict[str, Arm]:
                 "kinematic world model (separates the labels from the pretrained weights)",
                 variant="kinematic",
                 head="fresh",
-                labels=True,
+                labels="world_model",
                 init_policy=False,
+            ),
+            Arm(
+                "scratch_recorded_labels",
+                "scratch",
+                "a fresh network fine-tuned on the demonstrations plus the clips with their "
+                "recorded actions (the ceiling of any labeller)",
+                labels="recorded",
             ),
             Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
         )
@@ -641,7 +650,9 @@ class Runner:
         cfg = b.finetune_config(
             pretrained=init is not None, finetune_seed=s, variant=arm.variant, control=arm.control
         )
-        if arm.labels and not _done(run_dir) and run_dir not in self._ready:
+        if arm.labels == "recorded":
+            demos = list(demos) + open_sources(setting.pretrain, labelled=True)
+        elif arm.labels and not _done(run_dir) and run_dir not in self._ready:
             demos = list(demos) + self.labelled_clips(setting, arm, p, demos, run_dir)
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
@@ -853,7 +864,7 @@ class Runner:
         ft = (
             len(pl.ns)
             * len(pl.seeds)
-            * (("scratch" in pl.arms) + len(per_seed) * len(pl.pretrain_seeds))
+            * (len(pl.arms) - len(per_seed) + len(per_seed) * len(pl.pretrain_seeds))
         )
         return len(pl.settings) * (len(pretrain_kinds) * len(pl.pretrain_seeds) + ft)
 
@@ -905,7 +916,7 @@ class Runner:
                             {**self.reliance(run_dir, heldout),
                              **self.sensitivity(run_dir, heldout)}
                         )  # fmt: skip
-                        if arm.labels:
+                        if arm.labels == "world_model":
                             labels[name].append(_read_json(run_dir / "labels.json") or {})
             summary = summarise_cell(runs)
             for name, found in relies.items():

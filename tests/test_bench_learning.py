@@ -149,7 +149,7 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
         assert all(np.isfinite(v) and v > 0 for v in row["reliance"].values()), name
         assert set(row["sensitivity"]) == {"clean_mse", "image_shift", "ee_position"}
         assert all(np.isfinite(v) and v > 0 for v in row["sensitivity"].values()), name
-        if bench.arms()[name].labels:  # the clips' labels, scored against their actions
+        if bench.arms()[name].labels == "world_model":  # labels scored against the actions
             lab = row["labels"]
             assert 0 <= lab["mse"] and 0 <= lab["gripper_agreement"] <= 1, name
             assert lab["untrained_mse"] is not None, name
