@@ -1354,8 +1354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="in-domain, N = 1, one seed per arm; scratch and the default method (about 13 "
-        "min with the data generated, 9 with it cached)",
+        help="in-domain, N = 1, one seed per arm; scratch and the default method (13 min "
+        "measured with the data generated, about 8 with it cached)",
     )
     p.add_argument("--settings", type=_names(SETTINGS), help=f"of {list(SETTINGS)}")
     p.add_argument("--n", type=_ints, help="demonstrations per task (default 1,3,10)")
