@@ -58,6 +58,7 @@ TOLERANCE = 1e-6
 NOMINAL_HZ = 20.0
 QUICK_MESSAGES = 3000
 STORM_LIMIT_S = 30.0  # plus ten times the storm's nominal length
+RECOVERY_LIMIT_S = 90.0  # longest wait for both nodes to command again after the storm
 FULL_MESSAGES = 12000
 
 
@@ -375,6 +376,16 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
             n: (o.missed_ticks or 0) - before[n] if o.missed_ticks is not None else None
             for n, o in outputs.items()
         }
+        # Commanding resumes: a transport that queued the storm's large samples can hold the
+        # nodes' inputs back for a while on a loaded machine; wait (bounded) until every node
+        # has commanded again in the last second, and say how long that took.
+        t_end = time.monotonic()
+        while time.monotonic() < t_end + RECOVERY_LIMIT_S and any(
+            len([t for t in o.twist_times if t >= time.monotonic() - 1.0]) < 2
+            for o in outputs.values()
+        ):
+            run(0.25)
+        recovery_s = time.monotonic() - t_end
         t_after = time.monotonic()
         run(5.0)
         rates = {n: o.rate_since(t_after + 0.5) for n, o in outputs.items()}
@@ -389,6 +400,7 @@ def bench_fuzz(model: Path, messages: int, rate_hz: float, seed: int, log_dir: P
             "commands_outside_limits": sum(o.outside for o in outputs.values()),
             "commands_checked": sum(o.twists for o in outputs.values()),
             "missed_ticks_during_storm": sum(v for v in missed.values() if v is not None),
+            "recovery_seconds": round(recovery_s, 2),
             "command_rate_after_hz": {n: round(r, 1) for n, r in rates.items()},
             "command_rate_after_ratio": round(min(rates.values()) / NOMINAL_HZ, 3),
             "violations": [e for o in outputs.values() for e in o.examples],

@@ -35,7 +35,9 @@ def test_a_storm_of_hostile_messages_crashes_nothing_and_sends_no_bad_command(tm
     assert r["nonfinite_commands"] == 0, r["violations"]
     assert r["commands_outside_limits"] == 0, r["violations"]
     assert r["commands_checked"] > 50  # the nodes acted throughout, so the check meant something
-    # Back to commanding after the storm (nominal 20 Hz; a wide margin for a loaded machine).
+    # Back to commanding after the storm (within a bounded wait: a loaded machine's transport
+    # may hold queued samples a while), then near the nominal 20 Hz (a wide margin).
+    assert r["recovery_seconds"] < bench.RECOVERY_LIMIT_S, r
     assert r["command_rate_after_ratio"] > 0.5, r["command_rate_after_hz"]
 
 
