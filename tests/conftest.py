@@ -146,3 +146,21 @@ def exported_low_precision_model(tmp_path_factory):
             say=lambda line: None,
         )
     return root / "export", data
+
+
+@pytest.fixture(autouse=True)
+def _ordinary_scheduling(request):
+    """Keep the test process on ordinary (time-shared) scheduling. A library has been seen to
+    leave the long pytest process on SCHED_FIFO 99, which every node it starts then inherits:
+    on a two-core machine two such nodes starve the rest. After each test the main thread is
+    put back and the test that changed it is named."""
+    yield
+    if not hasattr(os, "sched_getscheduler"):
+        return
+    policy = os.sched_getscheduler(0)
+    if policy != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        sys.stderr.write(
+            f"\n{request.node.nodeid} left the test process on scheduling policy {policy}; "
+            "put back to SCHED_OTHER\n"
+        )
