@@ -694,32 +694,30 @@ class Runner:
         atomic_write_text(path, json.dumps({"episodes": names, "stride": stride, "mse": mse}))
         return mse
 
+    def _cached(self, run_dir: Path, heldout: list, key: str, what: str, compute) -> dict:
+        """``compute(policy_dir, heldout, lang_cache=..., stride=RELIANCE_STRIDE)`` of a
+        fine-tuned run, cached in run_dir/KEY.json for these held-out episodes."""
+        path = run_dir / f"{key}.json"
+        names = [s.name for s in heldout]
+        cached = _read_json(path)
+        if cached and cached.get("episodes") == names:
+            return cached[key]
+        self.bar.set_description(f"{what} {run_dir.name}")
+        found = compute(run_dir / "policy", heldout, lang_cache=self.plan.lang_cache,
+                        stride=RELIANCE_STRIDE)  # fmt: skip
+        atomic_write_text(path, json.dumps({"episodes": names, key: found}))
+        return found
+
     def reliance(self, run_dir: Path, heldout: list) -> dict[str, float]:
         """``input_reliance`` of a fine-tuned run on every RELIANCE_STRIDE-th held-out window
         (cached beside its held-out MSE)."""
-        path = run_dir / "reliance.json"
-        names = [s.name for s in heldout]
-        cached = _read_json(path)
-        if cached and cached.get("episodes") == names:
-            return cached["reliance"]
-        self.bar.set_description(f"input reliance {run_dir.name}")
-        found = input_reliance(run_dir / "policy", heldout, lang_cache=self.plan.lang_cache,
-                               stride=RELIANCE_STRIDE)  # fmt: skip
-        atomic_write_text(path, json.dumps({"episodes": names, "reliance": found}))
-        return found
+        return self._cached(run_dir, heldout, "reliance", "input reliance", input_reliance)
 
     def sensitivity(self, run_dir: Path, heldout: list) -> dict[str, float]:
         """``input_sensitivity`` of a fine-tuned run (cached beside its held-out MSE)."""
-        path = run_dir / "sensitivity.json"
-        names = [s.name for s in heldout]
-        cached = _read_json(path)
-        if cached and cached.get("episodes") == names:
-            return cached["sensitivity"]
-        self.bar.set_description(f"input sensitivity {run_dir.name}")
-        found = input_sensitivity(run_dir / "policy", heldout, lang_cache=self.plan.lang_cache,
-                                  stride=RELIANCE_STRIDE)  # fmt: skip
-        atomic_write_text(path, json.dumps({"episodes": names, "sensitivity": found}))
-        return found
+        return self._cached(
+            run_dir, heldout, "sensitivity", "input sensitivity", input_sensitivity
+        )
 
     # -- closed loop ---
     def closed_loop_keys(self, arm: Arm) -> list[tuple[int | None, int]]:
