@@ -34,17 +34,17 @@ def test_the_labeller_inverts_linear_pose_motion_on_unseen_episodes():
     rng = np.random.default_rng(0)
     w = rng.normal(size=(12, 7))
     fit = [_trajectory(rng, w, 80) for _ in range(6)]
-    lab = pl.fit_labeller([pl.features(p) for _, p in fit], [a for a, _ in fit])
+    lab = pl.fit_labeller([p for _, p in fit], [a for a, _ in fit])
     test = [_trajectory(rng, w, 60) for _ in range(4)]
-    pred = [lab.predict(pl.features(p)) for _, p in test]
+    pred = [lab.label(p) for _, p in test]
     acc = pl.label_accuracy([q[:-1] for q in pred], [a[:-1] for a, _ in test])
     assert acc["r2_arm_mean"] > 0.95 and acc["gripper_agreement"] > 0.95, acc
     for q in pred:
         assert np.all(np.abs(q) <= 1.0) and set(np.unique(q[:, pl.GRIPPER])) <= {-1.0, 1.0}
     # Pose codes unrelated to the actions give labels no better than their mean.
     noise = [rng.normal(size=p.shape) for _, p in fit]
-    blind = pl.fit_labeller([pl.features(p) for p in noise], [a for a, _ in fit])
-    guess = [blind.predict(pl.features(rng.normal(size=p.shape))) for _, p in test]
+    blind = pl.fit_labeller(noise, [a for a, _ in fit])
+    guess = [blind.label(rng.normal(size=p.shape)) for _, p in test]
     assert pl.label_accuracy(guess, [a for a, _ in test])["r2_arm_mean"] < 0.2
 
 

@@ -81,9 +81,22 @@ def pose_codes(wm: WorldModel, source: EpisodeSource) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
+def windows(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each step of an episode of ``length`` steps, the first and last of ``OFFSETS`` whose
+    pose-code change exists: a change at offset k is seen when 0 <= t + k <= length - 2. Near
+    the start the earlier changes are missing, near the end the later ones: the last step's
+    own change is never seen (its action shows in no frame of the clip), so it is labelled from
+    the changes before it."""
+    t = np.arange(length)
+    lo = np.maximum(OFFSETS[0], -t)
+    hi = np.minimum(OFFSETS[-1], length - 2 - t)
+    return lo, hi
+
+
 def features(pose: np.ndarray) -> np.ndarray:
     """(T, pose_dim) pose codes -> (T, F): each step's pose code and the pose-code changes at
-    ``OFFSETS`` from it (edges repeat the nearest change; the last step's change is zero)."""
+    ``OFFSETS`` from it (where a change does not exist the nearest one stands in; ``windows``
+    says which exist, and the labeller reads only those)."""
     t = len(pose)
     delta = np.zeros_like(pose)
     delta[:-1] = pose[1:] - pose[:-1]
@@ -91,60 +104,134 @@ def features(pose: np.ndarray) -> np.ndarray:
     return np.concatenate([pose, *cols], 1)
 
 
-@dataclasses.dataclass
-class PoseLabeller:
-    """Linear map from pose-code changes to actions (ridge, fitted on labelled episodes)."""
+def _columns(pose_dim: int, lo: int, hi: int) -> np.ndarray:
+    """Feature columns of the pose code and the changes at offsets lo..hi."""
+    blocks = [np.arange(pose_dim)]
+    for j, k in enumerate(OFFSETS):
+        if lo <= k <= hi:
+            blocks.append(pose_dim * (j + 1) + np.arange(pose_dim))
+    return np.concatenate(blocks)
 
-    weight: np.ndarray  # (F, 7)
+
+@dataclasses.dataclass
+class _Map:
+    """One ridge map, for steps that see the changes at offsets lo..hi."""
+
+    columns: np.ndarray
+    weight: np.ndarray  # (len(columns), 7)
     bias: np.ndarray  # (7,)
-    mean: np.ndarray  # (F,) feature standardisation
-    scale: np.ndarray  # (F,)
     alpha: float
     cv_mse: float  # leave-one-episode-out MSE at ``alpha`` (raw action units)
+    rows: int  # demonstration steps it was fitted on
+
+
+@dataclasses.dataclass
+class PoseLabeller:
+    """Linear maps from pose codes and their changes to actions (ridge, fitted on labelled
+    episodes): one per window of changes a step can see, so a step near a clip's start or end
+    is labelled only from changes that exist rather than from stand-ins."""
+
+    pose_dim: int
+    maps: dict[tuple[int, int], _Map]
+    mean: np.ndarray  # (F,) feature standardisation
+    scale: np.ndarray  # (F,)
     low: np.ndarray  # (7,) the demonstrations' smallest and largest value per dimension
     high: np.ndarray
 
-    def predict(self, feats: np.ndarray) -> np.ndarray:
-        """Labels within the demonstrations' range per dimension; the gripper snapped to the
-        nearer of its two extremes (open or closed, whatever the data's convention)."""
-        raw = ((feats - self.mean) / self.scale) @ self.weight + self.bias
+    @property
+    def interior(self) -> _Map:
+        """The map of steps that see every offset (most steps of a clip)."""
+        return self.maps[(OFFSETS[0], OFFSETS[-1])]
+
+    @property
+    def alpha(self) -> float:
+        return self.interior.alpha
+
+    @property
+    def cv_mse(self) -> float:
+        return self.interior.cv_mse
+
+    def raw(self, pose: np.ndarray) -> np.ndarray:
+        """(T, 7) unclipped labels of one episode's pose codes."""
+        x = (features(pose) - self.mean) / self.scale
+        lo, hi = windows(len(pose))
+        out = np.empty((len(pose), self.interior.weight.shape[1]))
+        for key in set(zip(lo.tolist(), hi.tolist())):
+            m = self.maps[key]
+            rows = (lo == key[0]) & (hi == key[1])
+            out[rows] = x[np.ix_(rows, m.columns)] @ m.weight + m.bias
+        return out
+
+    def label(self, pose: np.ndarray) -> np.ndarray:
+        """(T, 7) labels of one episode's pose codes, within the demonstrations' range per
+        dimension; the gripper snapped to the nearer of its two extremes (open or closed,
+        whatever the data's convention)."""
+        raw = self.raw(pose)
         out = np.clip(raw, self.low, self.high)
         g_lo, g_hi = self.low[GRIPPER], self.high[GRIPPER]
         out[:, GRIPPER] = np.where(raw[:, GRIPPER] >= (g_lo + g_hi) / 2.0, g_hi, g_lo)
         return out
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    xm, ym = x.mean(0), y.mean(0)
-    xc = x - xm
-    w = np.linalg.solve(xc.T @ xc + alpha * len(x) * np.eye(x.shape[1]), xc.T @ (y - ym))
-    return w, ym - xm @ w
+def _fit_map(
+    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Ridge on ``columns``, the penalty with the lowest leave-one-episode-out MSE (all
+    pooled when there is one episode) -> (weight, bias, alpha, cv_mse). Per-episode sums make
+    each held-out fit one solve."""
+    xs = [x[:, columns] for x in xs]
+    f = len(columns)
+    sums = [(x.T @ x, x.sum(0), x.T @ y, y.sum(0), len(x)) for x, y in zip(xs, ys)]
+    total = [sum(s[i] for s in sums) for i in range(5)]
+
+    def solve(sxx, sx, sxy, sy, n, alpha):
+        xm, ym = sx / n, sy / n
+        gram = sxx - n * np.outer(xm, xm)
+        w = np.linalg.solve(gram + alpha * n * np.eye(f), sxy - n * np.outer(xm, ym))
+        return w, ym - xm @ w
+
+    best = (np.inf, RIDGE_ALPHAS[0])
+    usable = [i for i, s in enumerate(sums) if s[4] > 0]
+    for alpha in RIDGE_ALPHAS if len(usable) >= 2 else ():
+        sse, count = 0.0, 0
+        for i in usable:
+            rest = [total[k] - sums[i][k] for k in range(5)]
+            w, b = solve(*rest, alpha)
+            sse += float(((xs[i] @ w + b - ys[i]) ** 2).sum())
+            count += ys[i].size
+        best = min(best, (sse / count, alpha))
+    w, b = solve(*total, best[1])
+    return w, b, best[1], best[0]
 
 
-def fit_labeller(feats: Sequence[np.ndarray], actions: Sequence[np.ndarray]) -> PoseLabeller:
-    """Ridge from features to actions over the labelled episodes; the penalty is the one with
-    the lowest leave-one-episode-out MSE (all of them pooled when there is one episode)."""
-    if len(feats) != len(actions) or not feats:
-        raise ValueError("need the same number (>= 1) of feature and action arrays")
+def fit_labeller(poses: Sequence[np.ndarray], actions: Sequence[np.ndarray]) -> PoseLabeller:
+    """Fit on labelled episodes ((T, pose_dim) pose codes and (T, 7) actions each): one ridge
+    map per window of visible changes, each on the demonstration steps that see that window."""
+    if len(poses) != len(actions) or not poses:
+        raise ValueError("need the same number (>= 1) of pose-code and action arrays")
+    pose_dim = poses[0].shape[1]
+    feats = [features(np.asarray(p, np.float64)) for p in poses]
     x_all = np.concatenate(feats)
     mean, scale = x_all.mean(0), x_all.std(0) + 1e-8
     xs = [(f - mean) / scale for f in feats]
     ys = [np.asarray(a, np.float64) for a in actions]
-    best = (np.inf, RIDGE_ALPHAS[0])
-    for alpha in RIDGE_ALPHAS:
-        if len(xs) < 2:
-            break
-        sse, n = 0.0, 0
-        for i in range(len(xs)):
-            x = np.concatenate([v for j, v in enumerate(xs) if j != i])
-            y = np.concatenate([v for j, v in enumerate(ys) if j != i])
-            w, b = _ridge(x, y, alpha)
-            sse += float(((xs[i] @ w + b - ys[i]) ** 2).sum())
-            n += ys[i].size
-        best = min(best, (sse / n, alpha))
+    spans = [windows(len(p)) for p in poses]
+    if not any(((lo == OFFSETS[0]) & (hi == OFFSETS[-1])).any() for lo, hi in spans):
+        raise ValueError(
+            f"the labelled episodes are too short: the labeller needs one of at least "
+            f"{OFFSETS[-1] - OFFSETS[0] + 2} steps"
+        )
+    maps = {}  # every window: the steps that see all offsets see each of them
+    for lo in range(OFFSETS[0], 1):
+        for hi in range(-1, OFFSETS[-1] + 1):
+            keep = [(s[0] <= lo) & (s[1] >= hi) for s in spans]
+            cols = _columns(pose_dim, lo, hi)
+            sub_x = [x[k] for x, k in zip(xs, keep)]
+            sub_y = [y[k] for y, k in zip(ys, keep)]
+            w, b, alpha, cv = _fit_map(sub_x, sub_y, cols)
+            maps[(lo, hi)] = _Map(cols, w, b, alpha, cv, int(sum(k.sum() for k in keep)))
     y_all = np.concatenate(ys)
-    w, b = _ridge(np.concatenate(xs), y_all, best[1])
-    return PoseLabeller(w, b, mean, scale, best[1], best[0], y_all.min(0), y_all.max(0))
+    return PoseLabeller(pose_dim, maps, mean, scale, y_all.min(0), y_all.max(0))
 
 
 class LabelledSource(EpisodeSource):
@@ -212,13 +299,13 @@ def label_clips(
     if untrained:
         torch.manual_seed(0)
         wm = WorldModel(cfg.world_model).eval()
-    feats, actions = [], []
+    poses, actions = [], []
     for s in labelled:
-        feats.append(features(pose_codes(wm, s)))
+        poses.append(pose_codes(wm, s))
         actions.append(s.read(0, s.length, cameras=(), actions=True, proprio=False)["actions"])
-    labeller = fit_labeller(feats, actions)
+    labeller = fit_labeller(poses, actions)
     space = next(iter(spaces))
-    out = [LabelledSource(c, labeller.predict(features(pose_codes(wm, c))), space) for c in clips]
+    out = [LabelledSource(c, labeller.label(pose_codes(wm, c)), space) for c in clips]
     info = {
         "alpha": labeller.alpha,
         "cv_mse": labeller.cv_mse,
