@@ -48,6 +48,34 @@ def test_the_labeller_inverts_linear_pose_motion_on_unseen_episodes():
     assert pl.label_accuracy(guess, [a for a, _ in test])["r2_arm_mean"] < 0.2
 
 
+def test_steps_near_a_clips_end_are_labelled_from_the_changes_that_exist():
+    """Each action shows in the pose-code change at its own step and again three steps later,
+    so the steps just before a clip's end lack one of the two; they are labelled from the one
+    they have, as well as the steps in the middle (stand-ins for the missing change would
+    mislabel them)."""
+    rng = np.random.default_rng(1)
+    w_now, w_late = rng.normal(size=(12, 7)), rng.normal(size=(12, 7))
+
+    def episode(length):
+        actions = np.clip(rng.normal(0, 0.5, (length, 7)), -1, 1)
+        actions[:, pl.GRIPPER] = np.where(rng.random(length) < 0.5, -1.0, 1.0)
+        pose = np.zeros((length, 12))
+        for t in range(length - 1):
+            late = actions[t - 3] if t >= 3 else np.zeros(7)
+            pose[t + 1] = pose[t] + w_now @ actions[t] + w_late @ late
+        return actions, pose
+
+    fit = [episode(80) for _ in range(6)]
+    lab = pl.fit_labeller([p for _, p in fit], [a for a, _ in fit])
+    test = [episode(60) for _ in range(6)]
+    near_end = [lab.label(p)[-4:-1] for _, p in test]  # the last step's change is never seen
+    acc = pl.label_accuracy(near_end, [a[-4:-1] for a, _ in test])
+    assert acc["r2_arm_mean"] > 0.95 and acc["gripper_agreement"] > 0.95, acc
+    # A window no demonstration fully sees is refused with the length it needs.
+    with pytest.raises(ValueError, match="too short"):
+        pl.fit_labeller([p[:8] for _, p in fit], [a[:8] for a, _ in fit])
+
+
 def test_label_accuracy_and_refusals():
     a = np.tile(np.linspace(-1, 1, 7), (5, 1))
     a[:, pl.GRIPPER] = [1, -1, 1, 1, -1]

@@ -473,9 +473,15 @@ def label_clips_arg(args: argparse.Namespace, demos: list, cfg, gripper) -> list
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "labels.json", json.dumps(info, indent=1))
+    cv = info["cv_mse"]
     print(
-        f"[finetune] {len(labelled)} clips labelled by {run} (ridge alpha {info['alpha']:g}, "
-        f"leave-one-demonstration-out action MSE {info['cv_mse']:.4f})",
+        f"[finetune] {len(labelled)} clips labelled by {run} (pose-code changes at offsets "
+        f"{info['window'][0]}..{info['window'][1]}, ridge alpha {info['alpha']:g}, "
+        + (
+            "one demonstration: no held-out error)"
+            if cv is None
+            else f"leave-one-demonstration-out action MSE {cv:.4f})"
+        ),
         flush=True,
     )
     return labelled
