@@ -4,9 +4,10 @@ The kinematic world model (``lawm.models.world_model``) moves a pose code throug
 linear map per latent action: ``pose_{t+1} = pose_t + W_a z_{t+1}``. Its encoder therefore
 gives, for any frame, a pose code whose step-to-step change is a linear image of the motion
 between frames. That makes the pretrained world model an inverse-dynamics model from video
-alone: the action at step t is read from the pose code at t and its changes from t - 3 to t + 9
-by a linear map fitted on the labelled demonstrations (ridge, the penalty chosen by
-leave-one-episode-out error).
+alone: the action at step t is read from the pose code at t and its changes from t + lo to
+t + hi by a linear map fitted on the labelled demonstrations (ridge; the window and the
+penalty chosen by leave-one-episode-out error). Near a clip's start or end, where some of those
+changes do not exist, a step is labelled by a map fitted over only the changes it has.
 
 - ``pose_codes``: the world model's pose code of every frame of an episode (images only; no
   action or robot state is read).
