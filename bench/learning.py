@@ -231,6 +231,10 @@ class Arm:
     # (labels="recorded": the ceiling of any labeller); init_policy=False: a fresh network.
     labels: str | None = None
     init_policy: bool = True
+    # "mix": the labelled clips join the demonstrations; "first": a fresh network first
+    # behaviour-clones the labelled clips (the oracle's recipe), then fine-tunes on the
+    # demonstrations alone.
+    label_stage: str = "mix"
 
 
 def variant_field() -> bool:
@@ -344,6 +348,17 @@ def arms() -> dict[str, Arm]:
                 "a fresh network fine-tuned on the demonstrations plus the clips with their "
                 "recorded actions (the ceiling of any labeller)",
                 labels="recorded",
+            ),
+            Arm(
+                "labels_first",
+                "pretrain",
+                "a fresh network behaviour-clones the clips labelled by the kinematic world "
+                "model first (as long as pretraining), then fine-tunes on the demonstrations "
+                "(the oracle's recipe with the world model's labels)",
+                variant="kinematic",
+                labels="world_model",
+                init_policy=False,
+                label_stage="first",
             ),
             Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
         )
@@ -583,17 +598,11 @@ class Runner:
             if run_dir in self._ready:
                 return run_dir
             # The oracle's first stage: behaviour cloning of the clips, pretraining's length.
-            cfg = b.config(finetune_seed=p)
-            cfg = cfg.replace(
-                finetune=dataclasses.replace(
-                    cfg.finetune, steps=b.pretrain_steps,
-                    checkpoint_every=max(1, b.pretrain_steps // 2),
-                )
-            )  # fmt: skip
             clips = open_sources(setting.pretrain, labelled=True)
             self._train(
-                f"{setting.name}: oracle BC of clips p{p}", "finetune", cfg, clips, run_dir
-            )
+                f"{setting.name}: oracle BC of clips p{p}", "finetune", self._bc_config(p),
+                clips, run_dir,
+            )  # fmt: skip
             return run_dir
         name = f"pretrain_{arm.variant}" + (f"_{arm.control}" if arm.control else "")
         if run_dir in self._ready:
@@ -602,6 +611,36 @@ class Runner:
         # Opened unlabeled: the pretraining loader is never handed an action.
         clips = open_sources(setting.pretrain, labelled=False)
         self._train(f"{setting.name}: {name} p{p}", "pretrain", cfg, clips, run_dir)
+        return run_dir
+
+    def _bc_config(self, seed: int) -> LawmConfig:
+        """Behaviour cloning of the clips before fine-tuning (the oracle's first stage and
+        labels_first's): as many steps as pretraining."""
+        b = self.plan.budget
+        cfg = b.config(finetune_seed=seed)
+        return cfg.replace(
+            finetune=dataclasses.replace(
+                cfg.finetune,
+                steps=b.pretrain_steps,
+                checkpoint_every=max(1, b.pretrain_steps // 2),
+            )
+        )
+
+    def labels_first_dir(self, setting: Setting, arm: Arm, n: int, p: int | None) -> Path:
+        b = self.plan.budget
+        return self.plan.out / setting.name / f"n{n}" / f"{arm.name}_bc_s{b.pretrain_steps}_p{p}"
+
+    def labels_first(self, setting: Setting, arm: Arm, n: int, p: int, demos) -> Path:
+        """A fresh network behaviour-cloned on the clips labelled by the world model of
+        pretraining seed ``p`` (its labeller fitted on the N demonstrations, so one run per N)."""
+        run_dir = self.labels_first_dir(setting, arm, n, p)
+        if run_dir in self._ready or _done(run_dir):
+            return run_dir
+        clips = self.labelled_clips(setting, arm, p, demos, run_dir)
+        self._train(
+            f"{setting.name} N={n}: BC of labelled clips p{p}", "finetune", self._bc_config(p),
+            clips, run_dir,
+        )  # fmt: skip
         return run_dir
 
     def probe(self, setting: Setting, run_dir: Path, heldout: list) -> dict | None:
@@ -647,10 +686,16 @@ class Runner:
         init = None
         if arm.start != "scratch" and arm.init_policy:
             init = self.pretrained(setting, arm, p) / "policy"
+        first = arm.labels is not None and arm.label_stage == "first"
+        if first and not _done(run_dir):
+            assert p is not None
+            init = self.labels_first(setting, arm, n, p, demos) / "policy"
         cfg = b.finetune_config(
             pretrained=init is not None, finetune_seed=s, variant=arm.variant, control=arm.control
         )
-        if arm.labels == "recorded":
+        if first:
+            pass  # the labelled clips were its first stage: fine-tuning sees the demonstrations
+        elif arm.labels == "recorded":
             demos = list(demos) + open_sources(setting.pretrain, labelled=True)
         elif arm.labels and not _done(run_dir) and run_dir not in self._ready:
             demos = list(demos) + self.labelled_clips(setting, arm, p, demos, run_dir)
@@ -864,7 +909,12 @@ class Runner:
             * len(pl.seeds)
             * (len(pl.arms) - len(per_seed) + len(per_seed) * len(pl.pretrain_seeds))
         )
-        return len(pl.settings) * (len(pretrain_kinds) * len(pl.pretrain_seeds) + ft)
+        first = sum(
+            self.arms[a].labels is not None and self.arms[a].label_stage == "first"
+            for a in pl.arms
+        )  # their behaviour cloning of the labelled clips, one per N and pretraining seed
+        bc = first * len(pl.ns) * len(pl.pretrain_seeds)
+        return len(pl.settings) * (len(pretrain_kinds) * len(pl.pretrain_seeds) + ft + bc)
 
     def run(self) -> dict[str, Any]:
         pl = self.plan
@@ -915,7 +965,10 @@ class Runner:
                              **self.sensitivity(run_dir, heldout)}
                         )  # fmt: skip
                         if arm.labels == "world_model":
-                            labels[name].append(_read_json(run_dir / "labels.json") or {})
+                            where = run_dir
+                            if arm.label_stage == "first":
+                                where = self.labels_first_dir(setting, arm, n, p)
+                            labels[name].append(_read_json(where / "labels.json") or {})
             summary = summarise_cell(runs)
             for name, found in relies.items():
                 if found and name in summary:

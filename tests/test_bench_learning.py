@@ -162,6 +162,11 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
         .read_text()
     )["info"]
     assert "pretrain_paper" in info["init_from"]
+    # labels_first fine-tunes what behaviour-cloned the labelled clips, whose fit it reports.
+    n1 = plan.out / "in_domain" / "n1"
+    info = json.loads((n1 / "labels_first_s3_p0_f0" / "policy" / "config.json").read_text())
+    assert "labels_first_bc_s3_p0" in info["info"]["init_from"]
+    assert (n1 / "labels_first_bc_s3_p0" / "labels.json").is_file()
     line = json.loads(printed[-1])
     for key in ("lawm_heldout_mse", "scratch_heldout_mse", "lawm_probe_r2"):
         assert key in line
