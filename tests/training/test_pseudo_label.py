@@ -156,3 +156,12 @@ def test_finetune_command_labels_clips_with_the_init_runs_world_model(pretrained
     info = json.loads((d / "cli" / "labels.json").read_text())
     assert info["labeller"] == str((d / "pre").resolve()) and info["clips"] == 4
     assert (d / "cli" / "policy" / "model.safetensors").is_file()
+    # The labels-first recipe's first stage: a fresh network on the labelled clips alone.
+    code = main([*common, "--label-clips", str(d / "clips.hdf5"), "--labeller", str(d / "pre"),
+                 "--labels-only", "--out", str(d / "first")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "[finetune] 4 episodes" in out, out
+    info = json.loads((d / "first" / "policy" / "config.json").read_text())["info"]
+    assert not info.get("init_from"), info  # a fresh network
+    code = main([*common, "--labels-only", "--out", str(d / "none")])
+    assert code != 0 and "--labels-only" in capsys.readouterr().err

@@ -496,6 +496,8 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         raise UsageError(f"--head {head} needs --init (a pretrained policy)")
     if getattr(args, "labeller", None) is not None and not args.label_clips:
         raise UsageError("--labeller applies to --label-clips (the clips it labels)")
+    if getattr(args, "labels_only", False) and not args.label_clips:
+        raise UsageError("--labels-only trains on the --label-clips clips: pass them")
     cfg = build_config(args, stage)
     gripper = gripper_flags(args)
     # Pretraining reads images only (labelled=False): the loaders never hand it an action.
@@ -510,7 +512,9 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
     for line in skipped:
         print(f"[{stage}] skipping an unreadable file: {line}", file=sys.stderr, flush=True)
     if getattr(args, "label_clips", None):
-        sources = sources + label_clips_arg(args, sources, cfg, gripper)
+        labelled = label_clips_arg(args, sources, cfg, gripper)
+        # --labels-only: the demonstrations fitted the labeller; training sees the clips alone.
+        sources = labelled if args.labels_only else sources + labelled
     print(
         f"[{stage}] {len(sources)} episodes at {cfg.policy.control_rate_hz:g} Hz, preset "
         f"{cfg.preset}, out {args.out}",
@@ -840,6 +844,13 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         "data, labelled by a pretrained 'kinematic' world model: a linear map from its pose "
         "codes' motion to actions, fitted on the --data demonstrations (their actions are "
         "never read)",
+    )
+    p.add_argument(
+        "--labels-only",
+        action="store_true",
+        help="with --label-clips: train on the labelled clips alone (the --data demonstrations "
+        "only fit the labeller); then fine-tune this policy on the demonstrations (--init "
+        "OUT/policy --head reuse): the labels-first recipe",
     )
     p.add_argument(
         "--labeller",
