@@ -24,6 +24,13 @@ Arms, all at equal labelled data (N demonstrations per task) and an equal fine-t
   another window's world model (the policy is still trained through the world model, for the
   same steps, but its chunk cannot explain its own frames), then the default method's
   fine-tuning: separates "trained by the world model" from "more optimisation steps";
+- ``lawm_kinematic_labels``, ``scratch_labels``: the pretrained policy or a fresh network
+  fine-tuned on the demonstrations plus the clips labelled by the kinematic world model
+  (``lawm.pseudo_label``); ``scratch_recorded_labels``: the same with the clips' recorded
+  actions;
+- ``labels_first``: a fresh network behaviour-clones the clips labelled by the kinematic world
+  model first, then fine-tunes on the demonstrations (the oracle's recipe with the world
+  model's labels);
 - ``oracle``: behaviour cloning of the clips with their recorded actions first (the ceiling of
   what the clips can give), then the same fine-tuning.
 
