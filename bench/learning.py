@@ -243,6 +243,11 @@ class Arm:
     # demonstrations alone.
     label_stage: str = "mix"
 
+    @property
+    def labels_first(self) -> bool:
+        """Whether the arm behaviour-clones labelled clips before fine-tuning."""
+        return self.labels is not None and self.label_stage == "first"
+
 
 def variant_field() -> bool:
     """Whether the training package has selectable world-model variants."""
@@ -693,18 +698,21 @@ class Runner:
         init = None
         if arm.start != "scratch" and arm.init_policy:
             init = self.pretrained(setting, arm, p) / "policy"
-        first = arm.labels is not None and arm.label_stage == "first"
-        if first and not _done(run_dir):
+        if arm.labels_first and not _done(run_dir):
+            # The labelled clips are its first stage; fine-tuning sees the demonstrations.
             assert p is not None
             init = self.labels_first(setting, arm, n, p, demos) / "policy"
         cfg = b.finetune_config(
             pretrained=init is not None, finetune_seed=s, variant=arm.variant, control=arm.control
         )
-        if first:
-            pass  # the labelled clips were its first stage: fine-tuning sees the demonstrations
-        elif arm.labels == "recorded":
+        if arm.labels == "recorded":
             demos = list(demos) + open_sources(setting.pretrain, labelled=True)
-        elif arm.labels and not _done(run_dir) and run_dir not in self._ready:
+        elif (
+            arm.labels
+            and not arm.labels_first
+            and not _done(run_dir)
+            and run_dir not in self._ready
+        ):
             demos = list(demos) + self.labelled_clips(setting, arm, p, demos, run_dir)
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
@@ -916,10 +924,8 @@ class Runner:
             * len(pl.seeds)
             * (len(pl.arms) - len(per_seed) + len(per_seed) * len(pl.pretrain_seeds))
         )
-        first = sum(
-            self.arms[a].labels is not None and self.arms[a].label_stage == "first"
-            for a in pl.arms
-        )  # their behaviour cloning of the labelled clips, one per N and pretraining seed
+        # Behaviour cloning of the labelled clips: one per N and pretraining seed.
+        first = sum(self.arms[a].labels_first for a in pl.arms)
         bc = first * len(pl.ns) * len(pl.pretrain_seeds)
         return len(pl.settings) * (len(pretrain_kinds) * len(pl.pretrain_seeds) + ft + bc)
 
@@ -973,7 +979,7 @@ class Runner:
                         )  # fmt: skip
                         if arm.labels == "world_model":
                             where = run_dir
-                            if arm.label_stage == "first":
+                            if arm.labels_first:  # the fit belongs to its first stage
                                 where = self.labels_first_dir(setting, arm, n, p)
                             labels[name].append(_read_json(where / "labels.json") or {})
             summary = summarise_cell(runs)

@@ -89,8 +89,8 @@ def pose_codes(wm: WorldModel, source: EpisodeSource) -> np.ndarray:
 def windows(length: int, span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """For each step of an episode of ``length`` steps, the first and last offset within
     ``span`` whose pose-code change exists: a change at offset k is seen when
-    0 <= t + k <= length - 2. Near
-    the start the earlier changes are missing, near the end the later ones: the last step's
+    0 <= t + k <= length - 2. Near the start the earlier changes are missing, near the end
+    the later ones: the last step's
     own change is never seen (its action shows in no frame of the clip), so it is labelled from
     the changes before it."""
     t = np.arange(length)
