@@ -17,19 +17,20 @@ Arms, all at equal labelled data (N demonstrations per task) and an equal fine-t
 - ``lawm_kinematic_fresh_head``: world-model variant "kinematic" (each latent action moves a
   pose code through one shared linear map; frames rendered from a scene code and the pose
   code), fresh head;
-- ``lawm_kinematic``: the fixed method and the training package's defaults: variant
-  "kinematic", the head's last layer fitted by a linear probe on the frozen pretrained
+- ``lawm_kinematic``: the pretrained policy fine-tuned with the training package's defaults:
+  variant "kinematic", the head's last layer fitted by a linear probe on the frozen pretrained
   features before fine-tuning (``--head probe``);
-- ``control_shuffled``: the default method's pretraining with each window's chunk handed to
+- ``control_shuffled``: ``lawm_kinematic``'s pretraining with each window's chunk handed to
   another window's world model (the policy is still trained through the world model, for the
-  same steps, but its chunk cannot explain its own frames), then the default method's
+  same steps, but its chunk cannot explain its own frames), then ``lawm_kinematic``'s
   fine-tuning: separates "trained by the world model" from "more optimisation steps";
 - ``lawm_kinematic_labels``, ``scratch_labels``: the pretrained policy or a fresh network
   fine-tuned on the demonstrations plus the clips labelled by the kinematic world model
   (``lawm.pseudo_label``); ``scratch_recorded_labels``: the same with the clips' recorded
   actions;
-- ``labels_first``: a fresh network behaviour-clones the clips labelled by the kinematic world
-  model first, then fine-tunes on the demonstrations (the oracle's recipe with the world
+- ``labels_first``: **the default method** (``lawm.labels_first``, ``train.py finetune
+  --labels-first``): a fresh network behaviour-clones the clips labelled by the kinematic
+  world model first, then fine-tunes on the demonstrations (the oracle's recipe with the world
   model's labels);
 - ``oracle``: behaviour cloning of the clips with their recorded actions first (the ceiling of
   what the clips can give), then the same fine-tuning.
@@ -58,8 +59,8 @@ untrained, from proprio alone; world-model loss with the policy's chunk vs other
 default method; data generated if missing (cached). Results (every run
 resumes or is reused when rerun) land in ``runs/bench_learning/{quick,full}/``:
 ``results.json`` and ``results.md``. The last line printed is one JSON object; its ``lawm_*``
-figures are the default method's (the arm of the training package's default world-model
-variant).
+figures are the default method's (``labels_first`` with the default world-model variant
+"kinematic"; its probe figures are those of the pretraining run whose world model labels).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ from lawm.heldout import (
     input_reliance,
     input_sensitivity,
 )
+from lawm.labels_first import bc_config
 from lawm.trainer import train
 from lawm_core.files import atomic_write_text
 
@@ -268,9 +270,10 @@ def control_field() -> bool:
     return CONTROL_FIELD in {f.name for f in dataclasses.fields(LawmConfig)}
 
 
-# The head each variant's method fine-tunes with (the arm of the default variant).
+# The head each variant's pretrained policy fine-tunes with, and the method (arm) of each
+# default variant: with "kinematic", the labels-first recipe (its world model labels clips).
 DEFAULT_HEADS = {"paper": "reuse", "motion": "fresh", "kinematic": "probe"}
-DEFAULT_ARMS = {"paper": "lawm_paper", "motion": "lawm_motion", "kinematic": "lawm_kinematic"}
+DEFAULT_ARMS = {"paper": "lawm_paper", "motion": "lawm_motion", "kinematic": "labels_first"}
 QUICK_ARMS = ("scratch", "default")  # "default": the method
 
 
@@ -321,16 +324,16 @@ def arms() -> dict[str, Arm]:
             Arm(
                 "lawm_kinematic",
                 "pretrain",
-                "the fixed method: world model 'kinematic', head fitted by a linear probe first "
-                "(--head probe; the defaults)",
+                "the pretrained policy fine-tuned: world model 'kinematic', head fitted by a "
+                "linear probe first (--head probe; train.py finetune --init's defaults)",
                 variant="kinematic",
                 head="probe",
             ),
             Arm(
                 "control_shuffled",
                 "pretrain",
-                f"the default method's pretraining (world model {default!r}) with the chunks "
-                "shuffled across the batch, then its fine-tuning",
+                f"the default world model's pretraining ({default!r}) with the chunks shuffled "
+                "across the batch, then the pretrained policy's fine-tuning",
                 variant=default,
                 control=CONTROL_VALUE,
                 head=DEFAULT_HEADS.get(default, "reuse"),
@@ -338,7 +341,7 @@ def arms() -> dict[str, Arm]:
             Arm(
                 "lawm_kinematic_labels",
                 "pretrain",
-                "the fixed method, fine-tuned on the demonstrations plus the clips labelled by "
+                "lawm_kinematic, fine-tuned on the demonstrations plus the clips labelled by "
                 "its world model (pose-code changes -> actions, fitted on the demonstrations)",
                 variant="kinematic",
                 head="probe",
@@ -629,14 +632,7 @@ class Runner:
         """Behaviour cloning of the clips before fine-tuning (the oracle's first stage and
         labels_first's): as many steps as pretraining."""
         b = self.plan.budget
-        cfg = b.config(finetune_seed=seed)
-        return cfg.replace(
-            finetune=dataclasses.replace(
-                cfg.finetune,
-                steps=b.pretrain_steps,
-                checkpoint_every=max(1, b.pretrain_steps // 2),
-            )
-        )
+        return bc_config(b.config(finetune_seed=seed), b.pretrain_steps)
 
     def labels_first_dir(self, setting: Setting, arm: Arm, n: int, p: int | None) -> Path:
         b = self.plan.budget
@@ -1418,8 +1414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="in-domain, N = 1, one seed per arm; scratch and the default method (13 min "
-        "measured with the data generated, about 8 with it cached)",
+        help="in-domain, N = 1, one seed per arm; scratch and the default method, "
+        "labels_first (14 min 46 s measured with the data generated, about 9.5 with it cached)",
     )
     p.add_argument("--settings", type=_names(SETTINGS), help=f"of {list(SETTINGS)}")
     p.add_argument("--n", type=_ints, help="demonstrations per task (default 1,3,10)")

@@ -99,10 +99,10 @@ def test_arms_name_what_they_need():
         "scratch", "lawm_paper", "lawm_paper_fresh_head", "lawm_motion", "lawm_kinematic",
         "control_shuffled", "oracle",
     } <= set(table)  # fmt: skip
-    assert bench.default_arm_name() == "lawm_kinematic"  # the training package's default
+    assert bench.default_arm_name() == "labels_first"  # the default world model's method
     assert table["lawm_kinematic"].head == "probe" and table["lawm_paper"].head == "reuse"
     quick = bench.quick_arms()
-    assert quick == ["scratch", "lawm_kinematic"]
+    assert quick == ["scratch", "labels_first"]
     assert bench.unavailable(table["scratch"]) is None
     assert bench.unavailable(table["lawm_paper"]) is None
     why = bench.unavailable(table["control_shuffled"])
@@ -199,7 +199,7 @@ def test_closed_loop_rolls_out_every_run_from_the_same_states(tmp_path):
     )  # fmt: skip
     plan = bench.Plan(
         settings=[setting],
-        arms=["scratch", "lawm_kinematic"],
+        arms=["scratch", "labels_first"],
         ns=[1],
         seeds=[0],
         pretrain_seeds=[0, 1],
@@ -211,26 +211,26 @@ def test_closed_loop_rolls_out_every_run_from_the_same_states(tmp_path):
         progress=False,
         closed_loop_n=[1],
         closed_loop_runs=2,
-        closed_loop_arms=["lawm_kinematic"],
+        closed_loop_arms=["labels_first"],
         closed_loop_states=range(25, 27),
         closed_loop_max_steps=3,
     )
     printed: list[str] = []
     results = bench.run_bench(plan, "test", print_out=printed.append)
     cl = results["settings"]["in_domain"]["cells"]["1"]["closed_loop"]
-    assert list(cl["arms"]) == ["scratch", "lawm_kinematic"]
+    assert list(cl["arms"]) == ["scratch", "labels_first"]
     # Scratch: fine-tuning seeds 0, 1 (1 trained for closed loop only); the method cycles
     # through its pretraining seeds first.
     assert cl["arms"]["scratch"]["training_runs"] == ["scratch_s2_f0", "scratch_s2_f1"]
-    assert cl["arms"]["lawm_kinematic"]["training_runs"] == [
-        "lawm_kinematic_s2_p0_f0", "lawm_kinematic_s2_p1_f0",
+    assert cl["arms"]["labels_first"]["training_runs"] == [
+        "labels_first_s2_p0_f0", "labels_first_s2_p1_f0",
     ]  # fmt: skip
     for row in cl["arms"].values():
         assert row["episodes"] == 2 * 2 * 2  # runs x states x tasks (one process each)
         # Three steps cannot solve a LIBERO task.
         assert row["successes"] == 0 and row["success_ci"][0] == 0.0
         assert 0.25 < row["success_ci"][1] < 0.4
-    vs = cl["arms"]["lawm_kinematic"]["vs_scratch"]
+    vs = cl["arms"]["labels_first"]["vs_scratch"]
     assert vs["pairs"] == 8 and vs["states"] == 4 and vs["mcnemar_p"] == 1.0
     run = plan.out / "in_domain" / "n1" / "scratch_s2_f1"
     report = json.loads((run / "closed_loop.json").read_text())

@@ -54,7 +54,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         help="the end-to-end demo: LIBERO-Object data, pretrain, finetune (LAWM vs scratch), "
         "export, closed loop through ROS 2",
         description="Scripted-expert LIBERO-Object data (cached), LAWM pretraining on unlabeled "
-        "clips, fine-tuning from the pretrained policy and from scratch on the same demos, ONNX "
+        "clips, two policies from the same demos (LAWM by the labels-first recipe: the world "
+        "model labels the clips, a fresh policy clones them, then the demos; and scratch), ONNX "
         "export, latent-action CCA, inference latency, and closed-loop evaluation with the "
         "libero_bridge and policy_node processes. Results under --out.",
     )

@@ -42,13 +42,23 @@ def test_demo_end_to_end_then_cached_rerun(tmp_path, capsys):
         assert ep["success"] or ep["steps"] == TINY.max_steps, ep
         assert ep["invalid_actions"] == 0
         assert model["steps"] > 0
-    # Both models trained on the same demos; LAWM started from the pretrained policy.
+    # Both models trained on the same demos. LAWM by the labels-first recipe: a fresh policy
+    # cloned the clips the pretrained world model labelled, then the demos fine-tuned it.
     info = {
         name: json.loads((out / f"finetune_{name}" / "policy" / "config.json").read_text())["info"]
-        for name in ("lawm", "scratch")
+        for name in ("lawm", "scratch", "lawm/labels_bc")
     }
-    assert "pretrain" in str(info["lawm"]["init_from"])
+    assert "labels_bc" in str(info["lawm"]["init_from"])
+    assert info["lawm/labels_bc"]["init_from"] is None
     assert info["scratch"]["init_from"] is None
+    labels = json.loads((out / "finetune_lawm" / "labels_bc" / "labels.json").read_text())
+    assert labels["labeller"] == str(out / "pretrain") and labels["clips"] == 1
+    assert results["labels"]["window"] == labels["window"]
+    paired = results["closed_loop"]["paired"]
+    assert (paired["a"], paired["b"], paired["pairs"]) == ("lawm", "scratch", 1)
+    for model in loop.values():
+        assert model["episodes"] == 1 and model["successes"] in (0, 1)
+        assert 0 <= model["success_ci"][0] <= model["success_rate"] <= model["success_ci"][1]
     for name in ("lawm", "scratch"):
         assert results["exports"][name]["parity_max_abs_error"] < 1e-4
         assert len(results["exports"][name]["onnx_sha256"]) == 64
@@ -63,6 +73,7 @@ def test_demo_end_to_end_then_cached_rerun(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     table = (out / "results.md").read_text()
     assert "closed-loop success" in table and "CCA" in table and "held-out action MSE" in table
+    assert "paired by init state" in table and "labels read off the world model" in table
     printed = capsys.readouterr().out
     assert "expert episodes" in printed and "closed-loop success" in printed
 

@@ -165,3 +165,36 @@ def test_finetune_command_labels_clips_with_the_init_runs_world_model(pretrained
     assert not info.get("init_from"), info  # a fresh network
     code = main([*common, "--labels-only", "--out", str(d / "none")])
     assert code != 0 and "--labels-only" in capsys.readouterr().err
+
+
+def test_labels_first_in_one_command(pretrained, capsys):
+    """finetune --labels-first: the world model labels the clips, a fresh policy clones them
+    (OUT/labels_bc), then the demonstrations fine-tune it with its head (OUT/policy)."""
+    from lawm.cli import main
+
+    d, _ = pretrained
+    out = d / "recipe"
+    common = ["finetune", "--data", str(d / "demos.hdf5"), "--preset", "debug", "--steps", "2",
+              "--quiet", "--lang-cache", str(d / "lang.safetensors"), "--label-clips",
+              str(d / "clips.hdf5"), "--labels-first", "--out", str(out)]  # fmt: skip
+    # Refused before anything is trained: no labeller, or an --init the recipe would ignore.
+    assert main(common) != 0 and "--labeller RUN" in capsys.readouterr().err
+    code = main([*common, "--labeller", str(d / "pre"), "--init", str(d / "pre" / "policy")])
+    assert code != 0 and "drop --init" in capsys.readouterr().err
+    assert not out.exists()
+    code = main([*common, "--labeller", str(d / "pre"), "--label-steps", "3"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    line = json.loads(text.strip().splitlines()[-1])
+    assert line["recipe"] == "labels_first" and line["steps"] == 2
+    assert line["labels"]["window"] and line["labels"]["alpha"] in pl.RIDGE_ALPHAS
+    stage = json.loads((out / "labels_bc" / "policy" / "config.json").read_text())["info"]
+    assert not stage.get("init_from") and stage["steps"] == 3  # a fresh network, 3 steps
+    assert json.loads((out / "labels_bc" / "labels.json").read_text())["clips"] == 4
+    final = json.loads((out / "policy" / "config.json").read_text())["info"]
+    assert final["steps"] == 2 and "labels_bc" in final["init_from"]
+    # Rerun: the finished cloning stage is neither relabelled nor retrained.
+    stamp = (out / "labels_bc" / "labels.json").stat().st_mtime_ns
+    code = main([*common, "--labeller", str(d / "pre"), "--label-steps", "3"])
+    assert code == 0 and "already done" in capsys.readouterr().out
+    assert (out / "labels_bc" / "labels.json").stat().st_mtime_ns == stamp
