@@ -527,34 +527,39 @@ def run_labels_first(args, cfg, demos: list, gripper, skipped: list[str]) -> int
             args.out,
             label_steps=args.label_steps,
             say=lambda line: print(f"[finetune] {line}", flush=True),
-            resume=not args.no_resume,
-            device=args.device,
-            lang_cache=args.lang_cache,
-            progress=not args.quiet,
-            gripper=gripper,
-            wandb=args.wandb,
-            skip_bad=args.skip_bad,
+            **train_kwargs(args, gripper),
         )
     except LabellingError as err:
         raise UsageError(f"--labels-first: {err}") from err
-    summary = result["finetune"]
+    labels = {k: result["labels"].get(k) for k in ("window", "alpha", "cv_mse")}
+    print_summary(args, "finetune", result["finetune"], skipped, recipe="labels_first",
+                  labels=labels)  # fmt: skip
+    return 0
+
+
+def train_kwargs(args: argparse.Namespace, gripper) -> dict:
+    """The ``train`` arguments every training command takes from its flags."""
+    return {
+        "resume": not args.no_resume,
+        "device": args.device,
+        "lang_cache": args.lang_cache,
+        "progress": not args.quiet,
+        "gripper": gripper,
+        "wandb": args.wandb,
+        "skip_bad": args.skip_bad,
+    }
+
+
+def print_summary(args, stage: str, summary: dict, skipped: list[str], **extra) -> None:
+    """The run's last line: one JSON object (stage, steps, where the policy is, last metrics)."""
     skipped += summary["skipped"]
     last = summary["history"][-1] if summary["history"] else {}
-    print(
-        json.dumps(
-            {
-                "stage": "finetune",
-                "recipe": "labels_first",
-                "steps": summary["steps"],
-                "run_dir": str(args.out),
-                "policy": str(Path(args.out) / "policy"),
-                "labels": {k: result["labels"].get(k) for k in ("window", "alpha", "cv_mse")},
-                **({"skipped": len(skipped)} if args.skip_bad else {}),
-                **{k: round(v, 6) for k, v in last.items() if isinstance(v, float)},
-            }
-        )
-    )
-    return 0
+    line = {"stage": stage, "steps": summary["steps"], "run_dir": str(args.out),
+            "policy": str(Path(args.out) / "policy"), **extra}  # fmt: skip
+    if args.skip_bad:
+        line["skipped"] = len(skipped)
+    line.update({k: round(v, 6) for k, v in last.items() if isinstance(v, float)})
+    print(json.dumps(line))
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -602,28 +607,9 @@ def cmd_train(args: argparse.Namespace, stage: str) -> int:
         init=getattr(args, "init", None),
         reinit_head=getattr(args, "reinit_head", False),
         head=getattr(args, "head", None),
-        resume=not args.no_resume,
-        device=args.device,
-        lang_cache=args.lang_cache,
-        progress=not args.quiet,
-        gripper=gripper,
-        wandb=args.wandb,
-        skip_bad=args.skip_bad,
+        **train_kwargs(args, gripper),
     )
-    skipped += summary["skipped"]
-    last = summary["history"][-1] if summary["history"] else {}
-    print(
-        json.dumps(
-            {
-                "stage": stage,
-                "steps": summary["steps"],
-                "run_dir": str(args.out),
-                "policy": str(Path(args.out) / "policy"),
-                **({"skipped": len(skipped)} if args.skip_bad else {}),
-                **{k: round(v, 6) for k, v in last.items() if isinstance(v, float)},
-            }
-        )
-    )
+    print_summary(args, stage, summary, skipped)
     return 0
 
 
