@@ -95,7 +95,7 @@ from lawm.heldout import (
     input_sensitivity,
 )
 from lawm.labels_first import bc_config
-from lawm.trainer import train
+from lawm.trainer import run_finished, train
 from lawm_core.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -565,10 +565,6 @@ class Plan:
     closed_loop_workers: int = 2  # simulator processes (one task each)
 
 
-def _done(run_dir: Path) -> bool:
-    return (run_dir / "policy" / "config.json").is_file()
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -586,7 +582,7 @@ class Runner:
     def _train(self, label: str, stage: str, cfg, sources, run_dir: Path, **kw) -> Path:
         if run_dir in self._ready:
             return run_dir / "policy"
-        if not _done(run_dir):
+        if not run_finished(run_dir):
             self.bar.set_description(label)
             t0 = time.perf_counter()
             train(stage, cfg, sources, run_dir, lang_cache=self.plan.lang_cache,
@@ -642,7 +638,7 @@ class Runner:
         """A fresh network behaviour-cloned on the clips labelled by the world model of
         pretraining seed ``p`` (its labeller fitted on the N demonstrations, so one run per N)."""
         run_dir = self.labels_first_dir(setting, arm, n, p)
-        if run_dir in self._ready or _done(run_dir):
+        if run_dir in self._ready or run_finished(run_dir):
             return run_dir
         clips = self.labelled_clips(setting, arm, p, demos, run_dir)
         self._train(
@@ -694,7 +690,7 @@ class Runner:
         init = None
         if arm.start != "scratch" and arm.init_policy:
             init = self.pretrained(setting, arm, p) / "policy"
-        if arm.labels_first and not _done(run_dir):
+        if arm.labels_first and not run_finished(run_dir):
             # The labelled clips are its first stage; fine-tuning sees the demonstrations.
             assert p is not None
             init = self.labels_first(setting, arm, n, p, demos) / "policy"
@@ -706,7 +702,7 @@ class Runner:
         elif (
             arm.labels
             and not arm.labels_first
-            and not _done(run_dir)
+            and not run_finished(run_dir)
             and run_dir not in self._ready
         ):
             demos = list(demos) + self.labelled_clips(setting, arm, p, demos, run_dir)

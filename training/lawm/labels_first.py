@@ -27,7 +27,7 @@ from typing import Any
 from lawm.checkpoint import CheckpointError
 from lawm.config import LawmConfig
 from lawm.data.base import EpisodeSource
-from lawm.trainer import train
+from lawm.trainer import run_finished, train
 from lawm_core.files import atomic_write_text
 
 STAGE_DIR = "labels_bc"
@@ -47,10 +47,6 @@ def bc_config(cfg: LawmConfig, steps: int) -> LawmConfig:
             cfg.finetune, steps=steps, checkpoint_every=max(1, steps // 2)
         )
     )
-
-
-def stage_done(run_dir: Path) -> bool:
-    return (Path(run_dir) / "policy" / "config.json").is_file()
 
 
 def train_labels_first(
@@ -81,7 +77,7 @@ def train_labels_first(
     steps = cfg.pretrain.steps if label_steps is None else label_steps
     bc_cfg = bc_config(cfg, steps)
     bc_summary = None
-    if stage_done(stage):
+    if run_finished(stage):
         info = json.loads((stage / "labels.json").read_text())
         say(f"labels first: behaviour cloning of the labelled clips already done ({stage})")
     else:

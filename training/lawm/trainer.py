@@ -451,6 +451,11 @@ class _Run:
         }
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether ``train`` has finished ``run_dir``: it writes run_dir/policy/ at the last step."""
+    return (Path(run_dir) / "policy" / "config.json").is_file()
+
+
 def train(
     stage: str,
     cfg: LawmConfig,
