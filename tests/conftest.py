@@ -150,10 +150,12 @@ def exported_low_precision_model(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _ordinary_scheduling(request):
-    """Keep the test process on ordinary (time-shared) scheduling. A library has been seen to
-    leave the long pytest process on SCHED_FIFO 99, which every node it starts then inherits:
-    on a two-core machine two such nodes starve the rest. After each test the main thread is
-    put back and the test that changed it is named."""
+    """Keep the test process on ordinary (time-shared) scheduling. SVT-AV1 (the AV1 encoder
+    PyAV opens for LeRobot videos) moves the thread that opens it to SCHED_FIFO 99 when run as
+    root; the tests' own LeRobot files are encoded so, as lerobot's writer encodes them, and
+    every node the pytest process starts afterwards would inherit it: on a two-core machine
+    two such nodes starve the rest. After each test the main thread is put back and the test
+    that changed it is named (our own writer puts it back itself)."""
     yield
     if not hasattr(os, "sched_getscheduler"):
         return

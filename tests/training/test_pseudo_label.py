@@ -198,3 +198,35 @@ def test_labels_first_in_one_command(pretrained, capsys):
     code = main([*common, "--labeller", str(d / "pre"), "--label-steps", "3"])
     assert code == 0 and "already done" in capsys.readouterr().out
     assert (out / "labels_bc" / "labels.json").stat().st_mtime_ns == stamp
+
+
+def test_labels_first_labels_clips_written_as_lerobot_writes_them(pretrained, tmp_path, capsys):
+    """Clips from another tool: a LeRobotDataset v3.0 folder (AV1 video, pyarrow parquet) that
+    records no actions at all, beside demonstrations in HDF5; a LeRobot-only flag given for the
+    clips is not refused because the demonstrations are HDF5."""
+    from lerobot_files import IMAGE, make_episodes, write_v3
+
+    from lawm.cli import main
+
+    d, _ = pretrained
+    episodes = make_episodes(3, lengths=(18, 14, 21), seed=5)
+    root = tmp_path / "video_only"
+    written = write_v3(root, episodes, fps=20)  # the demonstrations' rate (LIBERO's)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["features"]["action"]  # a video dataset: frames, state and task text only
+    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    out = tmp_path / "recipe"
+    code = main(["finetune", "--data", str(d / "demos.hdf5"), "--preset", "debug", "--steps",
+                 "2", "--quiet", "--lang-cache", str(d / "lang.safetensors"), "--label-clips",
+                 str(written.root), "--lerobot-camera", f"agentview={IMAGE}", "--labels-first",
+                 "--labeller", str(d / "pre"), "--label-steps", "2",
+                 "--out", str(out)])  # fmt: skip
+    text = capsys.readouterr()
+    assert code == 0, text.err[-2000:]
+    labels = json.loads((out / "labels_bc" / "labels.json").read_text())
+    assert labels["clips"] == 3 and labels["fit_episodes"] == 4, labels
+    assert "3 clips labelled by" in text.out, text.out
+    stage = json.loads((out / "labels_bc" / "policy" / "config.json").read_text())["info"]
+    assert not stage.get("init_from") and stage["steps"] == 2, stage
+    final = json.loads((out / "policy" / "config.json").read_text())["info"]
+    assert "labels_bc" in final["init_from"], final

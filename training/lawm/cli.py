@@ -372,10 +372,13 @@ def open_data(
     labelled: bool,
     control_rate_hz: float | None = None,
     gripper_open: float = contract.GRIPPER_OPEN,
+    paths: list | None = None,
 ) -> list:
-    """The episodes of every ``--data``. rosbag2 episodes are stepped at ``control_rate_hz``
-    (None: at their first camera's frames), a gripper topic reads ``gripper_open`` before its
-    first message."""
+    """The episodes of every ``--data`` (or of ``paths``, e.g. ``--label-clips``). rosbag2
+    episodes are stepped at ``control_rate_hz`` (None: at their first camera's frames), a
+    gripper topic reads ``gripper_open`` before its first message. A format's flags are
+    accepted when any input of the command (``--data`` or ``--label-clips``) is in that
+    format: demonstrations in HDF5 may come with clips in LeRobot's layout."""
     command = getattr(args, "command", None) or "train.py"
     topics = {}
     for item in args.image_topic:
@@ -414,26 +417,31 @@ def open_data(
         "ssv2": Ssv2Options(split=getattr(args, "split", None) or "train"),
         "rosbag": rosbag_options,
     }
-    formats = [detect_format(p) if args.format == "auto" else args.format for p in args.data]
+    paths = list(args.data if paths is None else paths)
+    every = [*(args.data or []), *(getattr(args, "label_clips", None) or []), *paths]
+    inputs = list(dict.fromkeys(every))
+    detected = {p: detect_format(p) if args.format == "auto" else args.format for p in inputs}
+    formats = [detected[p] for p in paths]
+    seen = sorted(set(detected.values()))
     given = [flag for name, flag in _ROSBAG_FLAGS if getattr(args, name, None)]
-    if given and "rosbag" not in formats:
+    if given and "rosbag" not in seen:
         raise UsageError(
             f"{command}: {'/'.join(given)} apply to rosbag2 data, and none of "
-            f"{[str(p) for p in args.data]} is a rosbag2 ({', '.join(formats)})"
+            f"{[str(p) for p in inputs]} is a rosbag2 ({', '.join(seen)})"
         )
     for name, flag, applies in _FORMAT_FLAGS:
-        if getattr(args, name, None) and not set(applies) & set(formats):
+        if getattr(args, name, None) and not set(applies) & set(seen):
             raise UsageError(
                 f"{command}: {flag} applies to {'/'.join(applies)} data, and none of "
-                f"{[str(p) for p in args.data]} is ({', '.join(formats)})"
+                f"{[str(p) for p in inputs]} is ({', '.join(seen)})"
             )
     if "lerobot" in formats:
         options["lerobot"] = lerobot_options(args, command)
     sources = []
-    for path, fmt in zip(args.data, formats):
+    for path, fmt in zip(paths, formats):
         sources += open_sources(path, fmt, labelled=labelled, options=options.get(fmt))
     if not sources:
-        raise UsageError(f"{command}: no episodes found in {[str(p) for p in args.data]}")
+        raise UsageError(f"{command}: no episodes found in {[str(p) for p in paths]}")
     return sources
 
 
@@ -454,10 +462,10 @@ def labeller_run(args: argparse.Namespace) -> Path:
 
 def open_label_clips(args: argparse.Namespace, cfg, gripper) -> list:
     """The --label-clips episodes, opened without actions (any format --data reads)."""
-    clip_args = argparse.Namespace(**{**vars(args), "data": args.label_clips})
     return open_data(
-        clip_args,
+        args,
         labelled=False,
+        paths=args.label_clips,
         control_rate_hz=cfg.policy.control_rate_hz,
         gripper_open=contract.GRIPPER_OPEN if gripper is None else gripper["open"],
     )

@@ -53,6 +53,24 @@ class LerobotWriteError(ValueError):
     """The episodes cannot be written as given; the message says why."""
 
 
+@contextlib.contextmanager
+def _scheduling_kept():
+    """Give the calling thread back its scheduling policy and priority on the way out.
+    SVT-AV1 moves the thread that opens an encoder (PyAV opens it at the first frame) to
+    SCHED_FIFO priority 99 when it is allowed to (as root, e.g. in a container): left so, the
+    writing process, and every process it starts later (a simulator, a ROS node), would run
+    real-time and could starve the machine."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, priority):
+            os.sched_setscheduler(0, policy, os.sched_param(priority))
+
+
 class _Video:
     """One camera's current mp4: episodes appended back to back."""
 
@@ -81,7 +99,9 @@ class _Video:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = self.frames
             self.frames += 1
-            for packet in self.stream.encode(frame):
+            with _scheduling_kept():
+                packets = self.stream.encode(frame)
+            for packet in packets:
                 self.bytes += packet.size
                 self.container.mux(packet)
         return start, self.frames / self.fps
@@ -90,7 +110,9 @@ class _Video:
         return self.bytes / 1e6
 
     def close(self) -> None:
-        for packet in self.stream.encode():
+        with _scheduling_kept():
+            packets = self.stream.encode()
+        for packet in packets:
             self.container.mux(packet)
         self.container.close()
 
