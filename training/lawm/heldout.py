@@ -65,6 +65,27 @@ def first_per_task(sources: list, n: int) -> list:
     return out
 
 
+def _heldout_windows(policy_dir: Path, sources: list, lang_cache: Path | None, stride: int):
+    """(the policy in eval mode, its fine-tuning windows over ``sources``, their language
+    table, the index of every ``stride``-th window): what each held-out figure reads."""
+    policy, cfg, _ = load_policy(policy_dir)
+    policy.eval()
+    pc = cfg.policy
+    dataset = WindowDataset(
+        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
+        proprio_dim=pc.proprio_dim,
+    )  # fmt: skip
+    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
+    return policy, dataset, lang, np.arange(0, len(dataset), stride)
+
+
+def _batch(dataset: WindowDataset, lang: LangTable, rows: np.ndarray) -> dict:
+    """The windows ``rows`` collated, with their instructions' embeddings."""
+    batch = collate([dataset[int(i)] for i in rows])
+    batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
+    return batch
+
+
 @torch.no_grad()
 def heldout_mse(
     policy_dir: Path,
@@ -84,27 +105,17 @@ def heldout_mse(
     evaluated window, drawn by a permutation seeded by ``seed``."""
     if swap not in SWAPS:
         raise ValueError(f"swap must be one of {SWAPS}, got {swap!r}")
-    policy, cfg, _ = load_policy(policy_dir)
-    policy.eval()
-    pc = cfg.policy
-    dataset = WindowDataset(
-        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
-        proprio_dim=pc.proprio_dim,
-    )  # fmt: skip
-    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
-    index = np.arange(0, len(dataset), stride)
+    policy, dataset, lang, index = _heldout_windows(policy_dir, sources, lang_cache, stride)
     episode = np.array([dataset.locate(int(i))[0] for i in index])
     donor = index[np.random.default_rng(seed).permutation(len(index))]
     sse = np.zeros(len(sources))
     count = np.zeros(len(sources))
     for start in range(0, len(index), batch_size):
         rows = index[start : start + batch_size]
-        batch = collate([dataset[int(i)] for i in rows])
-        batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
+        batch = _batch(dataset, lang, rows)
         inputs = policy_inputs(batch)
-        if swap is not None:
-            other = collate([dataset[int(i)] for i in donor[start : start + batch_size]])
-            other[keys.LANG] = batch[keys.LANG]
+        if swap is not None:  # only the swapped input is read from the other windows
+            other = _batch(dataset, lang, donor[start : start + batch_size])
             inputs[swap] = policy_inputs(other)[swap]
         pred = policy.unnormalize_actions(policy(**inputs))
         mask = batch[keys.ACTION_MASK].to(pred.dtype)[..., None]
@@ -155,21 +166,12 @@ def input_sensitivity(
     ("image_shift", wrapping at the border) or Gaussian noise of ``EE_POS_NOISE`` is added to
     the end-effector position in the proprio ("ee_position"); "clean_mse": the unperturbed
     chunk's MSE against the recorded one, for scale."""
-    policy, cfg, _ = load_policy(policy_dir)
-    policy.eval()
-    pc = cfg.policy
-    dataset = WindowDataset(
-        sources, pc.cameras, pc.image_size, pc.chunk_size, mode="finetune",
-        proprio_dim=pc.proprio_dim,
-    )  # fmt: skip
-    lang = LangTable([s.instruction for s in sources], lang_cache, pc.lang_dim)
+    policy, dataset, lang, index = _heldout_windows(policy_dir, sources, lang_cache, stride)
     gen = torch.Generator().manual_seed(seed)
-    index = np.arange(0, len(dataset), stride)
     sums = {"clean_mse": 0.0, "image_shift": 0.0, "ee_position": 0.0}
     count = 0.0
     for start in range(0, len(index), batch_size):
-        batch = collate([dataset[int(i)] for i in index[start : start + batch_size]])
-        batch[keys.LANG] = lang(batch[keys.INSTRUCTION])
+        batch = _batch(dataset, lang, index[start : start + batch_size])
         inputs = policy_inputs(batch)
         clean = policy.unnormalize_actions(policy(**inputs))
         shifted = dict(inputs)
