@@ -18,8 +18,9 @@ from lawm_sim.lerobot_writer import LerobotWriter
     reason="SVT-AV1 can raise a thread to real-time scheduling only with the privilege to",
 )
 def test_writing_av1_keeps_the_process_on_ordinary_scheduling(tmp_path):
-    """SVT-AV1 moves the thread that opens an encoder to SCHED_FIFO 99 where it may (root in a
-    container); the writer puts it back, so what the process starts next is not real-time."""
+    """SVT-AV1 moves the thread that opens an encoder, and its workers, to SCHED_FIFO 99 where
+    it may (root in a container); the writer puts them back, so neither the encoding nor what
+    the process starts next runs real-time."""
     before = os.sched_getscheduler(0)
     assert before == os.SCHED_OTHER
     rng = np.random.default_rng(0)
@@ -27,7 +28,11 @@ def test_writing_av1_keeps_the_process_on_ordinary_scheduling(tmp_path):
     writer = LerobotWriter(tmp_path / "lr", fps=20, cameras=contract.CAMERAS)
     proprio = np.concatenate([ep["ee_pos"], ep["gripper_states"]], axis=1)
     writer.add(ep["images"], "push the block", ep["actions"], proprio)
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # after the encoders opened
+    # The encoders are open and their worker threads alive: none of the process's threads
+    # runs real-time.
+    threads = [int(t) for t in os.listdir("/proc/self/task")]
+    assert len(threads) > 1
+    assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_OTHER}
     writer.commit()
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
     (back,) = open_sources(tmp_path / "lr")

@@ -53,22 +53,34 @@ class LerobotWriteError(ValueError):
     """The episodes cannot be written as given; the message says why."""
 
 
+def _threads() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # no procfs: the calling thread alone is put back
+        return set()
+
+
 @contextlib.contextmanager
 def _scheduling_kept():
-    """Give the calling thread back its scheduling policy and priority on the way out.
-    SVT-AV1 moves the thread that opens an encoder (PyAV opens it at the first frame) to
-    SCHED_FIFO priority 99 when it is allowed to (as root, e.g. in a container): left so, the
-    writing process, and every process it starts later (a simulator, a ROS node), would run
-    real-time and could starve the machine."""
+    """Keep the process's scheduling as it was across an encoder call. SVT-AV1 moves the
+    thread that opens an encoder (PyAV opens it at the first frame), and the worker threads it
+    starts, to SCHED_FIFO priority 99 when it is allowed to (as root, e.g. in a container):
+    left so, the writing process, and every process it starts later (a simulator, a ROS node),
+    would run real-time and could starve the machine. On the way out the calling thread gets
+    back its policy and priority, and the threads the call started get the same."""
     if not hasattr(os, "sched_getscheduler"):
         yield
         return
     policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    before = _threads()
     try:
         yield
     finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != (policy, priority):
-            os.sched_setscheduler(0, policy, os.sched_param(priority))
+        kept = (policy, priority)
+        for tid in [0, *(_threads() - before if before else ())]:
+            with contextlib.suppress(OSError):  # a thread may end meanwhile
+                if (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority) != kept:
+                    os.sched_setscheduler(tid, policy, os.sched_param(priority))
 
 
 class _Video:
