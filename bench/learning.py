@@ -55,6 +55,12 @@ the probe figures of each pretrained policy (``lawm.probe``: held-out linear-pro
 true action chunk from the latent chunk, from the trunk features, from the same network
 untrained, from proprio alone; world-model loss with the policy's chunk vs others).
 
+``--closed-loop N`` confirms in LIBERO (through the robot's runtime core): R training runs per
+arm from the same unseen initial states, paired with scratch. For the arms that clone the clips
+first (``oracle``, ``labels_first``) the first stage alone is rolled out from the same states
+too, with the fine-tuned runs paired against it: what fine-tuning on the demonstrations adds,
+or takes away, from what the clips gave.
+
 ``--quick``: in-domain, N = 1, one seed per arm, offline figures only, arms scratch and the
 default method; data generated if missing (cached). Results (every run
 resumes or is reused when rerun) land in ``runs/bench_learning/{quick,full}/``:
@@ -244,6 +250,9 @@ class Arm:
     # behaviour-clones the labelled clips (the oracle's recipe), then fine-tunes on the
     # demonstrations alone.
     label_stage: str = "mix"
+    # After a first stage on the clips (oracle, labels_first): fine-tune on the demonstrations
+    # with the clips (their labels, or the oracle's recorded actions) still in the data.
+    rehearse: bool = False
 
     @property
     def labels_first(self) -> bool:
@@ -375,7 +384,25 @@ def arms() -> dict[str, Arm]:
                 init_policy=False,
                 label_stage="first",
             ),
+            Arm(
+                "labels_first_rehearse",
+                "pretrain",
+                "labels_first, its fine-tuning on the demonstrations together with the labelled "
+                "clips it cloned first (train.py finetune --labels-first --rehearse)",
+                variant="kinematic",
+                labels="world_model",
+                init_policy=False,
+                label_stage="first",
+                rehearse=True,
+            ),
             Arm("oracle", "oracle", "behaviour cloning of the clips with their actions first"),
+            Arm(
+                "oracle_rehearse",
+                "oracle",
+                "the oracle, its fine-tuning on the demonstrations together with the clips and "
+                "their recorded actions",
+                rehearse=True,
+            ),
         )
     }
 
@@ -631,8 +658,10 @@ class Runner:
         return bc_config(b.config(finetune_seed=seed), b.pretrain_steps)
 
     def labels_first_dir(self, setting: Setting, arm: Arm, n: int, p: int | None) -> Path:
+        """The first stage of the labels-first arms (shared: the same labels, the same
+        cloning)."""
         b = self.plan.budget
-        return self.plan.out / setting.name / f"n{n}" / f"{arm.name}_bc_s{b.pretrain_steps}_p{p}"
+        return self.plan.out / setting.name / f"n{n}" / f"labels_first_bc_s{b.pretrain_steps}_p{p}"
 
     def labels_first(self, setting: Setting, arm: Arm, n: int, p: int, demos) -> Path:
         """A fresh network behaviour-cloned on the clips labelled by the world model of
@@ -697,14 +726,10 @@ class Runner:
         cfg = b.finetune_config(
             pretrained=init is not None, finetune_seed=s, variant=arm.variant, control=arm.control
         )
-        if arm.labels == "recorded":
+        fresh = not run_finished(run_dir) and run_dir not in self._ready
+        if arm.labels == "recorded" or (arm.rehearse and arm.start == "oracle"):
             demos = list(demos) + open_sources(setting.pretrain, labelled=True)
-        elif (
-            arm.labels
-            and not arm.labels_first
-            and not run_finished(run_dir)
-            and run_dir not in self._ready
-        ):
+        elif arm.labels and (arm.rehearse or not arm.labels_first) and fresh:
             demos = list(demos) + self.labelled_clips(setting, arm, p, demos, run_dir)
         self._train(
             f"{setting.name} N={n}: {tag}", "finetune", cfg, demos, run_dir, init=init,
@@ -903,7 +928,54 @@ class Runner:
             }
         for name in names[1:]:
             out["arms"][name]["vs_scratch"] = paired_successes(outcome[name], outcome["scratch"])
+            first = self.first_stage_closed_loop(setting, n, demos, name, keys[name], outcome)
+            if first is not None:
+                out["arms"][name]["first_stage"] = first
         return out
+
+    def first_stage_dir(self, setting: Setting, arm: Arm, n: int, p: int) -> Path | None:
+        """The run dir of the arm's first stage (behaviour cloning of the clips, before the
+        demonstrations' fine-tuning), for the oracle and labels_first; None for other arms."""
+        if arm.start == "oracle":
+            return self.pretrained_dir(setting, arm, p)
+        if arm.labels_first:
+            return self.labels_first_dir(setting, arm, n, p)
+        return None
+
+    def first_stage_closed_loop(
+        self, setting: Setting, n: int, demos: list, name: str, keys: list, outcome: dict
+    ) -> dict[str, Any] | None:
+        """Success of the arm's first stage alone (one policy per pretraining seed, on the same
+        initial states), and what fine-tuning on the demonstrations changes: its run k against
+        the first stage it started from, paired by initial state (runs whose first stage was
+        rolled out). None for arms without a first stage."""
+        from lawm.stats import paired_successes, wilson_ci
+
+        arm = self.arms[name]
+        seeds = sorted({p for p, _ in keys if p is not None})
+        dirs = {p: self.first_stage_dir(setting, arm, n, p) for p in seeds}
+        if not dirs or any(d is None for d in dirs.values()):
+            return None
+        found: dict[tuple, bool] = {}
+        for p, run_dir in dirs.items():
+            if arm.labels_first:
+                self.labels_first(setting, arm, n, p, demos)
+            else:
+                self.pretrained(setting, arm, p)
+            for state, ok in self.rollouts(setting, run_dir).items():
+                found[(state, p)] = ok
+        # Fine-tuned run k against its own first stage (pretraining seed keys[k][0]).
+        tuned = {(state, keys[k][0]): ok for (state, k), ok in outcome[name].items()
+                 if keys[k][1] == 0}  # fmt: skip
+        wins = sum(found.values())
+        return {
+            "training_runs": [d.name for d in dirs.values()],
+            "episodes": len(found),
+            "successes": wins,
+            "success_rate": wins / len(found),
+            "success_ci": wilson_ci(wins, len(found)),
+            "fine_tuning_minus_first_stage": paired_successes(tuned, found),
+        }
 
     def count_jobs(self) -> int:
         pl = self.plan
@@ -916,8 +988,9 @@ class Runner:
             * len(pl.seeds)
             * (len(pl.arms) - len(per_seed) + len(per_seed) * len(pl.pretrain_seeds))
         )
-        # Behaviour cloning of the labelled clips: one per N and pretraining seed.
-        first = sum(self.arms[a].labels_first for a in pl.arms)
+        # Behaviour cloning of the labelled clips: one per N and pretraining seed (shared by
+        # the labels-first arms).
+        first = any(self.arms[a].labels_first for a in pl.arms)
         bc = first * len(pl.ns) * len(pl.pretrain_seeds)
         return len(pl.settings) * (len(pretrain_kinds) * len(pl.pretrain_seeds) + ft + bc)
 
@@ -1204,6 +1277,26 @@ def closed_loop_table(cl: dict[str, Any]) -> list[str]:
             f"| {arm} | {row['successes']}/{row['episodes']} | {row['success_rate']:.3f} | "
             f"{_ci(row['success_ci'], 3)} | {extra} |"
         )
+    firsts = {arm: row["first_stage"] for arm, row in cl["arms"].items() if "first_stage" in row}
+    if firsts:
+        lines += [
+            "",
+            "First stage alone (the clips behaviour-cloned, before fine-tuning on the "
+            "demonstrations; one policy per pretraining seed, the same init states), and the "
+            "fine-tuned runs minus the first stage each started from, paired by init state",
+            "",
+            "| arm | first stage | rate | 95 % interval | fine-tuned minus first stage | "
+            "95 % interval | only fine-tuned / only first | McNemar p |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for arm, f in firsts.items():
+            d = f["fine_tuning_minus_first_stage"]
+            lines.append(
+                f"| {arm} | {f['successes']}/{f['episodes']} | {f['success_rate']:.3f} | "
+                f"{_ci(f['success_ci'], 3)} | {d['difference']:+.3f} | "
+                f"{_ci(d['difference_ci'], 3)} | {d['only_a']} / {d['only_b']} | "
+                f"{d['mcnemar_p']:.3g} |"
+            )
     return lines
 
 

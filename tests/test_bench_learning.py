@@ -167,6 +167,19 @@ def test_dry_run_of_every_arm_on_synthetic_data(tmp_path):
     info = json.loads((n1 / "labels_first_s3_p0_f0" / "policy" / "config.json").read_text())
     assert "labels_first_bc_s3_p0" in info["info"]["init_from"]
     assert (n1 / "labels_first_bc_s3_p0" / "labels.json").is_file()
+    # The rehearsing arms start from the same first stage (trained once) and fine-tune on the
+    # 4 demonstrations together with the 8 clips.
+    assert sum("labels_first_bc" in k for k in results["train_seconds"]) == 1
+    for arm, first in (
+        ("labels_first_rehearse", n1 / "labels_first_bc_s3_p0"),
+        ("oracle_rehearse", plan.out / "in_domain" / "oracle_bc_s3_p0"),
+    ):
+        info = json.loads((n1 / f"{arm}_s3_p0_f0" / "policy" / "config.json").read_text())
+        assert str(first) in info["info"]["init_from"], arm
+        state = next((n1 / f"{arm}_s3_p0_f0" / "checkpoints").glob("step_*/state.json"))
+        assert json.loads(state.read_text())["n_episodes"] == 4 + 8, arm
+    state = next((n1 / "labels_first_s3_p0_f0" / "checkpoints").glob("step_*/state.json"))
+    assert json.loads(state.read_text())["n_episodes"] == 4
     line = json.loads(printed[-1])
     for key in ("lawm_heldout_mse", "scratch_heldout_mse", "lawm_probe_r2"):
         assert key in line
@@ -232,6 +245,15 @@ def test_closed_loop_rolls_out_every_run_from_the_same_states(tmp_path):
         assert 0.25 < row["success_ci"][1] < 0.4
     vs = cl["arms"]["labels_first"]["vs_scratch"]
     assert vs["pairs"] == 8 and vs["states"] == 4 and vs["mcnemar_p"] == 1.0
+    # Its first stage (the labelled clips cloned, one policy per pretraining seed) is rolled
+    # out from the same states, and each fine-tuned run is paired with the stage it began from.
+    first = cl["arms"]["labels_first"]["first_stage"]
+    assert first["training_runs"] == ["labels_first_bc_s2_p0", "labels_first_bc_s2_p1"]
+    assert first["episodes"] == 8 and first["successes"] == 0
+    assert first["fine_tuning_minus_first_stage"]["pairs"] == 8
+    assert "first_stage" not in cl["arms"]["scratch"]
+    bc = plan.out / "in_domain" / "n1" / "labels_first_bc_s2_p1" / "closed_loop.json"
+    assert len(json.loads(bc.read_text())["episodes"]) == 4
     run = plan.out / "in_domain" / "n1" / "scratch_s2_f1"
     report = json.loads((run / "closed_loop.json").read_text())
     assert [e[:2] for e in report["episodes"]] == [[1, 25], [1, 26], [2, 25], [2, 26]]
@@ -241,6 +263,7 @@ def test_closed_loop_rolls_out_every_run_from_the_same_states(tmp_path):
     assert len(target) == 1 and target[0]["status"] == "not met"
     md = (plan.out / "results.md").read_text()
     assert "Closed loop, N = 1" in md and "| scratch | 0/8 |" in md
+    assert "First stage alone" in md and "| labels_first | 0/8 |" in md
     line = json.loads(printed[-1])
     assert line["lawm_closed_loop_n1_episodes"] == 8
     assert line["scratch_closed_loop_n1_success"] == 0.0

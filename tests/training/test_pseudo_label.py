@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -198,6 +199,18 @@ def test_labels_first_in_one_command(pretrained, capsys):
     code = main([*common, "--labeller", str(d / "pre"), "--label-steps", "3"])
     assert code == 0 and "already done" in capsys.readouterr().out
     assert (out / "labels_bc" / "labels.json").stat().st_mtime_ns == stamp
+    # --rehearse: the labelled clips stay in the fine-tuning data (from a finished cloning
+    # stage they are labelled again); the flag alone is refused.
+    plain = [a for a in common if a != "--labels-first"]
+    assert main([*plain, "--rehearse"]) != 0
+    assert "add --labels-first" in capsys.readouterr().err
+    again = d / "recipe_rehearse"
+    shutil.copytree(out / "labels_bc", again / "labels_bc")
+    code = main([*common[:-1], str(again), "--labeller", str(d / "pre"), "--rehearse"])
+    assert code == 0 and "and the 4 labelled clips" in capsys.readouterr().out
+    for run, episodes in ((out, 4), (again, 4 + 4)):
+        state = next((run / "checkpoints").glob("step_*/state.json"))
+        assert json.loads(state.read_text())["n_episodes"] == episodes
 
 
 def test_labels_first_labels_clips_written_as_lerobot_writes_them(pretrained, tmp_path, capsys):
