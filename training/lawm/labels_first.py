@@ -10,7 +10,7 @@
 Why rehearse: on LIBERO-Spatial tasks 0-1 with one demonstration per task, the oracle's first
 stage (the clips with their recorded actions) succeeds from 98 of 100 unseen initial states,
 and fine-tuning on the 2 demonstrations alone takes it down to 71 of 100; with the clips kept
-in the data, 50 of 50 (``bench/learning.py``, arm ``oracle_rehearse``). It is not the default:
+in the data, 99 of 100 (``bench/learning.py``, arm ``oracle_rehearse``). It is not the default:
 where the labels are poor (one demonstration per task on LIBERO-Spatial, where stage 2 alone
 succeeds in 0 of 100), rehearsing keeps them in the data too.
 
