@@ -592,6 +592,19 @@ class Plan:
     closed_loop_workers: int = 2  # simulator processes (one task each)
 
 
+def success_summary(episodes: dict[Any, bool]) -> dict[str, Any]:
+    """Episodes, successes, rate and Wilson 95 % interval of closed-loop outcomes."""
+    from lawm.stats import wilson_ci
+
+    wins = sum(episodes.values())
+    return {
+        "episodes": len(episodes),
+        "successes": wins,
+        "success_rate": wins / len(episodes),
+        "success_ci": wilson_ci(wins, len(episodes)),
+    }
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -657,7 +670,7 @@ class Runner:
         b = self.plan.budget
         return bc_config(b.config(finetune_seed=seed), b.pretrain_steps)
 
-    def labels_first_dir(self, setting: Setting, arm: Arm, n: int, p: int | None) -> Path:
+    def labels_first_dir(self, setting: Setting, n: int, p: int | None) -> Path:
         """The first stage of the labels-first arms (shared: the same labels, the same
         cloning)."""
         b = self.plan.budget
@@ -666,7 +679,7 @@ class Runner:
     def labels_first(self, setting: Setting, arm: Arm, n: int, p: int, demos) -> Path:
         """A fresh network behaviour-cloned on the clips labelled by the world model of
         pretraining seed ``p`` (its labeller fitted on the N demonstrations, so one run per N)."""
-        run_dir = self.labels_first_dir(setting, arm, n, p)
+        run_dir = self.labels_first_dir(setting, n, p)
         if run_dir in self._ready or run_finished(run_dir):
             return run_dir
         clips = self.labelled_clips(setting, arm, p, demos, run_dir)
@@ -884,7 +897,7 @@ class Runner:
     def closed_loop(self, setting: Setting, n: int, demos: list, cell: dict) -> dict[str, Any]:
         """Success of each chosen arm over R runs x the unseen initial states, with Wilson
         intervals, and each arm against scratch paired by (initial state, run)."""
-        from lawm.stats import paired_successes, wilson_ci
+        from lawm.stats import paired_successes
 
         names = self.closed_loop_arms(cell)
         out: dict[str, Any] = {
@@ -918,14 +931,7 @@ class Runner:
                 self.bar.update(1)
         for name in names:
             episodes = outcome[name]
-            wins = sum(episodes.values())
-            out["arms"][name] = {
-                "training_runs": runs[name],
-                "episodes": len(episodes),
-                "successes": wins,
-                "success_rate": wins / len(episodes),
-                "success_ci": wilson_ci(wins, len(episodes)),
-            }
+            out["arms"][name] = {"training_runs": runs[name], **success_summary(episodes)}
         for name in names[1:]:
             out["arms"][name]["vs_scratch"] = paired_successes(outcome[name], outcome["scratch"])
             first = self.first_stage_closed_loop(setting, n, demos, name, keys[name], outcome)
@@ -939,7 +945,7 @@ class Runner:
         if arm.start == "oracle":
             return self.pretrained_dir(setting, arm, p)
         if arm.labels_first:
-            return self.labels_first_dir(setting, arm, n, p)
+            return self.labels_first_dir(setting, n, p)
         return None
 
     def first_stage_closed_loop(
@@ -949,7 +955,7 @@ class Runner:
         initial states), and what fine-tuning on the demonstrations changes: its run k against
         the first stage it started from, paired by initial state (runs whose first stage was
         rolled out). None for arms without a first stage."""
-        from lawm.stats import paired_successes, wilson_ci
+        from lawm.stats import paired_successes
 
         arm = self.arms[name]
         seeds = sorted({p for p, _ in keys if p is not None})
@@ -967,13 +973,9 @@ class Runner:
         # Fine-tuned run k against its own first stage (pretraining seed keys[k][0]).
         tuned = {(state, keys[k][0]): ok for (state, k), ok in outcome[name].items()
                  if keys[k][1] == 0}  # fmt: skip
-        wins = sum(found.values())
         return {
             "training_runs": [d.name for d in dirs.values()],
-            "episodes": len(found),
-            "successes": wins,
-            "success_rate": wins / len(found),
-            "success_ci": wilson_ci(wins, len(found)),
+            **success_summary(found),
             "fine_tuning_minus_first_stage": paired_successes(tuned, found),
         }
 
@@ -1045,7 +1047,7 @@ class Runner:
                         if arm.labels == "world_model":
                             where = run_dir
                             if arm.labels_first:  # the fit belongs to its first stage
-                                where = self.labels_first_dir(setting, arm, n, p)
+                                where = self.labels_first_dir(setting, n, p)
                             labels[name].append(_read_json(where / "labels.json") or {})
             summary = summarise_cell(runs)
             for name, found in relies.items():

@@ -938,7 +938,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         help="with --labels-first: fine-tune on the demonstrations together with the labelled "
         "clips, so the few demonstrations do not overwrite what cloning the clips gave (with "
         "the clips' true actions: 99/100 vs 71/100 on LIBERO-Spatial with one demonstration "
-        "per task; off by default, as poor labels stay in the data too)",
+        "per task, 2 runs x 50 states; off by default, as poor labels stay in the data too)",
     )
     p.add_argument(
         "--label-steps",
