@@ -938,7 +938,9 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
         help="with --labels-first: fine-tune on the demonstrations together with the labelled "
         "clips, so the few demonstrations do not overwrite what cloning the clips gave (with "
         "the clips' true actions: 99/100 vs 71/100 on LIBERO-Spatial with one demonstration "
-        "per task, 2 runs x 50 states; off by default, as poor labels stay in the data too)",
+        "per task, 2 runs x 50 states). Off by default: the labels' errors stay in the data "
+        "too (with the world model's labels 80/100 vs 95/100 on LIBERO-Object with three "
+        "demonstrations per task, 0/100 on LIBERO-Spatial with one)",
     )
     p.add_argument(
         "--label-steps",
